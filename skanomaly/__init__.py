@@ -1,0 +1,25 @@
+"""skanomaly: visual anomaly detection as scikit-learn estimators.
+
+Learn what a good part looks like from normal images only, then score new
+images, draw pixel-level anomaly maps and flag defects::
+
+    from skanomaly import make_patchcore, anomaly_maps
+    pipe = make_patchcore().fit(train_paths)
+    pipe.predict(test_paths)          # +1 normal, -1 anomalous
+    anomaly_maps(pipe, test_paths)    # (n, H, W), higher = more anomalous
+"""
+
+__version__ = "0.1.0"
+
+from .detectors import KNNDetector
+from .embedders import ImageEmbedder, PatchEmbedder
+from .maps import anomaly_maps
+from .pipelines import make_patchcore
+
+__all__ = [
+    "ImageEmbedder",
+    "KNNDetector",
+    "PatchEmbedder",
+    "anomaly_maps",
+    "make_patchcore",
+]

@@ -1,0 +1,168 @@
+"""Greedy k-center coreset selection (PatchCore's memory-bank subsampling).
+
+Greedy k-center picks, at each step, the point farthest from every centre
+chosen so far. Its covering radius ``max_i min_j ||x_i - c_j||`` is within a
+factor 2 of the optimum; random subsets are far worse on the rare patches
+that matter for anomaly detection.
+
+The textbook loop costs one matrix-vector product over all N points per
+centre, which is memory-bound. Here the same sequence is computed with most
+of the work in matrix-matrix products: new centres are kept *pending*, each
+point keeps an upper bound of its distance to the chosen centres (exact
+with respect to the centres already applied), and only a short list of the
+points with the largest bounds is checked against the pending centres. The
+farthest point found there is the true argmax as long as its exact distance
+is at least the largest bound outside the list; otherwise (or when the
+pending block is full) all pending centres are applied to all points with one
+GEMM and the list is rebuilt.
+"""
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_array
+
+from .neighbors import _as_tensor, kneighbors
+
+__all__ = ["covering_radius", "kcenter_greedy"]
+
+_ROW_CHUNK = 65536
+
+
+def _project(X, projection_dim, rng):
+    if projection_dim is None or X.shape[1] <= projection_dim:
+        return X
+    # Johnson-Lindenstrauss: Gaussian projection preserves distances up to a
+    # small distortion, and all later work scales with the dimension.
+    R = rng.standard_normal((X.shape[1], projection_dim)).astype(np.float32)
+    R /= np.sqrt(projection_dim, dtype=np.float32)
+    return X @ R
+
+
+def _apply_centres(Z, sq, centres, min_d):
+    """min_d <- min(min_d, squared distance to the given centres), in place."""
+    C = Z[centres]
+    c_sq = sq[centres]
+    for start in range(0, Z.shape[0], _ROW_CHUNK):
+        rows = slice(start, start + _ROW_CHUNK)
+        d2 = torch.addmm(c_sq[None, :], Z[rows], C.T, beta=1.0, alpha=-2.0)
+        d2 += sq[rows, None]
+        torch.minimum(min_d[rows], d2.min(dim=1).values, out=min_d[rows])
+
+
+def kcenter_greedy(
+    X,
+    n_centers,
+    *,
+    projection_dim=128,
+    block_size=512,
+    n_candidates=8192,
+    random_state=None,
+):
+    """Indices of a greedy k-center coreset of the rows of ``X``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Points to cover.
+    n_centers : int
+        How many rows to select, in ``[1, n_samples]``.
+    projection_dim : int or None, default=128
+        Select on a Gaussian random projection to this many dimensions when
+        ``X`` is wider (as PatchCore does); None selects in the original space.
+    block_size : int, default=512
+        Pending centres applied to all points at once (one GEMM).
+    n_candidates : int, default=8192
+        Length of the list of largest-bound points checked between GEMMs.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the first centre and the projection.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_centers,), int64
+        Selected rows, in selection order (the same order as the plain greedy
+        loop, up to ties between equal distances).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.coreset import kcenter_greedy
+    >>> X = np.array([[0.0], [0.1], [5.0], [10.0]])
+    >>> kcenter_greedy(X, 3, random_state=0).tolist()
+    [0, 3, 2]
+    """
+    X = check_array(X, dtype=np.float32, order="C")
+    n_samples = X.shape[0]
+    if (
+        not isinstance(n_centers, numbers.Integral)
+        or isinstance(n_centers, bool)
+        or not 1 <= n_centers <= n_samples
+    ):
+        raise ValueError(
+            f"n_centers must be an integer in [1, {n_samples}], got {n_centers!r}."
+        )
+    for name, value in (("block_size", block_size), ("n_candidates", n_candidates)):
+        if not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    rng = check_random_state(random_state)
+    first = int(rng.randint(n_samples))
+    Z = _as_tensor(_project(X, projection_dim, rng))
+    sq = (Z * Z).sum(1)
+    chosen = [first]
+    pending = [first]
+    min_d = torch.full((n_samples,), float("inf"))
+    n_cand = min(n_candidates, n_samples)
+    with torch.inference_mode():
+        while True:
+            _apply_centres(Z, sq, pending, min_d)
+            min_d[pending] = -1.0  # chosen points are never chosen again
+            pending = []
+            if len(chosen) == n_centers:
+                break
+            if n_cand < n_samples:
+                top, cand = torch.topk(min_d, n_cand + 1)
+                bound_out, cand = float(top[-1]), cand[:-1]
+                tight = top[:-1].clone()
+            else:
+                cand = torch.arange(n_samples)
+                tight, bound_out = min_d.clone(), -float("inf")
+            Zc, sqc = Z[cand], sq[cand]
+            while len(chosen) < n_centers and len(pending) < block_size:
+                j = int(torch.argmax(tight))
+                # Points outside the list are at most bound_out away from the
+                # centres; below that the list cannot prove the argmax.
+                if float(tight[j]) < bound_out:
+                    break
+                centre = int(cand[j])
+                chosen.append(centre)
+                pending.append(centre)
+                d2 = torch.addmv(sqc + sq[centre], Zc, Z[centre], alpha=-2.0)
+                torch.minimum(tight, d2, out=tight)
+                tight[j] = -1.0
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def covering_radius(X, centers):
+    """Largest distance from a row of ``X`` to its nearest selected row.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+    centers : array-like of int
+        Row indices of the selected points.
+
+    Returns
+    -------
+    radius : float
+
+    Examples
+    --------
+    >>> from skanomaly.coreset import covering_radius
+    >>> covering_radius([[0.0], [1.0], [4.0]], [0, 2])
+    1.0
+    """
+    X = check_array(X, dtype=np.float32)
+    distances, _ = kneighbors(X, X[np.asarray(centers)], 1)
+    return float(distances.max())

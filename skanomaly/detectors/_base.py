@@ -1,0 +1,229 @@
+"""What every detector head shares: input checks, held-out calibration and
+scikit-learn's outlier-detector contract."""
+
+import numbers
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+
+def conformal_offset(calibration_scores, contamination):
+    """Threshold on normality scores that flags at most ``contamination`` of
+    new normal samples.
+
+    With n calibration scores from normal samples the model never saw, a new
+    normal sample's score falls below the k-th smallest of them with
+    probability at most ``k / (n + 1)`` (exchangeability), so
+    ``k = floor(contamination * (n + 1))`` honours the requested rate.
+
+    Parameters
+    ----------
+    calibration_scores : array-like of shape (n,)
+        ``score_samples`` of held-out normal samples (higher = more normal).
+    contamination : float in (0, 0.5]
+        Largest tolerated fraction of normal samples flagged.
+
+    Returns
+    -------
+    offset : float
+    """
+    scores = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+    k = int(np.floor(contamination * (len(scores) + 1)))
+    if k < 1:
+        warnings.warn(
+            f"{len(scores)} calibration samples cannot guarantee a false-alarm "
+            f"rate of {contamination:g} (that needs at least "
+            f"{int(np.ceil(1 / contamination)) - 1}); the threshold is the "
+            "lowest calibration score, whose rate is about "
+            f"{1 / (len(scores) + 1):.3g}.",
+            UserWarning,
+            stacklevel=3,
+        )
+        k = 1
+    return float(scores[k - 1])
+
+
+class _BaseDetector(OutlierMixin, BaseEstimator):
+    """Base class of the heads: 2D rows or 4D patch grids in, outlier contract out.
+
+    Subclasses implement ``_fit_normal(X, random_state)`` on 4D grids and
+    ``_patch_and_image_scores(X)`` returning (patch anomaly scores of shape
+    (n, h, w), image anomaly scores of shape (n,)); higher = more anomalous.
+    2D input is treated as a grid of one patch per sample.
+    """
+
+    _parameter_constraints = {
+        "contamination": [Interval(numbers.Real, 0, 0.5, closed="right")],
+        "calibration_size": [
+            Interval(numbers.Real, 0, 1, closed="neither"),
+            Interval(numbers.Integral, 1, None, closed="left"),
+        ],
+        "random_state": ["random_state"],
+    }
+
+    @property
+    def novelty(self):
+        """Always True: a novelty detector, as ``LocalOutlierFactor(novelty=True)``.
+
+        The head memorises its training samples, so their own scores say
+        nothing about new data; it is fitted on normal samples and scores new
+        ones, with a threshold calibrated on normal samples held out of the
+        model. Hence there is no ``fit_predict``.
+        """
+        return True
+
+    @property
+    def fit_predict(self):
+        raise AttributeError(
+            f"{type(self).__name__} has no fit_predict: it is a novelty "
+            "detector whose training samples are memorised, so labelling them "
+            "would be meaningless. Fit on normal samples, then predict new ones."
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+    # -- input ---------------------------------------------------------------
+    def _check_features(self, X, *, reset):
+        """Return X as a float32 (n, h, w, d) grid; 2D input gives h = w = 1."""
+        name = type(self).__name__
+        if getattr(X, "ndim", None) == 4:
+            X = check_array(
+                X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
+                estimator=self, input_name="X",
+            )
+            if min(X.shape[1:]) < 1:
+                raise ValueError(f"{name} got an empty patch grid of shape {X.shape}.")
+            n_features = X.shape[-1]
+            if reset:
+                self.n_features_in_ = n_features
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+            elif n_features != self.n_features_in_:
+                raise ValueError(
+                    f"X has {n_features} features, but {name} is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+            return X
+        X = validate_data(self, X, reset=reset, dtype=np.float32)
+        return X[:, None, None, :]
+
+    def _calibration_split(self, n_samples, rng):
+        name = type(self).__name__
+        if n_samples < 2:
+            raise ValueError(
+                f"{name} needs at least 2 samples (some to learn from, some to "
+                f"calibrate the threshold on); got {n_samples} sample."
+            )
+        if isinstance(self.calibration_size, numbers.Integral):
+            n_cal = int(self.calibration_size)
+            if n_cal >= n_samples:
+                raise ValueError(
+                    f"calibration_size={n_cal} leaves no sample to learn from "
+                    f"out of {n_samples}."
+                )
+        else:
+            n_cal = int(np.ceil(self.calibration_size * n_samples))
+            n_cal = min(max(n_cal, 1), n_samples - 1)
+        order = rng.permutation(n_samples)
+        return np.sort(order[n_cal:]), np.sort(order[:n_cal])
+
+    # -- contract ------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Learn normality from ``X`` and calibrate the threshold.
+
+        A random ``calibration_size`` share of the samples is held out: the
+        model never sees them, and ``offset_`` is set from their scores so that
+        about ``contamination`` of new normal samples are flagged.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_images, h, w, n_features)
+            Normal samples, or patch grids of normal images.
+        y : ignored
+            Accepted so that ``GridSearchCV`` can pass labels through.
+
+        Returns
+        -------
+        self : object
+            Fitted detector.
+        """
+        self._validate_params()
+        X = self._check_features(X, reset=True)
+        rng = check_random_state(self.random_state)
+        fit_idx, cal_idx = self._calibration_split(X.shape[0], rng)
+        self._fit_normal(X[fit_idx], rng)
+        cal_scores = -self._patch_and_image_scores(X[cal_idx])[1]
+        self.calibration_scores_ = np.sort(cal_scores.astype(np.float64))
+        self.offset_ = conformal_offset(self.calibration_scores_, self.contamination)
+        return self
+
+    def score_samples(self, X):
+        """Normality score of each sample; higher is more normal.
+
+        For patch grids the score is minus the image's anomaly score (its
+        worst patch, see the class notes).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_images, h, w, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), float64
+        """
+        check_is_fitted(self)
+        X = self._check_features(X, reset=False)
+        return -self._patch_and_image_scores(X)[1].astype(np.float64)
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for anomalies.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_images, h, w, n_features)
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,), float64
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """+1 for normal samples, -1 for anomalies.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_images, h, w, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), int
+        """
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    def score_patches(self, X):
+        """Anomaly score of every patch of patch grids; higher is more anomalous.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_images, h, w, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_images, h, w), float32
+        """
+        check_is_fitted(self)
+        if getattr(X, "ndim", None) != 4:
+            raise ValueError(
+                "score_patches needs 4D patch grids (n_images, h, w, n_features), "
+                f"e.g. from PatchEmbedder; got shape {np.shape(X)}."
+            )
+        X = self._check_features(X, reset=False)
+        return self._patch_and_image_scores(X)[0]

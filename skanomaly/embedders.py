@@ -1,0 +1,414 @@
+"""Frozen-backbone feature transformers: images in, features out.
+
+:class:`PatchEmbedder` turns each image into a grid of patch features
+``(n, h, w, d)`` (PatchCore, PaDiM, SPADE pixel maps); :class:`ImageEmbedder`
+into one pooled vector ``(n, d)`` (DFM, DFKDE, SPADE image scores). Both are
+scikit-learn transformers: ``fit`` validates parameters and loads the weights,
+``transform`` does the expensive work, in batches, under
+``torch.inference_mode``.
+"""
+
+import contextlib
+import numbers
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from .backbones import (
+    _as_numpy_state,
+    _build_architecture,
+    _load_numpy_state,
+    list_backbones,
+    load_backbone,
+)
+from .images import check_images, load_image
+
+__all__ = ["ImageEmbedder", "PatchEmbedder"]
+
+
+def _image_shape(image_size):
+    if isinstance(image_size, numbers.Integral):
+        shape = (int(image_size), int(image_size))
+    else:
+        try:
+            shape = tuple(int(s) for s in image_size)
+        except TypeError:
+            shape = ()
+    if len(shape) != 2 or min(shape) < 16:
+        raise ValueError(
+            "image_size must be an int or an (height, width) pair, each >= 16; "
+            f"got {image_size!r}."
+        )
+    return shape
+
+
+def _resolve_device(device):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {device!r}; use 'cpu', 'cuda' or 'auto'.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available here.")
+    return resolved
+
+
+@contextlib.contextmanager
+def _torch_threads(n_jobs):
+    """Temporarily set torch's intra-op threads from a joblib-style n_jobs."""
+    if n_jobs is None:
+        yield
+        return
+    import joblib
+
+    before = torch.get_num_threads()
+    n_threads = n_jobs if n_jobs > 0 else max(1, joblib.cpu_count() + 1 + n_jobs)
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _progress(iterable, total, enabled, desc):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch")
+
+
+class _BaseEmbedder(TransformerMixin, BaseEstimator):
+    """Loading, batching, device and persistence shared by the embedders."""
+
+    _parameter_constraints = {
+        "backbone": [StrOptions(set(list_backbones()))],
+        "layers": [list, tuple, None],
+        "weights": "no_validation",
+        "image_size": [Interval(numbers.Integral, 16, None, closed="left"), tuple, list],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": [str],
+        "n_jobs": [numbers.Integral, None],
+        "verbose": ["verbose"],
+    }
+
+    def fit(self, X=None, y=None):
+        """Validate the parameters and load the backbone; no training happens.
+
+        Parameters
+        ----------
+        X : ignored
+            Accepted for Pipeline compatibility; images are not looked at.
+        y : ignored
+
+        Returns
+        -------
+        self : object
+        """
+        self._validate_params()
+        self._image_shape_ = _image_shape(self.image_size)
+        device = _resolve_device(self.device)
+        backbone = load_backbone(self.backbone, self.weights)
+        layers = backbone.check_layers(
+            self._default_layers(backbone) if self.layers is None else self.layers
+        )
+        n_features_out = self._n_features_out(backbone, layers)
+        # Assign fitted state only once everything is valid.
+        self.backbone_ = backbone
+        self.backbone_.model.to(device)
+        self._device_ = device
+        self.layers_ = layers
+        self.n_features_out_ = n_features_out
+        return self
+
+    def _default_layers(self, backbone):
+        return backbone.default_layers
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        return tags
+
+    # Persistence: keep a CPU copy of the weights, never a device tensor or the
+    # hooks of a live module, so a model fitted on a GPU loads on a CPU.
+    def __getstate__(self):
+        state = super().__getstate__()
+        backbone = state.pop("backbone_", None)
+        state.pop("_device_", None)
+        if backbone is not None:
+            state["_backbone_state"] = _as_numpy_state(backbone.model)
+        return state
+
+    def __setstate__(self, state):
+        weights = state.pop("_backbone_state", None)
+        super().__setstate__(state)
+        if weights is not None:
+            backbone = _build_architecture(self.backbone)
+            _load_numpy_state(backbone, weights)
+            self.backbone_ = backbone
+            self._device_ = torch.device("cpu")
+            if self.device != "cpu":
+                with contextlib.suppress(ValueError):
+                    self._device_ = _resolve_device(self.device)
+            self.backbone_.model.to(self._device_)
+
+    def _load_batch(self, images, start):
+        height, width = self._image_shape_
+        tensors = []
+        for offset, item in enumerate(images):
+            rgb = torch.from_numpy(load_image(item, index=start + offset))
+            rgb = rgb.permute(2, 0, 1)[None]
+            if rgb.shape[-2:] != (height, width):
+                rgb = F.interpolate(
+                    rgb, size=(height, width), mode="bilinear",
+                    align_corners=False, antialias=True,
+                )
+            tensors.append(rgb)
+        return torch.cat(tensors).to(self._device_)
+
+    def transform(self, X):
+        """Embed images.
+
+        Parameters
+        ----------
+        X : list of images or ndarray of shape (n, H, W[, C])
+            Paths, PIL images or arrays (see :mod:`skanomaly.images`); sizes
+            may differ, each image is resized to ``image_size``.
+
+        Returns
+        -------
+        features : ndarray of dtype float32
+            See the class docstring for the shape.
+        """
+        check_is_fitted(self, "backbone_")
+        images = check_images(X)
+        n_batches = -(-len(images) // self.batch_size)
+        batches = range(0, len(images), self.batch_size)
+        out = None
+        with _torch_threads(self.n_jobs), torch.inference_mode():
+            for start in _progress(batches, n_batches, self.verbose, type(self).__name__):
+                batch = self._load_batch(images[start:start + self.batch_size], start)
+                feats = self._embed(self.backbone_.normalize(batch))
+                feats = feats.float().cpu().numpy()
+                if out is None:
+                    out = np.empty((len(images),) + feats.shape[1:], dtype=np.float32)
+                out[start:start + len(feats)] = feats
+        return out
+
+
+class PatchEmbedder(_BaseEmbedder):
+    """Grid of locally aggregated patch features from a frozen backbone.
+
+    The features of PatchCore (Roth et al., 2022): two intermediate stages
+    (strides 8 and 16 by default) are averaged over 3x3 neighbourhoods, the
+    coarser one is upsampled to the finer grid, and they are concatenated, so
+    each grid cell describes an image patch with some context.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+        Registered backbone name, see :func:`skanomaly.backbones.list_backbones`.
+    layers : tuple of str or None, default=None
+        Module names to tap; None takes the backbone's default (strides 8
+        and 16; ``("blocks.2", "blocks.4")`` for EfficientNet-Lite0).
+    weights : "default", path or None, default="default"
+        Where the weights come from, see :func:`skanomaly.backbones.load_backbone`.
+    image_size : int or (int, int), default=256
+        Every image is resized to this (height, width) before the backbone.
+    n_features : int or None, default=None
+        If set, reduce the concatenated channels to this many by averaging
+        groups of neighbouring channels (PatchCore's adaptive pooling).
+    aggregation_size : int, default=3
+        Side of the local average window; 1 disables aggregation.
+    batch_size : int, default=16
+        Images per forward pass.
+    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+    n_jobs : int or None, default=None
+        Torch CPU threads during ``transform`` (None: torch's default;
+        -1: all cores).
+    verbose : int, default=0
+        Show a progress bar over batches when > 0.
+
+    Attributes
+    ----------
+    backbone_ : Backbone
+        The loaded, frozen network.
+    layers_ : tuple of str
+        The tapped modules, fine to coarse.
+    n_features_out_ : int
+        Feature dimension ``d`` of the output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import PatchEmbedder
+    >>> images = np.random.default_rng(0).random((2, 64, 64, 3))
+    >>> PatchEmbedder(image_size=64).fit_transform(images).shape
+    (2, 8, 8, 152)
+    """
+
+    _parameter_constraints = {
+        **_BaseEmbedder._parameter_constraints,
+        "n_features": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "aggregation_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        *,
+        layers=None,
+        weights="default",
+        image_size=256,
+        n_features=None,
+        aggregation_size=3,
+        batch_size=16,
+        device="cpu",
+        n_jobs=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.layers = layers
+        self.weights = weights
+        self.image_size = image_size
+        self.n_features = n_features
+        self.aggregation_size = aggregation_size
+        self.batch_size = batch_size
+        self.device = device
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    def _n_features_out(self, backbone, layers):
+        if self.aggregation_size % 2 == 0:
+            raise ValueError(
+                "aggregation_size must be odd (a centred window), "
+                f"got {self.aggregation_size}."
+            )
+        total = sum(backbone.channels[name] for name in layers)
+        if self.n_features is not None and self.n_features > total:
+            raise ValueError(
+                f"n_features={self.n_features} exceeds the {total} channels of "
+                f"layers {layers}."
+            )
+        return total if self.n_features is None else self.n_features
+
+    def _embed(self, batch):
+        maps = self.backbone_.extract(batch, self.layers_)
+        size = maps[0].shape[-2:]
+        pad = self.aggregation_size // 2
+        parts = []
+        for fmap in maps:
+            if self.aggregation_size > 1:
+                # count_include_pad=False: border patches average real
+                # neighbours only, instead of being dimmed by zero padding.
+                fmap = F.avg_pool2d(
+                    fmap, self.aggregation_size, stride=1, padding=pad,
+                    count_include_pad=False,
+                )
+            if fmap.shape[-2:] != size:
+                fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
+            parts.append(fmap)
+        feats = torch.cat(parts, dim=1).permute(0, 2, 3, 1)
+        if self.n_features is not None and self.n_features != feats.shape[-1]:
+            n, h, w, d = feats.shape
+            feats = F.adaptive_avg_pool1d(feats.reshape(n * h * w, 1, d), self.n_features)
+            feats = feats.reshape(n, h, w, self.n_features)
+        return feats
+
+    def get_feature_names_out(self, input_features=None):
+        """Names ``patchembedder0 ... patchembedder{d-1}`` of the feature axis."""
+        check_is_fitted(self, "n_features_out_")
+        return np.asarray(
+            [f"patchembedder{i}" for i in range(self.n_features_out_)], dtype=object
+        )
+
+
+class ImageEmbedder(_BaseEmbedder):
+    """One pooled feature vector per image from a frozen backbone.
+
+    Each tapped stage is average-pooled over the whole image and the results
+    are concatenated: the input of image-level density models (DFM, DFKDE)
+    and of SPADE's image-level kNN.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+        Registered backbone name.
+    layers : tuple of str or None, default=None
+        Modules to pool; None takes the backbone's deepest stage (stride 32).
+    weights : "default", path or None, default="default"
+        Where the weights come from, see :func:`skanomaly.backbones.load_backbone`.
+    image_size : int or (int, int), default=256
+        Every image is resized to this before the backbone.
+    batch_size : int, default=16
+        Images per forward pass.
+    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    n_jobs : int or None, default=None
+        Torch CPU threads during ``transform``.
+    verbose : int, default=0
+        Show a progress bar over batches when > 0.
+
+    Attributes
+    ----------
+    backbone_ : Backbone
+        The loaded, frozen network.
+    layers_ : tuple of str
+        The pooled modules, fine to coarse.
+    n_features_out_ : int
+        Length ``d`` of each vector.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import ImageEmbedder
+    >>> images = np.random.default_rng(0).random((3, 64, 64, 3))
+    >>> ImageEmbedder(image_size=64).fit_transform(images).shape
+    (3, 320)
+    """
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        *,
+        layers=None,
+        weights="default",
+        image_size=256,
+        batch_size=16,
+        device="cpu",
+        n_jobs=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.layers = layers
+        self.weights = weights
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.device = device
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    def _default_layers(self, backbone):
+        return (max(backbone.stages, key=backbone.stages.get),)
+
+    def _n_features_out(self, backbone, layers):
+        return sum(backbone.channels[name] for name in layers)
+
+    def _embed(self, batch):
+        maps = self.backbone_.extract(batch, self.layers_)
+        return torch.cat([fmap.mean(dim=(2, 3)) for fmap in maps], dim=1)
+
+    def get_feature_names_out(self, input_features=None):
+        """Names ``imageembedder0 ... imageembedder{d-1}``."""
+        check_is_fitted(self, "n_features_out_")
+        return np.asarray(
+            [f"imageembedder{i}" for i in range(self.n_features_out_)], dtype=object
+        )

@@ -1,0 +1,105 @@
+"""Pixel-level anomaly maps from a fitted patch pipeline."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
+
+from .images import check_images, load_image
+
+__all__ = ["anomaly_maps"]
+
+
+def _model_input_shape(transformers, grid_shape):
+    for _, step in transformers.steps:
+        shape = getattr(step, "_image_shape_", None)
+        if shape is not None:
+            return tuple(shape)
+    return tuple(grid_shape)
+
+
+def _resize(array, shape):
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    if tuple(tensor.shape[-2:]) == tuple(shape):
+        return array.astype(np.float32, copy=False)
+    tensor = F.interpolate(tensor, size=tuple(shape), mode="bilinear", align_corners=False)
+    return tensor[0, 0].numpy()
+
+
+def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
+    """Per-pixel anomaly maps, each at its input image's size.
+
+    The head's patch scores are upsampled (bilinear) to the resolution the
+    backbone saw (the embedder's ``image_size``), smoothed with a Gaussian of
+    standard deviation ``sigma`` pixels there, as in the PatchCore paper, and
+    resized to each input image's own height and width.
+
+    Parameters
+    ----------
+    estimator : Pipeline
+        A fitted pipeline whose transformers output patch grids (e.g.
+        :class:`~skanomaly.PatchEmbedder`) and whose last step has
+        ``score_patches`` (e.g. :class:`~skanomaly.KNNDetector`).
+    X : list of images or ndarray of shape (n, H, W[, C])
+        Images as accepted everywhere (paths, arrays, PIL images).
+    sigma : float, default=4.0
+        Gaussian smoothing at the model's input resolution; 0 disables it.
+    batch_size : int, default=32
+        Images decoded and scored at a time (bounds memory).
+
+    Returns
+    -------
+    maps : ndarray of shape (n, H, W) or list of ndarray
+        float32, higher = more anomalous. A list of ``(H_i, W_i)`` arrays when
+        the images differ in size.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import anomaly_maps, make_patchcore
+    >>> rng = np.random.default_rng(0)
+    >>> train = rng.random((6, 64, 64, 3))
+    >>> pipe = make_patchcore(image_size=64, random_state=0).fit(train)
+    >>> anomaly_maps(pipe, rng.random((2, 80, 96, 3))).shape
+    (2, 80, 96)
+    """
+    if not isinstance(estimator, Pipeline) or len(estimator.steps) < 2:
+        raise ValueError(
+            "anomaly_maps needs a Pipeline of a patch embedder and a detector, "
+            f"got {type(estimator).__name__}."
+        )
+    head = estimator.steps[-1][1]
+    if not hasattr(head, "score_patches"):
+        raise ValueError(
+            f"The pipeline's last step {type(head).__name__} has no score_patches; "
+            "anomaly maps need a patch-level detector such as KNNDetector."
+        )
+    check_is_fitted(head)
+    if sigma < 0 or batch_size < 1:
+        raise ValueError(f"Need sigma >= 0 and batch_size >= 1, got {sigma}, {batch_size}.")
+    transformers = estimator[:-1]
+    images = check_images(X)
+    maps = []
+    for start in range(0, len(images), batch_size):
+        arrays = [
+            load_image(item, index=start + i)
+            for i, item in enumerate(images[start:start + batch_size])
+        ]
+        features = transformers.transform(arrays)
+        if np.ndim(features) != 4:
+            raise ValueError(
+                "anomaly_maps needs patch grids (n, h, w, d) from the pipeline's "
+                f"transformers, got shape {np.shape(features)}."
+            )
+        patch_scores = head.score_patches(features)
+        model_shape = _model_input_shape(transformers, patch_scores.shape[1:])
+        for array, scores in zip(arrays, patch_scores):
+            smooth = _resize(scores, model_shape)
+            if sigma > 0:
+                smooth = gaussian_filter(smooth, sigma=sigma, mode="nearest")
+            maps.append(_resize(smooth, array.shape[:2]))
+    if len({m.shape for m in maps}) == 1:
+        return np.stack(maps)
+    return maps
