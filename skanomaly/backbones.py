@@ -187,7 +187,9 @@ def _torchvision_weights(name):
     def load():
         import torchvision
 
-        enum = torchvision.models.get_model_weights(name).DEFAULT
+        # IMAGENET1K_V1: the classic weights that anomaly-detection papers
+        # (and anomalib) report with; newer V2 recipes differ per model.
+        enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1
         filename = os.path.basename(enum.url)
         folder = os.path.join(torch.hub.get_dir(), "checkpoints")
         try:

@@ -139,7 +139,7 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
     # Persistence: keep a CPU copy of the weights, never a device tensor or the
     # hooks of a live module, so a model fitted on a GPU loads on a CPU.
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: never strip the live object
         backbone = state.pop("backbone_", None)
         state.pop("_device_", None)
         if backbone is not None:

@@ -1,0 +1,30 @@
+"""Shared pytest configuration: real-data location and small deterministic settings."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATA_ROOT = Path(
+    os.environ.get("SKANOMALY_DATA", Path(__file__).resolve().parent.parent / "shared" / "data")
+)
+
+
+def pytest_configure(config):
+    # Small, deterministic CPU work; the suite must run on 2 cores.
+    import torch
+
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    return DATA_ROOT
+
+
+def mvtec_category(name):
+    """Path of a ../shared/data category, or skip the test when it is absent."""
+    root = DATA_ROOT / name
+    if not (root / "train").is_dir():
+        pytest.skip(f"real data not found at {root}")
+    return root

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skanomaly.coreset import covering_radius, kcenter_greedy
+
+
+def _plain_greedy(X, n_centers, first):
+    """Textbook greedy k-center: one full distance update per centre."""
+    chosen = [first]
+    min_d = ((X - X[first]) ** 2).sum(1)
+    for _ in range(n_centers - 1):
+        nxt = int(np.argmax(min_d))
+        chosen.append(nxt)
+        min_d = np.minimum(min_d, ((X - X[nxt]) ** 2).sum(1))
+    return chosen
+
+
+@pytest.mark.parametrize("block_size, n_candidates", [(1, 1), (7, 16), (512, 8192), (64, 3)])
+def test_same_sequence_as_plain_greedy(block_size, n_candidates):
+    X = np.random.default_rng(1).normal(size=(600, 6)).astype(np.float32)
+    got = kcenter_greedy(
+        X, 80, projection_dim=None, block_size=block_size,
+        n_candidates=n_candidates, random_state=3,
+    )
+    assert got.tolist() == _plain_greedy(X.astype(np.float64), 80, int(got[0]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 60), k=st.integers(1, 60), seed=st.integers(0, 1000))
+def test_indices_are_distinct_valid_and_deterministic(n, k, seed):
+    k = min(k, n)
+    X = np.random.default_rng(seed).normal(size=(n, 3))
+    got = kcenter_greedy(X, k, random_state=seed, block_size=4, n_candidates=5)
+    assert len(set(got.tolist())) == k and got.min() >= 0 and got.max() < n
+    np.testing.assert_array_equal(got, kcenter_greedy(X, k, random_state=seed, block_size=4, n_candidates=5))
+
+
+def test_duplicates_never_repeat_an_index():
+    X = np.repeat(np.eye(3), 5, axis=0)
+    got = kcenter_greedy(X, 10, random_state=0)
+    assert len(set(got.tolist())) == 10
+
+
+def test_projected_selection_covers_almost_as_well_and_beats_random():
+    rng = np.random.default_rng(0)
+    # A bulk of normal patches and a few rare ones, as in anomaly banks.
+    X = np.concatenate([rng.normal(size=(3000, 32)), rng.normal(6, 0.3, size=(4, 32))])
+    exact = covering_radius(X, kcenter_greedy(X, 150, projection_dim=None, random_state=0))
+    projected = covering_radius(X, kcenter_greedy(X, 150, projection_dim=16, random_state=0))
+    random = [covering_radius(X, rng.choice(len(X), 150, replace=False)) for _ in range(5)]
+    assert projected <= 1.15 * exact
+    assert np.median(random) > 2 * projected
+
+
+@pytest.mark.parametrize("k", [0, 11, 2.5, True])
+def test_bad_n_centers(k):
+    with pytest.raises(ValueError, match="n_centers"):
+        kcenter_greedy(np.zeros((10, 2)), k)
+
+
+def test_nan_is_refused():
+    with pytest.raises(ValueError):
+        kcenter_greedy(np.full((4, 2), np.nan), 2)

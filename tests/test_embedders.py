@@ -1,0 +1,99 @@
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from skanomaly import ImageEmbedder, PatchEmbedder
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).random((5, 64, 64, 3)).astype(np.float32)
+
+
+def test_patch_embedder_shape_and_dtype(images):
+    out = PatchEmbedder(image_size=64).fit_transform(images)
+    assert out.shape == (5, 8, 8, 152) and out.dtype == np.float32
+    assert np.isfinite(out).all() and out.std() > 0
+
+
+def test_patch_grid_follows_image_size_and_layers(images):
+    emb = PatchEmbedder(image_size=(64, 96), layers=("blocks.1", "blocks.2"))
+    out = emb.fit_transform(images)
+    assert out.shape == (5, 16, 24, 24 + 40)
+    assert emb.get_feature_names_out().shape == (64,)
+
+
+def test_n_features_reduction(images):
+    emb = PatchEmbedder(image_size=64, n_features=50).fit(images)
+    assert emb.transform(images).shape == (5, 8, 8, 50)
+    with pytest.raises(ValueError, match="exceeds"):
+        PatchEmbedder(image_size=64, n_features=500).fit(images)
+
+
+def test_batches_and_threads_do_not_change_features(images):
+    a = PatchEmbedder(image_size=64, batch_size=1).fit_transform(images)
+    b = PatchEmbedder(image_size=64, batch_size=4, n_jobs=1).fit_transform(images)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_sizes_and_inputs_are_resized(images, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "x.png"
+    Image.fromarray((images[0] * 255).astype(np.uint8)).save(path)
+    mixed = [str(path), (images[1] * 255).astype(np.uint8)[:40], images[2][..., 0]]
+    out = PatchEmbedder(image_size=64).fit(None).transform(mixed)
+    assert out.shape == (3, 8, 8, 152)
+
+
+def test_image_embedder_pools_deepest_stage(images):
+    emb = ImageEmbedder(image_size=64)
+    out = emb.fit_transform(images)
+    assert out.shape == (5, 320) and out.dtype == np.float32
+    two = ImageEmbedder(image_size=64, layers=["blocks.2", "blocks.6"]).fit_transform(images)
+    assert two.shape == (5, 360)
+    np.testing.assert_allclose(two[:, 40:], out, rtol=1e-4, atol=1e-5)
+
+
+def test_pickle_round_trip_gives_identical_features(images):
+    emb = PatchEmbedder(image_size=64).fit(images)
+    restored = pickle.loads(pickle.dumps(emb))
+    np.testing.assert_array_equal(restored.transform(images), emb.transform(images))
+    assert clone(emb).get_params() == emb.get_params()
+
+
+def test_bad_parameters_fail_in_fit_and_leave_no_state():
+    for params, err in [
+        ({"backbone": "nope"}, ValueError),
+        ({"image_size": 8}, ValueError),
+        ({"image_size": (64, 64, 3)}, ValueError),
+        ({"aggregation_size": 2}, ValueError),
+        ({"device": "tpu:0"}, ValueError),
+        ({"layers": ["nope"]}, ValueError),
+        ({"batch_size": 0}, ValueError),
+    ]:
+        emb = PatchEmbedder(**params)
+        with pytest.raises(err):
+            emb.fit(None)
+        assert not hasattr(emb, "backbone_"), params
+
+
+def test_transform_before_fit_and_bad_images(images):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        PatchEmbedder().transform(images)
+    emb = PatchEmbedder(image_size=64).fit(None)
+    with pytest.raises(ValueError, match="image 1"):
+        emb.transform([images[0], np.full((8, 8), np.nan)])
+
+
+def test_cuda_request_without_cuda_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        PatchEmbedder(device="cuda").fit(None)
