@@ -1,0 +1,34 @@
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_runs(path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(path)])
+    runpy.run_path(str(path), run_name="__main__")
+    assert "AUROC" in capsys.readouterr().out
+
+
+def test_demo_command_prints_the_table():
+    result = subprocess.run(
+        [sys.executable, "-m", "skanomaly", "demo", "--image-size", "64"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "image AUROC" in result.stdout and "pixel AUROC" in result.stdout
+    auroc = float(result.stdout.split("image AUROC")[1].split()[0])
+    assert auroc >= 0.9
+
+
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "skanomaly", "demo", "--data", str(tmp_path / "nope")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
