@@ -324,6 +324,10 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
             raise ValueError(
                 f"The weights do not fit backbone {name!r}: {exc}"
             ) from None
+    return _wrap(name, spec, model)
+
+
+def _wrap(name, spec, model):
     return Backbone(
         name=name,
         model=model,
@@ -338,15 +342,7 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
 def _build_architecture(name):
     """Architecture only (no weight loading); used when unpickling."""
     spec = _spec(name)
-    return Backbone(
-        name=name,
-        model=spec.build(),
-        stages=dict(spec.stages),
-        channels=dict(spec.channels),
-        default_layers=spec.default_layers,
-        mean=spec.mean,
-        std=spec.std,
-    )
+    return _wrap(name, spec, spec.build())
 
 
 def _as_numpy_state(model):
