@@ -11,15 +11,29 @@ images, draw pixel-level anomaly maps and flag defects::
 
 __version__ = "0.1.0"
 
-from .detectors import KNNDetector
+from .detectors import GaussianDetector, KDEDetector, KNNDetector
 from .embedders import ImageEmbedder, PatchEmbedder
 from .maps import anomaly_maps
-from .pipelines import make_patchcore
+from .pipelines import (
+    make_dfkde,
+    make_dfm,
+    make_padim,
+    make_patchcore,
+    make_softpatch,
+    make_spade,
+)
 
 __all__ = [
+    "GaussianDetector",
     "ImageEmbedder",
+    "KDEDetector",
     "KNNDetector",
     "PatchEmbedder",
     "anomaly_maps",
+    "make_dfkde",
+    "make_dfm",
+    "make_padim",
     "make_patchcore",
+    "make_softpatch",
+    "make_spade",
 ]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
@@ -223,8 +224,14 @@ class PatchEmbedder(_BaseEmbedder):
     image_size : int or (int, int), default=256
         Every image is resized to this (height, width) before the backbone.
     n_features : int or None, default=None
-        If set, reduce the concatenated channels to this many by averaging
-        groups of neighbouring channels (PatchCore's adaptive pooling).
+        If set, reduce the concatenated channels to this many, as
+        ``reduction`` says.
+    reduction : {"mean", "random"}, default="mean"
+        ``"mean"``: average groups of neighbouring channels (PatchCore's
+        adaptive pooling). ``"random"``: keep a random subset of the channels,
+        drawn once in ``fit`` (PaDiM's "Rd").
+    random_state : int, RandomState instance or None, default=None
+        Draws the channel subset when ``reduction="random"``.
     aggregation_size : int, default=3
         Side of the local average window; 1 disables aggregation.
     batch_size : int, default=16
@@ -245,6 +252,8 @@ class PatchEmbedder(_BaseEmbedder):
         The tapped modules, fine to coarse.
     n_features_out_ : int
         Feature dimension ``d`` of the output.
+    feature_indices_ : ndarray of int or None
+        The kept channels when ``reduction="random"``.
 
     Examples
     --------
@@ -259,6 +268,8 @@ class PatchEmbedder(_BaseEmbedder):
         **_BaseEmbedder._parameter_constraints,
         "n_features": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "aggregation_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "reduction": [StrOptions({"mean", "random"})],
+        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -269,7 +280,9 @@ class PatchEmbedder(_BaseEmbedder):
         weights="default",
         image_size=256,
         n_features=None,
+        reduction="mean",
         aggregation_size=3,
+        random_state=None,
         batch_size=16,
         device="cpu",
         n_jobs=None,
@@ -280,7 +293,9 @@ class PatchEmbedder(_BaseEmbedder):
         self.weights = weights
         self.image_size = image_size
         self.n_features = n_features
+        self.reduction = reduction
         self.aggregation_size = aggregation_size
+        self.random_state = random_state
         self.batch_size = batch_size
         self.device = device
         self.n_jobs = n_jobs
@@ -300,6 +315,27 @@ class PatchEmbedder(_BaseEmbedder):
             )
         return total if self.n_features is None else self.n_features
 
+    def fit(self, X=None, y=None):
+        """Validate the parameters, load the backbone, draw the channel subset.
+
+        Parameters
+        ----------
+        X : ignored
+            Accepted for Pipeline compatibility; images are not looked at.
+        y : ignored
+
+        Returns
+        -------
+        self : object
+        """
+        super().fit(X, y)
+        self.feature_indices_ = None
+        total = sum(self.backbone_.channels[name] for name in self.layers_)
+        if self.reduction == "random" and self.n_features is not None:
+            rng = check_random_state(self.random_state)
+            self.feature_indices_ = np.sort(rng.choice(total, self.n_features, replace=False))
+        return self
+
     def _embed(self, batch):
         maps = self.backbone_.extract(batch, self.layers_)
         size = maps[0].shape[-2:]
@@ -317,7 +353,10 @@ class PatchEmbedder(_BaseEmbedder):
                 fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
             parts.append(fmap)
         feats = torch.cat(parts, dim=1).permute(0, 2, 3, 1)
-        if self.n_features is not None and self.n_features != feats.shape[-1]:
+        if self.feature_indices_ is not None:
+            index = torch.as_tensor(self.feature_indices_, device=feats.device)
+            feats = feats.index_select(-1, index)
+        elif self.n_features is not None and self.n_features != feats.shape[-1]:
             n, h, w, d = feats.shape
             feats = F.adaptive_avg_pool1d(feats.reshape(n * h * w, 1, d), self.n_features)
             feats = feats.reshape(n, h, w, self.n_features)

@@ -9,7 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .images import check_images, load_image
 
-__all__ = ["anomaly_maps"]
+__all__ = ["anomaly_maps", "upsample_patch_scores"]
 
 
 def _model_input_shape(transformers, grid_shape):
@@ -26,6 +26,49 @@ def _resize(array, shape):
         return array.astype(np.float32, copy=False)
     tensor = F.interpolate(tensor, size=tuple(shape), mode="bilinear", align_corners=False)
     return tensor[0, 0].numpy()
+
+
+def upsample_patch_scores(patch_scores, image_shapes, *, model_shape=None, sigma=4.0):
+    """Turn ``(n, h, w)`` patch scores into smoothed per-pixel maps.
+
+    Each grid is upsampled (bilinear) to ``model_shape``, smoothed with a
+    Gaussian of ``sigma`` pixels there, then resized to its image's shape.
+
+    Parameters
+    ----------
+    patch_scores : ndarray of shape (n, h, w)
+        E.g. a head's ``score_patches`` output; higher = more anomalous.
+    image_shapes : sequence of (int, int)
+        Height and width of each output map.
+    model_shape : (int, int) or None, default=None
+        Resolution the backbone saw (the embedder's ``image_size``); None
+        uses each image's own shape.
+    sigma : float, default=4.0
+        Gaussian standard deviation in pixels at ``model_shape``; 0 disables.
+
+    Returns
+    -------
+    maps : list of ndarray of shape (H_i, W_i), float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.maps import upsample_patch_scores
+    >>> maps = upsample_patch_scores(np.ones((2, 4, 4)), [(32, 32), (10, 20)], model_shape=(32, 32))
+    >>> [m.shape for m in maps]
+    [(32, 32), (10, 20)]
+    """
+    if len(patch_scores) != len(image_shapes):
+        raise ValueError(f"Got {len(patch_scores)} score grids for {len(image_shapes)} shapes.")
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}.")
+    maps = []
+    for scores, shape in zip(patch_scores, image_shapes):
+        smooth = _resize(scores, model_shape or shape)
+        if sigma > 0:
+            smooth = gaussian_filter(smooth, sigma=sigma, mode="nearest")
+        maps.append(_resize(smooth, shape))
+    return maps
 
 
 def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
@@ -94,12 +137,11 @@ def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
                 f"transformers, got shape {np.shape(features)}."
             )
         patch_scores = head.score_patches(features)
-        model_shape = _model_input_shape(transformers, patch_scores.shape[1:])
-        for array, scores in zip(arrays, patch_scores):
-            smooth = _resize(scores, model_shape)
-            if sigma > 0:
-                smooth = gaussian_filter(smooth, sigma=sigma, mode="nearest")
-            maps.append(_resize(smooth, array.shape[:2]))
+        maps.extend(upsample_patch_scores(
+            patch_scores, [array.shape[:2] for array in arrays],
+            model_shape=_model_input_shape(transformers, patch_scores.shape[1:]),
+            sigma=sigma,
+        ))
     if len({m.shape for m in maps}) == 1:
         return np.stack(maps)
     return maps

@@ -77,9 +77,15 @@ def kneighbors(queries, reference, n_neighbors=1, *, block_bytes=_BLOCK_BYTES):
         for start in range(0, q.shape[0], chunk):
             d2 = _squared_distances(q[start:start + chunk], r, r_sq)
             if n_neighbors == 1:
-                values, index = d2.min(dim=1, keepdim=True)
+                index = d2.argmin(dim=1, keepdim=True)
             else:
-                values, index = torch.topk(d2, n_neighbors, dim=1, largest=False)
-            distances[start:start + len(d2)] = values.sqrt_().numpy()
-            indices[start:start + len(d2)] = index.numpy()
+                index = torch.topk(d2, n_neighbors, dim=1, largest=False).indices
+            # The GEMM finds the neighbours; their distances are recomputed
+            # directly, which is exact (no cancellation) and independent of how
+            # queries are batched, so a sample scores the same in any batch.
+            diff = q[start:start + len(d2), None, :] - r[index]
+            exact = torch.linalg.vector_norm(diff, dim=2)
+            exact, order = exact.sort(dim=1)
+            distances[start:start + len(d2)] = exact.numpy()
+            indices[start:start + len(d2)] = torch.gather(index, 1, order).numpy()
     return distances, indices

@@ -56,6 +56,9 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
     2D input is treated as a grid of one patch per sample.
     """
 
+    # Heads that model whole-image vectors only refuse patch grids.
+    _accepts_grids = True
+
     _parameter_constraints = {
         "contamination": [Interval(numbers.Real, 0, 0.5, closed="right")],
         "calibration_size": [
@@ -94,6 +97,12 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         """Return X as a float32 (n, h, w, d) grid; 2D input gives h = w = 1."""
         name = type(self).__name__
         if getattr(X, "ndim", None) == 4:
+            if not self._accepts_grids:
+                raise ValueError(
+                    f"{name} models one vector per image: give it (n_samples, "
+                    f"n_features) input, e.g. from ImageEmbedder, not patch grids "
+                    f"of shape {X.shape}."
+                )
             X = check_array(
                 X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
                 estimator=self, input_name="X",

@@ -3,8 +3,9 @@
 import numbers
 
 import numpy as np
+import torch
 from scipy.special import logsumexp
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..coreset import kcenter_greedy
 from ..neighbors import kneighbors
@@ -37,13 +38,31 @@ class KNNDetector(_BaseDetector):
         calibrate ``offset_``.
     projection_dim : int or None, default=128
         Dimension of the random projection the coreset is selected on.
+    mode : {"patchcore", "spade"}, default="patchcore"
+        ``"spade"`` (Cohen & Hoshen, 2020): the image score is the mean
+        distance of the image's pooled feature (its patches' average) to
+        those of the ``n_neighbors`` nearest training images, and each patch
+        is scored against the patches of those images only. SPADE keeps every
+        training patch, so it needs ``coreset_ratio=1.0``.
+    train_patch_outlier_quantile : float in [0, 1), default=0.0
+        SoftPatch (Jiang et al., 2022) bank filtering for training sets with
+        some bad images: each training patch gets a local outlier score, its
+        distance to the 9th nearest patch of the *same grid position* in the
+        other training images, divided by that position's median; this
+        share of the most outlying patches is dropped before the coreset.
+        0 keeps all (plain PatchCore).
     random_state : int, RandomState instance or None, default=None
         Seeds the calibration split, the projection and the first centre.
 
     Attributes
     ----------
     memory_bank_ : ndarray of shape (n_bank, n_features), float32
-        The stored normal features.
+        The stored normal features (in SPADE mode, every patch of every
+        training image, image by image).
+    image_features_ : ndarray of shape (n_train_images, n_features)
+        SPADE mode only: the pooled feature of each training image.
+    n_filtered_patches_ : int
+        Training patches dropped by ``train_patch_outlier_quantile``.
     offset_ : float
         Threshold on ``score_samples``; ``decision_function = score_samples - offset_``.
     calibration_scores_ : ndarray of shape (n_calibration,)
@@ -82,6 +101,8 @@ class KNNDetector(_BaseDetector):
         "coreset_ratio": [Interval(numbers.Real, 0, 1, closed="right")],
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
         "projection_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "mode": [StrOptions({"patchcore", "spade"})],
+        "train_patch_outlier_quantile": [Interval(numbers.Real, 0, 1, closed="left")],
     }
 
     def __init__(
@@ -92,6 +113,8 @@ class KNNDetector(_BaseDetector):
         contamination=0.05,
         calibration_size=0.1,
         projection_dim=128,
+        mode="patchcore",
+        train_patch_outlier_quantile=0.0,
         random_state=None,
     ):
         self.coreset_ratio = coreset_ratio
@@ -99,10 +122,26 @@ class KNNDetector(_BaseDetector):
         self.contamination = contamination
         self.calibration_size = calibration_size
         self.projection_dim = projection_dim
+        self.mode = mode
+        self.train_patch_outlier_quantile = train_patch_outlier_quantile
         self.random_state = random_state
 
     def _fit_normal(self, X, rng):
+        if self.mode == "spade":
+            if self.coreset_ratio != 1.0 or self.train_patch_outlier_quantile:
+                raise ValueError(
+                    "mode='spade' keeps every training patch of every image: use "
+                    "coreset_ratio=1.0 and train_patch_outlier_quantile=0."
+                )
+            self.image_features_ = X.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
+            self.memory_bank_ = np.ascontiguousarray(X.reshape(-1, X.shape[-1]))
+            self.n_filtered_patches_ = 0
+            return
         features = X.reshape(-1, X.shape[-1])
+        keep = _soft_patch_mask(X, self.train_patch_outlier_quantile)
+        n_filtered = int((~keep).sum())
+        if n_filtered:
+            features = features[keep]
         n_centers = max(1, int(self.coreset_ratio * len(features)))
         if n_centers < len(features):
             keep = kcenter_greedy(
@@ -111,8 +150,25 @@ class KNNDetector(_BaseDetector):
             )
             features = features[keep]
         self.memory_bank_ = np.ascontiguousarray(features, dtype=np.float32)
+        self.n_filtered_patches_ = n_filtered
+
+    def _spade_scores(self, X):
+        n, h, w, d = X.shape
+        bank_images = self.image_features_
+        k = min(self.n_neighbors, len(bank_images))
+        pooled = X.mean(axis=(1, 2), dtype=np.float64)
+        distances, nearest = kneighbors(pooled, bank_images, k)
+        per_image = len(self.memory_bank_) // len(bank_images)
+        grids = self.memory_bank_.reshape(len(bank_images), per_image, d)
+        patch = np.empty((n, h * w), dtype=np.float32)
+        for i in range(n):
+            support = grids[nearest[i]].reshape(-1, d)
+            patch[i] = kneighbors(X[i].reshape(-1, d), support, 1)[0][:, 0]
+        return patch.reshape(n, h, w), distances.mean(axis=1).astype(np.float64)
 
     def _patch_and_image_scores(self, X):
+        if self.mode == "spade":
+            return self._spade_scores(X)
         n, h, w, d = X.shape
         bank = self.memory_bank_
         distances, nearest = kneighbors(X.reshape(-1, d), bank, 1)
@@ -130,3 +186,33 @@ class KNNDetector(_BaseDetector):
             support_dist = np.linalg.norm(bank[support] - x_star[:, None, :], axis=2)
             image = image * (1.0 - np.exp(image - logsumexp(support_dist, axis=1)))
         return patch.reshape(n, h, w), image
+
+
+# Neighbours defining SoftPatch's local outlier score of a training patch.
+_SOFTPATCH_NEIGHBORS = 9
+
+
+def _soft_patch_mask(X, quantile):
+    """True for the training patches kept after SoftPatch filtering.
+
+    X : (n, h, w, d) grids. Each patch is compared with the patches at the
+    same grid position in the other images: its distance to the k-th nearest
+    of them, over that position's median, is its outlier score.
+    """
+    n, h, w, d = X.shape
+    if quantile <= 0 or n < 2:
+        return np.ones(n * h * w, dtype=bool)
+    k = min(_SOFTPATCH_NEIGHBORS, n - 1)
+    positions = torch.from_numpy(
+        np.ascontiguousarray(X.reshape(n, h * w, d).transpose(1, 0, 2))
+    )
+    scores = np.empty((h * w, n), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, h * w, 128):
+            block = positions[start:start + 128]
+            dist = torch.cdist(block, block)  # (p, n, n), self at distance 0
+            kth = torch.topk(dist, k + 1, dim=2, largest=False).values[..., k]
+            median = kth.median(dim=1, keepdim=True).values.clamp_min(1e-12)
+            scores[start:start + 128] = (kth / median).numpy()
+    scores = scores.T.reshape(-1)  # back to image-major patch order
+    return scores <= np.quantile(scores, 1.0 - quantile)

@@ -1,0 +1,189 @@
+"""Gaussian density heads: PaDiM on patch grids, DFM on image vectors."""
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._base import _BaseDetector
+
+# Positions whose (d, d) matrices are processed at once: bounds the temporary
+# (positions, n_images, d) block when estimating per-position covariances.
+_POSITION_CHUNK = 256
+_IMAGE_CHUNK = 32
+
+
+def _regularised_precision(centred, regularization):
+    """Inverse of the sample covariance + regularization * I, batched.
+
+    centred : tensor of shape (p, n, d), float64
+    """
+    n = centred.shape[1]
+    cov = centred.transpose(1, 2) @ centred / max(n - 1, 1)
+    cov += regularization * torch.eye(cov.shape[-1], dtype=cov.dtype)
+    chol = torch.linalg.cholesky(cov)
+    precision = torch.cholesky_inverse(chol)
+    logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    return precision, logdet
+
+
+class GaussianDetector(_BaseDetector):
+    """Gaussian model of normal features: PaDiM on patch grids, DFM on vectors.
+
+    On patch grids ``(n, h, w, d)`` (PaDiM, Defard et al., 2021) one Gaussian
+    is fitted per grid position, with covariance ``S + regularization * I``;
+    a patch's anomaly score is its Mahalanobis distance to its position's
+    Gaussian, an image's the largest of its patches'. On vectors
+    ``(n, d)`` (DFM, Ahuja et al., 2019) one Gaussian is fitted to all rows,
+    optionally after PCA; the score is the Mahalanobis distance, the Gaussian
+    negative log-likelihood, or the PCA feature-reconstruction error.
+
+    Parameters
+    ----------
+    n_components : int, float in (0, 1) or None, default=None
+        PCA before the Gaussian (vectors only): a number of components, or the
+        fraction of variance to keep (DFM uses 0.97). None: no PCA.
+    score_type : {"mahalanobis", "nll", "reconstruction"}, default="mahalanobis"
+        ``"nll"``: negative log-likelihood under the Gaussian (ranks like the
+        Mahalanobis distance for one Gaussian, but comparable across
+        positions). ``"reconstruction"``: squared error of the PCA
+        reconstruction (needs ``n_components``; vectors only).
+    regularization : float, default=0.01
+        Added to the covariance diagonal (PaDiM's 0.01 I).
+    contamination : float in (0, 0.5], default=0.05
+        Largest fraction of new normal samples that ``predict`` may flag.
+    calibration_size : float in (0, 1) or int, default=0.1
+        Share (or number) of training samples held out to calibrate ``offset_``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the calibration split.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (h, w, d) or (d,)
+        Gaussian mean(s), in PCA space when PCA is used.
+    precision_ : ndarray of shape (h, w, d, d) or (d, d), float32
+        Inverse regularised covariance(s).
+    pca_ : PCA or None
+        The fitted PCA.
+    offset_ : float
+        Threshold on ``score_samples``.
+    calibration_scores_ : ndarray
+        Sorted ``score_samples`` of the held-out normal samples.
+    n_features_in_ : int
+        Feature dimension seen in ``fit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.detectors import GaussianDetector
+    >>> X = np.random.default_rng(0).normal(size=(300, 3))
+    >>> det = GaussianDetector(random_state=0).fit(X)
+    >>> det.predict([[0.0, 0.0, 0.0], [6.0, 6.0, 6.0]]).tolist()
+    [1, -1]
+    """
+
+    _parameter_constraints = {
+        **_BaseDetector._parameter_constraints,
+        "n_components": [
+            Interval(numbers.Integral, 1, None, closed="left"),
+            Interval(numbers.Real, 0, 1, closed="neither"),
+            None,
+        ],
+        "score_type": [StrOptions({"mahalanobis", "nll", "reconstruction"})],
+        "regularization": [Interval(numbers.Real, 0, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        n_components=None,
+        score_type="mahalanobis",
+        *,
+        regularization=0.01,
+        contamination=0.05,
+        calibration_size=0.1,
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.score_type = score_type
+        self.regularization = regularization
+        self.contamination = contamination
+        self.calibration_size = calibration_size
+        self.random_state = random_state
+
+    def _fit_normal(self, X, rng):
+        n, h, w, d = X.shape
+        grid = h * w > 1
+        if grid and (self.n_components is not None or self.score_type == "reconstruction"):
+            raise ValueError(
+                "On patch grids GaussianDetector fits one Gaussian per position "
+                "without PCA: use n_components=None and score_type 'mahalanobis' "
+                "or 'nll'."
+            )
+        if self.score_type == "reconstruction" and self.n_components is None:
+            raise ValueError("score_type='reconstruction' needs n_components (PCA).")
+        pca = None
+        if grid:
+            feats = X.reshape(n, h * w, d)
+        else:
+            feats = X.reshape(n, 1, d).astype(np.float64)
+            if self.n_components is not None:
+                n_components = self.n_components
+                if isinstance(n_components, numbers.Integral):
+                    n_components = min(n_components, n, d)
+                pca = PCA(n_components=n_components, svd_solver="full").fit(feats[:, 0])
+                feats = pca.transform(feats[:, 0])[:, None, :]
+        positions = feats.shape[1]
+        dim = feats.shape[2]
+        mean = feats.mean(axis=0, dtype=np.float64)  # (p, dim)
+        precision = np.empty((positions, dim, dim), dtype=np.float32)
+        logdet = np.empty(positions, dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, positions, _POSITION_CHUNK):
+                stop = min(start + _POSITION_CHUNK, positions)
+                block = torch.from_numpy(
+                    np.ascontiguousarray(feats[:, start:stop].transpose(1, 0, 2), dtype=np.float64)
+                )
+                block -= torch.from_numpy(mean[start:stop])[:, None, :]
+                prec, ld = _regularised_precision(block, self.regularization)
+                precision[start:stop] = prec.numpy()
+                logdet[start:stop] = ld.numpy()
+        shape = (h, w) if grid else ()
+        self.pca_ = pca
+        self.mean_ = mean.astype(np.float32).reshape(shape + (dim,))
+        self.precision_ = precision.reshape(shape + (dim, dim))
+        self._logdet = logdet
+
+    def _patch_and_image_scores(self, X):
+        n, h, w, d = X.shape
+        if self.pca_ is not None:
+            flat = X.reshape(n, d).astype(np.float64)
+            projected = self.pca_.transform(flat)
+            if self.score_type == "reconstruction":
+                error = ((flat - self.pca_.inverse_transform(projected)) ** 2).sum(1)
+                return error.reshape(n, 1, 1).astype(np.float32), error
+            feats = projected.reshape(n, 1, -1)
+        else:
+            feats = X.reshape(n, h * w, d)
+        positions = feats.shape[1]
+        mean = self.mean_.reshape(positions, -1)
+        dim = mean.shape[1]
+        precision = torch.from_numpy(self.precision_.reshape(positions, dim, dim))
+        d2 = np.empty((n, positions), dtype=np.float64)
+        # Images in chunks: the (positions, images, dim) difference block of a
+        # stride-4 PaDiM grid is ~5 MB per image.
+        with torch.inference_mode():
+            for start in range(0, n, _IMAGE_CHUNK):
+                part = feats[start:start + _IMAGE_CHUNK] - mean[None]
+                diff = torch.from_numpy(
+                    np.ascontiguousarray(part.transpose(1, 0, 2), dtype=np.float32)
+                )
+                block = ((diff @ precision) * diff).sum(-1).clamp_(min=0)
+                d2[start:start + len(part)] = block.numpy().T
+        if self.score_type == "nll":
+            patch = 0.5 * (d2 + self._logdet[None, :] + dim * np.log(2 * np.pi))
+        else:
+            patch = np.sqrt(d2)
+        image = patch.max(axis=1)
+        return patch.reshape(n, h, w).astype(np.float32), image

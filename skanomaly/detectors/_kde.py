@@ -1,0 +1,102 @@
+"""Kernel density head on image vectors (DFKDE)."""
+
+import numbers
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.neighbors import KernelDensity
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._base import _BaseDetector
+
+
+class KDEDetector(_BaseDetector):
+    """Gaussian kernel density of PCA-reduced image features (DFKDE).
+
+    As anomalib's DFKDE: features are projected on their first
+    ``n_components`` principal components, scaled so that the largest
+    training vector has unit norm, and modelled with scikit-learn's
+    :class:`~sklearn.neighbors.KernelDensity`. The anomaly score is minus the
+    log density. Works on vectors ``(n, d)`` (e.g. from
+    :class:`~skanomaly.ImageEmbedder`), not on patch grids.
+
+    Parameters
+    ----------
+    n_components : int, default=16
+        PCA components (capped at the number of samples and features).
+    bandwidth : float or {"scott", "silverman"}, default="scott"
+        Kernel bandwidth, in the scaled PCA space.
+    kernel : str, default="gaussian"
+        Any kernel of :class:`~sklearn.neighbors.KernelDensity`.
+    contamination : float in (0, 0.5], default=0.05
+        Largest fraction of new normal samples that ``predict`` may flag.
+    calibration_size : float in (0, 1) or int, default=0.1
+        Share (or number) of training samples held out to calibrate ``offset_``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the calibration split.
+
+    Attributes
+    ----------
+    pca_ : PCA
+    scale_ : float
+        Norm of the largest projected training vector.
+    kde_ : KernelDensity
+    offset_ : float
+    calibration_scores_ : ndarray
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.detectors import KDEDetector
+    >>> X = np.random.default_rng(0).normal(size=(300, 5))
+    >>> det = KDEDetector(n_components=3, random_state=0).fit(X)
+    >>> det.predict([[0.0] * 5, [9.0] * 5]).tolist()
+    [1, -1]
+    """
+
+    _accepts_grids = False
+
+    _parameter_constraints = {
+        **_BaseDetector._parameter_constraints,
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "bandwidth": [Interval(numbers.Real, 0, None, closed="neither"),
+                      StrOptions({"scott", "silverman"})],
+        "kernel": [StrOptions({"gaussian", "tophat", "epanechnikov",
+                               "exponential", "linear", "cosine"})],
+    }
+
+    def __init__(
+        self,
+        n_components=16,
+        *,
+        bandwidth="scott",
+        kernel="gaussian",
+        contamination=0.05,
+        calibration_size=0.1,
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.bandwidth = bandwidth
+        self.kernel = kernel
+        self.contamination = contamination
+        self.calibration_size = calibration_size
+        self.random_state = random_state
+
+    def _project(self, X):
+        return self.pca_.transform(X.reshape(len(X), -1).astype(np.float64)) / self.scale_
+
+    def _fit_normal(self, X, rng):
+        flat = X.reshape(len(X), -1).astype(np.float64)
+        n_components = min(self.n_components, *flat.shape)
+        self.pca_ = PCA(n_components=n_components, svd_solver="full").fit(flat)
+        projected = self.pca_.transform(flat)
+        norm = float(np.linalg.norm(projected, axis=1).max())
+        self.scale_ = norm if norm > 0 else 1.0
+        self.kde_ = KernelDensity(bandwidth=self.bandwidth, kernel=self.kernel).fit(
+            projected / self.scale_
+        )
+
+    def _patch_and_image_scores(self, X):
+        anomaly = -self.kde_.score_samples(self._project(X))
+        return anomaly.reshape(-1, 1, 1).astype(np.float32), anomaly

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+from scipy.spatial.distance import mahalanobis
+from sklearn.decomposition import PCA
+from sklearn.neighbors import KernelDensity
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skanomaly import GaussianDetector, KDEDetector
+
+
+@parametrize_with_checks(
+    [
+        GaussianDetector(),
+        GaussianDetector(n_components=0.9, score_type="nll"),
+        GaussianDetector(n_components=2, score_type="reconstruction"),
+        KDEDetector(),
+    ]
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def _fit_part(det, X):
+    """The samples the head was fitted on (the calibration split's complement)."""
+    from sklearn.utils import check_random_state
+
+    fit_idx, _ = det._calibration_split(len(X), check_random_state(det.random_state))
+    return X[fit_idx]
+
+
+def test_per_position_mahalanobis_matches_scipy():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 2, 3, 4)).astype(np.float32)
+    det = GaussianDetector(regularization=0.01, random_state=0).fit(X)
+    part = _fit_part(det, X).astype(np.float64)
+    test = rng.normal(size=(2, 2, 3, 4)).astype(np.float32)
+    got = det.score_patches(test)
+    for i, j in [(0, 0), (1, 2)]:
+        feats = part[:, i, j]
+        cov = np.cov(feats, rowvar=False) + 0.01 * np.eye(4)
+        for k in range(2):
+            expected = mahalanobis(test[k, i, j], feats.mean(0), np.linalg.inv(cov))
+            assert got[k, i, j] == pytest.approx(expected, rel=1e-4)
+    np.testing.assert_allclose(-det.score_samples(test), got.reshape(2, -1).max(1), rtol=1e-5)
+
+
+def test_dfm_scores_match_their_definitions():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(120, 6)) @ rng.normal(size=(6, 6))
+    test = rng.normal(size=(5, 6))
+    fre = GaussianDetector(n_components=3, score_type="reconstruction", random_state=0).fit(X)
+    pca = PCA(3, svd_solver="full").fit(_fit_part(fre, X))
+    expected = ((test - pca.inverse_transform(pca.transform(test))) ** 2).sum(1)
+    np.testing.assert_allclose(-fre.score_samples(test), expected, rtol=1e-6)
+    nll = GaussianDetector(n_components=3, score_type="nll", regularization=0, random_state=0).fit(X)
+    z = pca.transform(test)
+    var = np.var(pca.transform(_fit_part(nll, X)), axis=0, ddof=1)
+    expected = 0.5 * ((z ** 2 / var).sum(1) + np.log(var).sum() + 3 * np.log(2 * np.pi))
+    np.testing.assert_allclose(-nll.score_samples(test), expected, rtol=1e-5)
+
+
+def test_kde_matches_sklearn_on_scaled_pca():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(100, 8))
+    det = KDEDetector(n_components=4, random_state=0).fit(X)
+    part = _fit_part(det, X)
+    pca = PCA(4, svd_solver="full").fit(part)
+    z = pca.transform(part)
+    scale = np.linalg.norm(z, axis=1).max()
+    kde = KernelDensity(bandwidth="scott").fit(z / scale)
+    test = rng.normal(size=(4, 8))
+    np.testing.assert_allclose(
+        det.score_samples(test), kde.score_samples(pca.transform(test) / scale), rtol=1e-6
+    )
+
+
+def test_density_heads_refuse_what_they_cannot_model():
+    grids = np.random.default_rng(0).normal(size=(10, 2, 2, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="one vector per image"):
+        KDEDetector().fit(grids)
+    with pytest.raises(ValueError, match="per position"):
+        GaussianDetector(n_components=0.9).fit(grids)
+    with pytest.raises(ValueError, match="needs n_components"):
+        GaussianDetector(score_type="reconstruction").fit(np.zeros((10, 3)) + np.arange(10)[:, None])
+    det = KDEDetector(random_state=0).fit(np.random.default_rng(0).normal(size=(20, 3)))
+    with pytest.raises(ValueError, match="score_patches needs 4D"):
+        det.score_patches(np.zeros((2, 3)))

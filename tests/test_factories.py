@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV
+
+from skanomaly import (
+    GaussianDetector,
+    KDEDetector,
+    KNNDetector,
+    anomaly_maps,
+    make_dfkde,
+    make_dfm,
+    make_padim,
+    make_softpatch,
+    make_spade,
+)
+from skanomaly.datasets import make_synthetic
+from skanomaly.model_selection import NormalOnlyKFold
+
+SIZE = 64
+PATCH_FACTORIES = [make_padim, make_spade, make_softpatch]
+IMAGE_FACTORIES = [make_dfm, make_dfkde]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(36, 12, image_size=SIZE, random_state=0)
+
+
+@pytest.mark.parametrize("factory", PATCH_FACTORIES + IMAGE_FACTORIES, ids=lambda f: f.__name__)
+def test_factory_separates_synthetic_defects(factory, data):
+    pipe = factory(image_size=SIZE, random_state=0).fit(data.images[:30])
+    test, y = data.images[30:], data.target[30:]
+    scores = pipe.score_samples(test)
+    assert scores.dtype == np.float64 and scores.shape == (18,)
+    assert roc_auc_score(y, pipe.decision_function(test)) >= 0.9
+    assert set(pipe.predict(test).tolist()) <= {-1, 1}
+
+
+@pytest.mark.parametrize("factory", PATCH_FACTORIES, ids=lambda f: f.__name__)
+def test_patch_factories_draw_maps(factory, data):
+    pipe = factory(image_size=SIZE, random_state=0).fit(data.images[:30])
+    maps = anomaly_maps(pipe, data.images[30:])
+    assert maps.shape == (18, SIZE, SIZE)
+    assert roc_auc_score(data.masks[30:].ravel(), maps.ravel()) >= 0.85
+
+
+@pytest.mark.parametrize("factory", IMAGE_FACTORIES, ids=lambda f: f.__name__)
+def test_image_factories_have_no_maps(factory, data):
+    pipe = factory(image_size=SIZE, random_state=0).fit(data.images[:30])
+    with pytest.raises(ValueError):
+        anomaly_maps(pipe, data.images[30:32])
+
+
+def test_factory_heads_and_defaults():
+    padim = make_padim()
+    assert isinstance(padim[-1], GaussianDetector)
+    assert padim[0].n_features == 100 and padim[0].reduction == "random"
+    assert len(padim[0].layers) == 3 and padim[-1].regularization == 0.01
+    spade = make_spade()
+    assert isinstance(spade[-1], KNNDetector) and spade[-1].mode == "spade"
+    assert make_softpatch()[-1].train_patch_outlier_quantile > 0
+    dfm = make_dfm()
+    assert dfm[-1].n_components == 0.97 and dfm[-1].score_type in ("nll", "reconstruction")
+    assert isinstance(make_dfkde()[-1], KDEDetector) and make_dfkde()[-1].n_components == 16
+
+
+@pytest.mark.parametrize(
+    "factory, grid",
+    [
+        (make_padim, {"gaussiandetector__regularization": [0.01, 1.0]}),
+        (make_spade, {"knndetector__n_neighbors": [3, 10]}),
+        (make_softpatch, {"knndetector__train_patch_outlier_quantile": [0.0, 0.1]}),
+        (make_dfm, {"gaussiandetector__score_type": ["nll", "reconstruction"]}),
+        (make_dfkde, {"kdedetector__n_components": [4, 8]}),
+    ],
+    ids=lambda x: getattr(x, "__name__", ""),
+)
+def test_grid_search_runs(factory, grid, data):
+    search = GridSearchCV(
+        factory(image_size=32, random_state=0), grid, scoring="roc_auc",
+        cv=NormalOnlyKFold(n_splits=2),
+    ).fit(list(data.images[:36:2]) + list(data.images[36:]), np.r_[np.ones(18, int), -np.ones(12, int)])
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    assert next(iter(search.best_params_.values())) in next(iter(grid.values()))

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skanomaly import KNNDetector
+
+# check_outliers_train asks predict to flag some *training* samples: SPADE's
+# image kNN includes the sample itself and SoftPatch drops training outliers
+# from the bank on purpose, so neither flags its own training rows.
+_NOVELTY_ONLY = {
+    "check_outliers_train": "novelty detector: training samples are not flagged",
+}
+
+
+@parametrize_with_checks(
+    [KNNDetector(mode="spade", coreset_ratio=1.0), KNNDetector(train_patch_outlier_quantile=0.1)],
+    expected_failed_checks=lambda est: _NOVELTY_ONLY,
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_spade_scores_follow_the_paper():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 3, 3, 5)).astype(np.float32)
+    det = KNNDetector(mode="spade", coreset_ratio=1.0, n_neighbors=4, calibration_size=5,
+                      random_state=0).fit(X)
+    test = rng.normal(size=(2, 3, 3, 5)).astype(np.float32)
+    train = det.memory_bank_.reshape(25, 9, 5)
+    pooled = train.mean(1)
+    for i in range(2):
+        d = cdist(test[i].reshape(-1, 5).mean(0, keepdims=True), pooled)[0]
+        nearest = np.argsort(d)[:4]
+        assert -det.score_samples(test[i:i + 1])[0] == pytest.approx(d[nearest].mean(), rel=1e-4)
+        expected = cdist(test[i].reshape(-1, 5), train[nearest].reshape(-1, 5)).min(1)
+        np.testing.assert_allclose(det.score_patches(test[i:i + 1]).ravel(), expected, rtol=1e-4)
+
+
+def test_spade_refuses_a_coreset():
+    with pytest.raises(ValueError, match="coreset_ratio=1.0"):
+        KNNDetector(mode="spade").fit(np.zeros((5, 2, 2, 3), np.float32))
+
+
+def test_softpatch_drops_the_planted_defect_patches():
+    from sklearn.utils import check_random_state
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4, 4, 6)).astype(np.float32) * 0.1
+    params = dict(coreset_ratio=1.0, calibration_size=1, random_state=0)
+    fit_idx, _ = KNNDetector(**params)._calibration_split(40, check_random_state(0))
+    a, b = fit_idx[3], fit_idx[7]
+    X[a, 1, 2] += 5.0  # defects slipped into two training images
+    X[b, 0, 0] -= 5.0
+    defects = np.stack([X[a, 1, 2], X[b, 0, 0]])
+    plain = KNNDetector(**params).fit(X)
+    soft = KNNDetector(train_patch_outlier_quantile=0.02, **params).fit(X)
+    assert cdist(defects, plain.memory_bank_).min(1).max() == 0.0
+    assert cdist(defects, soft.memory_bank_).min(1).min() > 1.0
+    n_patches = 39 * 16
+    assert abs(soft.n_filtered_patches_ - 0.02 * n_patches) <= 1
+    assert len(soft.memory_bank_) == n_patches - soft.n_filtered_patches_
+    # The same defect at test time: PatchCore memorised it, SoftPatch did not.
+    test = X[[a]]
+    assert -plain.score_samples(test)[0] < 0.5 < -soft.score_samples(test)[0]
