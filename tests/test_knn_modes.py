@@ -63,3 +63,21 @@ def test_softpatch_drops_the_planted_defect_patches():
     # The same defect at test time: PatchCore memorised it, SoftPatch did not.
     test = X[[a]]
     assert -plain.score_samples(test)[0] < 0.5 < -soft.score_samples(test)[0]
+
+
+def test_softpatch_localises_better_than_patchcore_with_defects_in_training():
+    from sklearn.metrics import roc_auc_score
+
+    from skanomaly import PatchEmbedder
+    from skanomaly.datasets import make_synthetic
+
+    data = make_synthetic(60, 36, image_size=64, random_state=0)
+    feats = PatchEmbedder(image_size=64).fit(None).transform(data.images)
+    train = np.r_[0:40, 60:66]  # 6 defective images slipped into 46
+    test = np.r_[40:60, 66:96]
+    cells = data.masks[test].reshape(len(test), 8, 8, 8, 8).max(axis=(2, 4)).ravel()
+    patch_auroc = {}
+    for q in (0.0, 0.01):
+        det = KNNDetector(train_patch_outlier_quantile=q, random_state=0).fit(feats[train])
+        patch_auroc[q] = roc_auc_score(cells, det.score_patches(feats[test]).ravel())
+    assert patch_auroc[0.01] > patch_auroc[0.0] + 0.03, patch_auroc

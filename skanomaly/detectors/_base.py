@@ -50,7 +50,9 @@ def conformal_offset(calibration_scores, contamination):
 class _BaseDetector(OutlierMixin, BaseEstimator):
     """Base class of the heads: 2D rows or 4D patch grids in, outlier contract out.
 
-    Subclasses implement ``_fit_normal(X, random_state)`` on 4D grids and
+    Subclasses implement ``_fit_normal(X, fit_idx, random_state)`` on 4D
+    grids (fit on the samples ``X[fit_idx]``; indexing is left to them so
+    that large grids can be read in chunks instead of copied whole) and
     ``_patch_and_image_scores(X)`` returning (patch anomaly scores of shape
     (n, h, w), image anomaly scores of shape (n,)); higher = more anomalous.
     2D input is treated as a grid of one patch per sample.
@@ -167,7 +169,7 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         X = self._check_features(X, reset=True)
         rng = check_random_state(self.random_state)
         fit_idx, cal_idx = self._calibration_split(X.shape[0], rng)
-        self._fit_normal(X[fit_idx], rng)
+        self._fit_normal(X, fit_idx, rng)
         cal_scores = -self._patch_and_image_scores(X[cal_idx])[1]
         self.calibration_scores_ = np.sort(cal_scores.astype(np.float64))
         self.offset_ = conformal_offset(self.calibration_scores_, self.contamination)

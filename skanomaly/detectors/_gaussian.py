@@ -112,8 +112,9 @@ class GaussianDetector(_BaseDetector):
         self.calibration_size = calibration_size
         self.random_state = random_state
 
-    def _fit_normal(self, X, rng):
-        n, h, w, d = X.shape
+    def _fit_normal(self, X, fit_idx, rng):
+        _, h, w, d = X.shape
+        n = len(fit_idx)
         grid = h * w > 1
         if grid and (self.n_components is not None or self.score_type == "reconstruction"):
             raise ValueError(
@@ -125,9 +126,11 @@ class GaussianDetector(_BaseDetector):
             raise ValueError("score_type='reconstruction' needs n_components (PCA).")
         pca = None
         if grid:
-            feats = X.reshape(n, h * w, d)
+            # Rows are gathered chunk by chunk below, never copied whole.
+            feats = X.reshape(len(X), h * w, d)
         else:
-            feats = X.reshape(n, 1, d).astype(np.float64)
+            feats = X[fit_idx].reshape(n, 1, d).astype(np.float64)
+            fit_idx = slice(None)
             if self.n_components is not None:
                 n_components = self.n_components
                 if isinstance(n_components, numbers.Integral):
@@ -136,16 +139,17 @@ class GaussianDetector(_BaseDetector):
                 feats = pca.transform(feats[:, 0])[:, None, :]
         positions = feats.shape[1]
         dim = feats.shape[2]
-        mean = feats.mean(axis=0, dtype=np.float64)  # (p, dim)
+        mean = np.empty((positions, dim), dtype=np.float64)
         precision = np.empty((positions, dim, dim), dtype=np.float32)
         logdet = np.empty(positions, dtype=np.float64)
         with torch.inference_mode():
             for start in range(0, positions, _POSITION_CHUNK):
                 stop = min(start + _POSITION_CHUNK, positions)
-                block = torch.from_numpy(
-                    np.ascontiguousarray(feats[:, start:stop].transpose(1, 0, 2), dtype=np.float64)
-                )
-                block -= torch.from_numpy(mean[start:stop])[:, None, :]
+                block = torch.from_numpy(np.ascontiguousarray(
+                    feats[fit_idx, start:stop].transpose(1, 0, 2), dtype=np.float64
+                ))
+                mean[start:stop] = block.mean(dim=1).numpy()
+                block -= block.mean(dim=1, keepdim=True)
                 prec, ld = _regularised_precision(block, self.regularization)
                 precision[start:stop] = prec.numpy()
                 logdet[start:stop] = ld.numpy()

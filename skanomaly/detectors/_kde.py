@@ -86,8 +86,8 @@ class KDEDetector(_BaseDetector):
     def _project(self, X):
         return self.pca_.transform(X.reshape(len(X), -1).astype(np.float64)) / self.scale_
 
-    def _fit_normal(self, X, rng):
-        flat = X.reshape(len(X), -1).astype(np.float64)
+    def _fit_normal(self, X, fit_idx, rng):
+        flat = X[fit_idx].reshape(len(fit_idx), -1).astype(np.float64)
         n_components = min(self.n_components, *flat.shape)
         self.pca_ = PCA(n_components=n_components, svd_solver="full").fit(flat)
         projected = self.pca_.transform(flat)

@@ -126,7 +126,8 @@ class KNNDetector(_BaseDetector):
         self.train_patch_outlier_quantile = train_patch_outlier_quantile
         self.random_state = random_state
 
-    def _fit_normal(self, X, rng):
+    def _fit_normal(self, X, fit_idx, rng):
+        X = X[fit_idx]
         if self.mode == "spade":
             if self.coreset_ratio != 1.0 or self.train_patch_outlier_quantile:
                 raise ValueError(
