@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch, check_random_state
 
-__all__ = ["load_mvtec", "make_synthetic"]
+__all__ = ["load_folder", "load_mvtec", "make_synthetic"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -80,6 +80,82 @@ def load_mvtec(root, split="train"):
         masks=masks,
         defect_type=types,
     )
+
+
+def _find_mask(mask_dir, stem):
+    for suffix in ("", "_mask"):
+        for ext in IMAGE_EXTENSIONS:
+            for candidate in (mask_dir / f"{stem}{suffix}{ext}", mask_dir / f"{stem}{suffix}{ext.upper()}"):
+                if candidate.is_file():
+                    return os.fspath(candidate)
+    return None
+
+
+def load_folder(normal_dir, anomalous_dir=None, mask_dir=None):
+    """Load a user's own images: a folder of good parts, optionally bad ones and masks.
+
+    Parameters
+    ----------
+    normal_dir : str or path-like
+        Images of normal parts (files directly in the folder).
+    anomalous_dir : str, path-like or None, default=None
+        Images of defective parts: files directly in it (defect type
+        ``"anomalous"``) and/or sub-folders named by defect type.
+    mask_dir : str, path-like or None, default=None
+        Masks of the defective images, paired by file stem: the mask of
+        ``scratch/017.png`` is ``017.png`` or ``017_mask.<ext>`` in
+        ``mask_dir`` (or in ``mask_dir/scratch``). Masks are optional; an
+        image without one gets None.
+
+    Returns
+    -------
+    data : Bunch
+        ``images`` (str paths, normal first), ``target`` (+1 / -1), ``masks``
+        (path or None), ``defect_type`` (``"good"`` for normal images).
+
+    Raises
+    ------
+    ValueError
+        If a folder is missing or holds no images.
+
+    Examples
+    --------
+    >>> from skanomaly.datasets import load_folder
+    >>> data = load_folder("parts/good", "parts/bad", "parts/masks")  # doctest: +SKIP
+    """
+    def images_in(folder, what):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"{what} folder {os.fspath(folder)!r} does not exist.")
+        return folder, _image_files(folder)
+
+    folder, normal = images_in(normal_dir, "Normal")
+    if not normal:
+        raise ValueError(f"No images in {os.fspath(folder)!r} (extensions {IMAGE_EXTENSIONS}).")
+    images = [os.fspath(p) for p in normal]
+    types = ["good"] * len(normal)
+    masks = [None] * len(normal)
+    if anomalous_dir is not None:
+        folder, loose = images_in(anomalous_dir, "Anomalous")
+        groups = [("anomalous", loose, None)] + [
+            (sub.name, _image_files(sub), sub.name)
+            for sub in sorted(p for p in folder.iterdir() if p.is_dir())
+        ]
+        if not any(files for _, files, _ in groups):
+            raise ValueError(f"No images in {os.fspath(folder)!r} or its sub-folders.")
+        mask_root = None if mask_dir is None else images_in(mask_dir, "Mask")[0]
+        for kind, files, sub in groups:
+            for path in files:
+                images.append(os.fspath(path))
+                types.append(kind)
+                mask = None
+                if mask_root is not None:
+                    mask = _find_mask(mask_root, path.stem)
+                    if mask is None and sub is not None and (mask_root / sub).is_dir():
+                        mask = _find_mask(mask_root / sub, path.stem)
+                masks.append(mask)
+    target = np.where(np.asarray(types) == "good", 1, -1).astype(np.int64)
+    return Bunch(images=images, target=target, masks=masks, defect_type=types)
 
 
 def _texture(size, rng):

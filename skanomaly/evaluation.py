@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from .images import check_images, load_image
 from .maps import upsample_patch_scores
-from .metrics import pixel_roc_auc
+from .metrics import f1_max, pixel_aupro, pixel_roc_auc
 
 __all__ = ["FeatureCache", "evaluate_pipeline"]
 
@@ -17,7 +17,10 @@ class FeatureCache:
 
     Methods that share an embedder configuration (PatchCore, SoftPatch and
     SPADE all use the default ``PatchEmbedder``) then embed each image once.
-    Only path items are cached; arrays are embedded each time.
+    Only path items are cached; arrays are embedded each time. Each row keeps
+    the time it took to embed, and ``last_seconds`` is that cost summed over
+    the rows of the latest call, cached or not, so timings stay fair to every
+    method that shares the cache.
 
     Examples
     --------
@@ -32,7 +35,7 @@ class FeatureCache:
 
     def __init__(self):
         self._store = {}
-        self.seconds = 0.0
+        self.last_seconds = 0.0
 
     def transform(self, transformer, images):
         """``transformer.transform(images)`` of a fitted transformer, reusing cached rows."""
@@ -44,12 +47,14 @@ class FeatureCache:
         if missing:
             start = time.perf_counter()
             features = transformer.transform([images[i] for i in missing])
-            self.seconds += time.perf_counter() - start
+            per_row = (time.perf_counter() - start) / len(missing)
             for i, row in zip(missing, features):
-                rows[i] = row
+                rows[i] = (row, per_row)
                 if isinstance(images[i], str):
-                    store[images[i]] = row
-        return np.stack([rows[i] if i in rows else store[images[i]] for i in range(len(images))])
+                    store[images[i]] = rows[i]
+        picked = [rows[i] if i in rows else store[images[i]] for i in range(len(images))]
+        self.last_seconds = float(sum(seconds for _, seconds in picked))
+        return np.stack([row for row, _ in picked])
 
 
 def _image_shapes(images):
@@ -66,15 +71,15 @@ def _image_shapes(images):
 
 
 def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_masks=None,
-                      *, cache=None):
+                      *, cache=None, fit=True):
     """Fit ``pipeline`` on normal images and measure it on labelled test images.
 
     Parameters
     ----------
     pipeline : Pipeline
-        Unfitted; transformers then a detector head.
-    train_images : list of images
-        Normal images.
+        Transformers then a detector head; fitted here unless ``fit=False``.
+    train_images : list of images or None
+        Normal images (ignored when ``fit=False``).
     test_images : list of images
     test_target : array-like of +1 / -1
     test_masks : list of (path, array or None) or None, default=None
@@ -82,12 +87,16 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         head has ``score_patches``.
     cache : FeatureCache or None, default=None
         Shares embeddings between pipelines with the same transformers.
+    fit : bool, default=True
+        False measures an already fitted pipeline (e.g. loaded with joblib).
 
     Returns
     -------
     result : dict
-        ``image_auroc``, ``pixel_auroc`` (NaN when not computed), ``fit_s``
-        (embedding, or its cached share, plus head fit), ``ms_per_image``
+        ``image_auroc``, ``f1_max``, ``pixel_auroc`` and ``aupro`` (NaN when
+        not computed), ``fit_s``
+        (embedding, as measured when first computed if cached, plus head
+        fit), ``ms_per_image``
         (embedding plus scoring of the test images) and the fitted ``pipeline``.
 
     Examples
@@ -103,29 +112,33 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
     """
     transformers, head = pipeline[:-1], pipeline[-1]
     test_images = check_images(test_images)
-    # Frozen embedders learn nothing from images: fit only loads the weights.
-    transformers.fit(None)
+    if fit:
+        # Frozen embedders learn nothing from images: fit only loads the weights.
+        transformers.fit(None)
 
     def embed(images):
         if cache is None:
             start = time.perf_counter()
             features = transformers.transform(images)
             return features, time.perf_counter() - start
-        before = cache.seconds
         features = cache.transform(transformers, images)
-        return features, cache.seconds - before
+        return features, cache.last_seconds
 
-    train_features, embed_train_s = embed(train_images)
-    start = time.perf_counter()
-    head.fit(train_features)
-    head_fit_s = time.perf_counter() - start
+    embed_train_s = head_fit_s = 0.0
+    if fit:
+        train_features, embed_train_s = embed(train_images)
+        start = time.perf_counter()
+        head.fit(train_features)
+        head_fit_s = time.perf_counter() - start
     test_features, embed_test_s = embed(test_images)
     start = time.perf_counter()
     decision = head.decision_function(test_features)
     score_s = time.perf_counter() - start
     result = {
         "image_auroc": float(roc_auc_score(test_target, decision)),
+        "f1_max": f1_max(test_target, decision)[0],
         "pixel_auroc": float("nan"),
+        "aupro": float("nan"),
         "fit_s": embed_train_s + head_fit_s,
         "ms_per_image": 1000 * (embed_test_s + score_s) / len(test_images),
         "pipeline": pipeline,
@@ -139,4 +152,6 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
             model_shape=model_shape,
         )
         result["pixel_auroc"] = pixel_roc_auc(test_masks, maps)
+        if any(mask is not None for mask in test_masks):
+            result["aupro"] = pixel_aupro(test_masks, maps)
     return result

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skanomaly.datasets import load_mvtec, make_synthetic
+from skanomaly.datasets import load_folder, load_mvtec, make_synthetic
 from skanomaly.metrics import pixel_roc_auc
 
 
@@ -58,3 +58,33 @@ def test_pixel_roc_auc_against_sklearn(tmp_path):
     assert pixel_roc_auc([masks[0], str(path), masks[2]], maps) == pytest.approx(expected)
     with pytest.raises(ValueError, match="does not match"):
         pixel_roc_auc([np.zeros((2, 2))], [np.zeros((3, 3))])
+
+
+def test_load_folder_pairs_masks_by_stem(tmp_path):
+    _write(tmp_path / "good" / "a.png")
+    _write(tmp_path / "good" / "b.jpg")
+    (tmp_path / "good" / "notes.txt").write_text("ignored")
+    _write(tmp_path / "bad" / "x.png")
+    _write(tmp_path / "bad" / "scratch" / "y.png")
+    _write(tmp_path / "bad" / "scratch" / "z.png")
+    _write(tmp_path / "masks" / "x_mask.png", 255)
+    _write(tmp_path / "masks" / "scratch" / "y.png", 255)
+    data = load_folder(tmp_path / "good", tmp_path / "bad", tmp_path / "masks")
+    assert [p.split("/")[-1] for p in data.images] == ["a.png", "b.jpg", "x.png", "y.png", "z.png"]
+    assert data.target.tolist() == [1, 1, -1, -1, -1]
+    assert data.defect_type == ["good", "good", "anomalous", "scratch", "scratch"]
+    assert data.masks[:2] == [None, None] and data.masks[4] is None
+    assert data.masks[2].endswith("x_mask.png") and data.masks[3].endswith("scratch/y.png")
+    only_good = load_folder(tmp_path / "good")
+    assert only_good.target.tolist() == [1, 1]
+
+
+def test_load_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No images"):
+        load_folder(tmp_path / "empty")
+    _write(tmp_path / "good" / "a.png")
+    with pytest.raises(ValueError, match="No images"):
+        load_folder(tmp_path / "good", tmp_path / "empty")

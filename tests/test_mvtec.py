@@ -122,3 +122,27 @@ def test_padim_fits_bottle_within_2gb():
     peak_gb = float(out.stdout.split()[-1])
     print(f"PaDiM fit on bottle: peak RSS {peak_gb:.2f} GB")
     assert peak_gb < 2.0
+
+
+@pytest.mark.parametrize("category", ["mvtec_bottle", "mvtec3d_tire"])
+def test_calibrated_false_alarm_rate_on_held_out_normals(category, cache):
+    from scipy.stats import betabinom
+
+    root = mvtec_category(category)
+    train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
+    normals = [p for p, t in zip(test.images, test.target) if t == 1]
+    if (root / "validation").is_dir():
+        normals += load_mvtec(root, "validation").images
+    alpha = 0.1
+    pipe = make_patchcore(contamination=alpha, random_state=0)
+    pipe[:-1].fit(None)
+    pipe[-1].fit(cache.transform(pipe[:-1], train.images))
+    flagged = int((pipe[-1].predict(cache.transform(pipe[:-1], normals)) == -1).sum())
+    n_cal = len(pipe[-1].calibration_scores_)
+    k = int(np.floor(alpha * (n_cal + 1)))
+    # Flags among m new normals follow a beta-binomial law: the threshold is
+    # the k-th lowest of n_cal calibration scores (exchangeability).
+    law = betabinom(len(normals), k, n_cal + 1 - k)
+    print(f"{category}: {flagged}/{len(normals)} normals flagged at alpha={alpha} "
+          f"(expected {law.mean():.1f}, 99% bound {law.ppf(0.99):.0f})")
+    assert flagged <= law.ppf(0.99)

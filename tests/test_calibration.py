@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from skanomaly import ImageEmbedder, KNNDetector, make_patchcore
+from skanomaly.calibration import conformal_pvalues
+from skanomaly.datasets import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def synthetic_features():
+    data = make_synthetic(600, 0, image_size=32, random_state=0)
+    return ImageEmbedder(image_size=32, batch_size=64).fit(None).transform(data.images)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 0.2])
+def test_false_alarm_rate_on_new_normals_matches_request(synthetic_features, alpha):
+    feats = synthetic_features
+    rates = []
+    for seed in range(8):
+        order = np.random.default_rng(seed).permutation(len(feats))
+        train, new = feats[order[:300]], feats[order[300:]]
+        det = KNNDetector(contamination=alpha, calibration_size=100, random_state=seed).fit(train)
+        flagged = det.predict(new) == -1
+        p = conformal_pvalues(det, new)
+        k = np.floor(alpha * 101)
+        np.testing.assert_array_equal(flagged, p <= k / 101)
+        rates.append(flagged.mean())
+    # Guarantee: E[rate] = k / (n + 1) <= alpha. Spread: calibration (Beta) and
+    # test (binomial) sampling, averaged over 8 splits.
+    expected = np.floor(alpha * 101) / 101
+    spread = np.sqrt(expected * (1 - expected) * (1 / 102 + 1 / 300) / 8)
+    assert abs(np.mean(rates) - expected) <= 4 * spread, (np.mean(rates), expected)
+
+
+def test_pvalues_are_uniform_ranks():
+    det = KNNDetector(random_state=0, calibration_size=9).fit(
+        np.random.default_rng(0).normal(size=(50, 3))
+    )
+    cal = det.calibration_scores_
+    p = conformal_pvalues(det, np.zeros((1, 3)))
+    assert 0 < p[0] <= 1
+    # A score below every calibration score gets the smallest p-value, 1/(n+1).
+    far = conformal_pvalues(det, np.full((1, 3), 50.0))
+    assert far[0] == pytest.approx(1 / (len(cal) + 1))
+
+
+def test_pvalues_through_a_pipeline():
+    data = make_synthetic(30, 3, image_size=32, random_state=0)
+    pipe = make_patchcore(image_size=32, random_state=0).fit(data.images[:30])
+    p = conformal_pvalues(pipe, data.images[30:])
+    assert p.shape == (3,) and np.all(p <= 1 / (len(pipe[-1].calibration_scores_) + 1) + 1e-12)

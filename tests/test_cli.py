@@ -1,0 +1,75 @@
+import csv
+import json
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+from PIL import Image
+
+from skanomaly import make_patchcore
+from skanomaly.cli import main
+from skanomaly.datasets import load_mvtec, make_synthetic
+
+
+@pytest.fixture(scope="module")
+def mvtec_like(tmp_path_factory):
+    """A small folder in MVTec AD layout, made from the synthetic dataset."""
+    root = tmp_path_factory.mktemp("category")
+    data = make_synthetic(30, 9, image_size=48, random_state=0)
+    for i in range(39):
+        kind = data.defect_type[i]
+        folder = root / ("train" if i < 22 else "test") / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.images[i]).save(folder / f"{i:03d}.png")
+        if kind != "good":
+            (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(data.masks[i].astype(np.uint8) * 255).save(
+                root / "ground_truth" / kind / f"{i:03d}_mask.png"
+            )
+    return root
+
+
+def test_evaluate_writes_one_row_per_method(mvtec_like, tmp_path, capsys):
+    out = tmp_path / "res"
+    code = main(["evaluate", str(mvtec_like), "--methods", "patchcore,dfm",
+                 "--image-size", "48", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "image AUROC" in printed and "AUPRO" in printed and "patchcore" in printed
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert [r["method"] for r in rows] == ["patchcore", "dfm"]
+    assert float(rows[0]["image_auroc"]) >= 0.9 and 0 < float(rows[0]["aupro"]) <= 1
+    assert rows[1]["aupro"] == "nan"
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["results"][0]["fit_s"] > 0 and saved["results"][0]["peak_rss_mb"] > 0
+
+
+def test_evaluate_a_saved_model(mvtec_like, tmp_path, capsys):
+    pipe = make_patchcore(image_size=48, random_state=0).fit(load_mvtec(mvtec_like).images)
+    joblib.dump(pipe, tmp_path / "m.joblib")
+    assert main(["evaluate", str(mvtec_like), "--model", str(tmp_path / "m.joblib"),
+                 "--out", str(tmp_path / "r")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert rows[0]["method"] == "m.joblib" and float(rows[0]["fit_s"]) == 0.0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "/nonexistent/dir"], "No 'test' folder"),
+        (["evaluate", "{root}", "--methods", "nope"], "Unknown method"),
+    ],
+)
+def test_user_errors_exit_1_with_one_line(mvtec_like, argv, message):
+    argv = [a.format(root=mvtec_like) for a in argv]
+    result = subprocess.run([sys.executable, "-m", "skanomaly", *argv],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "evaluate" in capsys.readouterr().out
