@@ -76,12 +76,16 @@ def _torch_threads(n_jobs):
         torch.set_num_threads(before)
 
 
-def _progress(iterable, total, enabled, desc):
+@contextlib.contextmanager
+def _progress(total, enabled, desc):
+    """A tqdm bar over images (or a no-op) with an ``update(n)`` method."""
     if not enabled:
-        return iterable
+        yield lambda n: None
+        return
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="batch")
+    with tqdm(total=total, desc=desc, unit="img") as bar:
+        yield bar.update
 
 
 class _BaseEmbedder(TransformerMixin, BaseEstimator):
@@ -190,17 +194,18 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "backbone_")
         images = check_images(X)
-        n_batches = -(-len(images) // self.batch_size)
-        batches = range(0, len(images), self.batch_size)
         out = None
-        with _torch_threads(self.n_jobs), torch.inference_mode():
-            for start in _progress(batches, n_batches, self.verbose, type(self).__name__):
+        with _torch_threads(self.n_jobs), torch.inference_mode(), _progress(
+            len(images), self.verbose, type(self).__name__
+        ) as advance:
+            for start in range(0, len(images), self.batch_size):
                 batch = self._load_batch(images[start:start + self.batch_size], start)
                 feats = self._embed(self.backbone_.normalize(batch))
                 feats = feats.float().cpu().numpy()
                 if out is None:
                     out = np.empty((len(images),) + feats.shape[1:], dtype=np.float32)
                 out[start:start + len(feats)] = feats
+                advance(len(feats))
         return out
 
 
@@ -242,7 +247,7 @@ class PatchEmbedder(_BaseEmbedder):
         Torch CPU threads during ``transform`` (None: torch's default;
         -1: all cores).
     verbose : int, default=0
-        Show a progress bar over batches when > 0.
+        Show a progress bar over images when > 0.
 
     Attributes
     ----------
@@ -394,7 +399,7 @@ class ImageEmbedder(_BaseEmbedder):
     n_jobs : int or None, default=None
         Torch CPU threads during ``transform``.
     verbose : int, default=0
-        Show a progress bar over batches when > 0.
+        Show a progress bar over images when > 0.
 
     Attributes
     ----------

@@ -50,3 +50,20 @@ def test_pvalues_through_a_pipeline():
     pipe = make_patchcore(image_size=32, random_state=0).fit(data.images[:30])
     p = conformal_pvalues(pipe, data.images[30:])
     assert p.shape == (3,) and np.all(p <= 1 / (len(pipe[-1].calibration_scores_) + 1) + 1e-12)
+
+
+def test_pixel_threshold_bounds_false_alarms_on_normal_maps():
+    from skanomaly import anomaly_maps
+    from skanomaly.calibration import pixel_threshold
+
+    data = make_synthetic(70, 0, image_size=48, random_state=1)
+    pipe = make_patchcore(image_size=48, random_state=0).set_params(
+        knndetector__calibration_size=20
+    ).fit(data.images[:50])
+    maps = anomaly_maps(pipe, data.images[50:])
+    for rate in (0.01, 0.05):
+        threshold = pixel_threshold(pipe, rate)
+        assert (maps > threshold).mean() <= 1.5 * rate
+    assert pixel_threshold(pipe) == pixel_threshold(pipe, pipe[-1].contamination)
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        pixel_threshold(pipe, 1.5)

@@ -170,8 +170,11 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         fit_idx, cal_idx = self._calibration_split(X.shape[0], rng)
         self._fit_normal(X, fit_idx, rng)
-        cal_scores = -self._patch_and_image_scores(X[cal_idx])[1]
-        self.calibration_scores_ = np.sort(cal_scores.astype(np.float64))
+        cal_patches, cal_images = self._patch_and_image_scores(X[cal_idx])
+        self.calibration_scores_ = np.sort(-cal_images.astype(np.float64))
+        # Patch scores of held-out normal images: the reference for pixel
+        # thresholds (skanomaly.calibration.pixel_threshold).
+        self.calibration_patch_scores_ = np.sort(cal_patches.ravel().astype(np.float32))
         self.offset_ = conformal_offset(self.calibration_scores_, self.contamination)
         return self
 
