@@ -21,6 +21,16 @@ _PADIM_LAYERS = {
 }
 
 
+# Covariance regularisation added to each position's covariance. The
+# paper's 0.01 I suits ResNet features; EfficientNet-Lite0's linear-bottleneck
+# features are larger in scale, and with 0.01 near-singular covariances make
+# the maps noise (tire pixel AUROC 0.53; bottle 0.980). Measured with
+# EfficientNet-Lite0 at 256 px (image / pixel AUROC):
+#   bottle: 0.01 -> 0.995 / 0.980, 1 -> 0.999 / 0.985, 10 -> 0.999 / 0.986
+#   tire:   0.01 -> 0.803 / 0.529, 1 -> 0.831 / 0.923, 10 -> 0.818 / 0.968
+_PADIM_REGULARIZATION = {"efficientnet_lite0": 10.0}
+
+
 def _common(device, batch_size, n_jobs, verbose):
     return {"device": device, "batch_size": batch_size, "n_jobs": n_jobs, "verbose": verbose}
 
@@ -97,7 +107,7 @@ def make_padim(
     *,
     n_features=100,
     image_size=256,
-    regularization=0.01,
+    regularization=None,
     contamination=0.05,
     device="cpu",
     batch_size=16,
@@ -110,7 +120,8 @@ def make_padim(
     ``PatchEmbedder`` taps three stages (strides 4, 8 and 16), without local
     averaging, keeps a random subset of ``n_features`` channels (the paper's
     Rd), and ``GaussianDetector`` fits a Gaussian per grid position with
-    covariance ``S + 0.01 I``; patch scores are Mahalanobis distances.
+    covariance ``S + regularization * I``; patch scores are Mahalanobis
+    distances.
 
     Parameters
     ----------
@@ -119,7 +130,10 @@ def make_padim(
     n_features : int, default=100
         Random channel subset size.
     image_size : int or (int, int), default=256
-    regularization : float, default=0.01
+    regularization : float or None, default=None
+        Added to each covariance's diagonal. None: the paper's 0.01 for
+        ResNets, 10 for EfficientNet-Lite0, whose features are larger in
+        scale (with 0.01 its tire maps are noise: pixel AUROC 0.53 vs 0.97).
     contamination : float in (0, 0.5], default=0.05
     device, batch_size, n_jobs, verbose
         As in :class:`~skanomaly.PatchEmbedder`.
@@ -141,6 +155,8 @@ def make_padim(
     (16, 16, 100, 100)
     """
     layers = _PADIM_LAYERS.get(backbone, ("layer1", "layer2", "layer3"))
+    if regularization is None:
+        regularization = _PADIM_REGULARIZATION.get(backbone, 0.01)
     return make_pipeline(
         PatchEmbedder(
             backbone, layers=layers, image_size=image_size, n_features=n_features,

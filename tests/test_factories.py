@@ -56,7 +56,8 @@ def test_factory_heads_and_defaults():
     padim = make_padim()
     assert isinstance(padim[-1], GaussianDetector)
     assert padim[0].n_features == 100 and padim[0].reduction == "random"
-    assert len(padim[0].layers) == 3 and padim[-1].regularization == 0.01
+    assert len(padim[0].layers) == 3 and padim[-1].regularization == 10.0
+    assert make_padim("resnet18")[-1].regularization == 0.01  # the paper's, for ResNets
     spade = make_spade()
     assert isinstance(spade[-1], KNNDetector) and spade[-1].mode == "spade"
     assert make_softpatch()[-1].train_patch_outlier_quantile > 0
