@@ -131,8 +131,13 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         head.fit(train_features)
         head_fit_s = time.perf_counter() - start
     test_features, embed_test_s = embed(test_images)
+    want_maps = test_masks is not None and np.ndim(test_features) == 4
     start = time.perf_counter()
-    decision = head.decision_function(test_features)
+    if want_maps:
+        scores, patch_scores = head.score_samples_and_patches(test_features)
+        decision = scores - head.offset_
+    else:
+        decision = head.decision_function(test_features)
     score_s = time.perf_counter() - start
     result = {
         "image_auroc": float(roc_auc_score(test_target, decision)),
@@ -143,13 +148,12 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         "ms_per_image": 1000 * (embed_test_s + score_s) / len(test_images),
         "pipeline": pipeline,
     }
-    if test_masks is not None and np.ndim(test_features) == 4:
+    if want_maps:
         model_shape = None
         for _, step in transformers.steps:
             model_shape = getattr(step, "_image_shape_", model_shape)
         maps = upsample_patch_scores(
-            head.score_patches(test_features), _image_shapes(test_images),
-            model_shape=model_shape,
+            patch_scores, _image_shapes(test_images), model_shape=model_shape,
         )
         result["pixel_auroc"] = pixel_roc_auc(test_masks, maps)
         if any(mask is not None for mask in test_masks):

@@ -161,6 +161,19 @@ def _masks_and_maps(masks, maps):
     return [_load_mask(k, m.shape) for k, m in zip(masks, maps)], maps
 
 
+def _descending_curve(scores, *steps):
+    """Cumulative sums of ``steps`` over pixels sorted by decreasing score.
+
+    Returns, for each step array, its running total after each group of
+    equal scores (pixels with one value cross any threshold together),
+    starting from 0. One sort serves ROC and PRO curves of millions of pixels.
+    """
+    order = np.argsort(-scores)
+    sorted_scores = scores[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
+    return [np.r_[0.0, np.cumsum(step[order], dtype=np.float64)[last_of_tie]] for step in steps]
+
+
 def pixel_roc_auc(masks, maps):
     """Area under the ROC curve of all pixels of all images pooled together.
 
@@ -186,7 +199,13 @@ def pixel_roc_auc(masks, maps):
     masks, maps = _masks_and_maps(masks, maps)
     truth = np.concatenate([k.ravel() for k in masks])
     scores = np.concatenate([m.ravel() for m in maps])
-    return float(roc_auc_score(truth, scores))
+    n_pos = int(truth.sum())
+    if n_pos == 0 or n_pos == len(truth):
+        raise ValueError("Pixel AUROC needs both anomalous and normal pixels.")
+    # Same trapezoidal ROC area as sklearn's roc_auc_score, several times
+    # faster on the ~10^7 pixels of a test set.
+    tps, fps = _descending_curve(scores, truth, ~truth)
+    return float(np.trapezoid(tps / n_pos, fps / (len(truth) - n_pos)))
 
 
 def pixel_aupro(masks, maps, *, max_fpr=0.3):
@@ -247,14 +266,9 @@ def pixel_aupro(masks, maps, *, max_fpr=0.3):
         scores.append(amap.ravel())
     weights = np.concatenate(weights)
     scores = np.concatenate(scores)
-    order = np.argsort(-scores, kind="stable")
-    scores, weights = scores[order], weights[order]
-    fpr = np.cumsum(np.where(weights < 0, -weights, 0.0))
-    pro = np.cumsum(np.where(weights > 0, weights, 0.0))
-    # Pixels with equal values cross the threshold together.
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    fpr = np.r_[0.0, fpr[last_of_tie]]
-    pro = np.r_[0.0, pro[last_of_tie]]
+    fpr, pro = _descending_curve(
+        scores, np.where(weights < 0, -weights, 0.0), np.where(weights > 0, weights, 0.0)
+    )
     if fpr[-1] < max_fpr:  # cannot happen with every pixel flagged (fpr = 1)
         raise ValueError("The FPR range does not reach max_fpr.")
     stop = int(np.searchsorted(fpr, max_fpr, side="left"))

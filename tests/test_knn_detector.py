@@ -49,6 +49,16 @@ def test_image_score_is_reweighted_worst_patch():
     )
 
 
+def test_one_pass_scores_equal_the_separate_methods():
+    det = KNNDetector(random_state=0).fit(_grids(12))
+    test = _grids(3, seed=4)
+    scores, patches = det.score_samples_and_patches(test)
+    np.testing.assert_array_equal(scores, det.score_samples(test))
+    np.testing.assert_array_equal(patches, det.score_patches(test))
+    with pytest.raises(ValueError, match="4D"):
+        det.score_samples_and_patches(np.zeros((2, 6)))
+
+
 def test_threshold_comes_from_images_outside_the_bank():
     X = _grids(20)
     det = KNNDetector(coreset_ratio=1.0, calibration_size=5, random_state=0).fit(X)

@@ -18,7 +18,6 @@ from skanomaly import (
     anomaly_maps,
     make_dfkde,
     make_dfm,
-    make_padim,
     make_patchcore,
     make_softpatch,
     make_spade,
@@ -26,6 +25,7 @@ from skanomaly import (
 from skanomaly.datasets import load_mvtec
 from skanomaly.evaluation import FeatureCache, evaluate_pipeline
 from skanomaly.metrics import pixel_roc_auc
+from skanomaly.neighbors import kneighbors
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +41,14 @@ def cache():
     return FeatureCache()
 
 
-def test_patchcore_defaults_on_bottle(bottle):
+def test_patchcore_defaults_on_bottle(bottle, cache):
     _, train, test = bottle
-    pipe = make_patchcore(random_state=0).fit(train.images)
+    pipe = make_patchcore(random_state=0)
+    # The training features come from the cache shared with the other tests
+    # (the same as pipe.fit(train.images)); scoring and maps then go through
+    # the fitted Pipeline from image paths, as a user's script does.
+    pipe[:-1].fit(None)
+    pipe[-1].fit(cache.transform(pipe[:-1], train.images))
     image_auroc = roc_auc_score(test.target, pipe.decision_function(test.images))
     pixel_auroc = pixel_roc_auc(test.masks, anomaly_maps(pipe, test.images))
     print(f"bottle patchcore: image AUROC {image_auroc:.4f}, pixel AUROC {pixel_auroc:.4f}")
@@ -54,7 +59,6 @@ def test_patchcore_defaults_on_bottle(bottle):
 @pytest.mark.parametrize(
     "factory, min_image, min_pixel",
     [
-        (make_padim, 0.98, 0.95),
         (make_spade, 0.95, 0.95),
         (make_softpatch, 0.99, 0.95),
         (make_dfm, 0.95, None),
@@ -84,11 +88,11 @@ def test_softpatch_keeps_slipped_in_defects_out_of_the_bank(bottle, cache):
     for factory in (make_patchcore, make_softpatch):
         results[factory.__name__] = evaluate_pipeline(
             factory(random_state=0), train_images, [test.images[i] for i in rest],
-            test.target[rest], [test.masks[i] for i in rest], cache=cache,
+            test.target[rest], cache=cache,
         )
     plain, soft = results["make_patchcore"], results["make_softpatch"]
-    print(f"contaminated bottle: patchcore {plain['image_auroc']:.4f} / {plain['pixel_auroc']:.4f}, "
-          f"softpatch {soft['image_auroc']:.4f} / {soft['pixel_auroc']:.4f}")
+    print(f"contaminated bottle image AUROC: patchcore {plain['image_auroc']:.4f}, "
+          f"softpatch {soft['image_auroc']:.4f}")
     assert soft["image_auroc"] >= plain["image_auroc"] and soft["image_auroc"] >= 0.99
     # Which bank holds the defect patches of the slipped-in images?
     embedder = plain["pipeline"][0]
@@ -100,52 +104,75 @@ def test_softpatch_keeps_slipped_in_defects_out_of_the_bank(bottle, cache):
     defect_feats = feats[defect]
 
     def n_in_bank(pipe):
-        bank = pipe[-1].memory_bank_
-        return sum(bool((np.abs(bank - f).max(1) == 0).any()) for f in defect_feats)
+        # Bank rows are copies of training features: in the bank = distance 0.
+        distances, _ = kneighbors(defect_feats, pipe[-1].memory_bank_, 1)
+        return int((distances[:, 0] == 0).sum())
 
     in_plain, in_soft = n_in_bank(plain["pipeline"]), n_in_bank(soft["pipeline"])
     print(f"defect patches in the bank: patchcore {in_plain}, softpatch {in_soft} of {len(defect_feats)}")
     assert in_plain >= 10 and in_soft <= 0.1 * in_plain
 
 
-def test_padim_fits_bottle_within_2gb():
+def test_padim_on_bottle_accuracy_and_memory():
+    """Fit in a fresh process: its peak memory is PaDiM's alone."""
     root = mvtec_category("mvtec_bottle")
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a
     # child of this (large) test process would report the parent's peak.
     code = textwrap.dedent(f"""
         from skanomaly import make_padim
         from skanomaly.datasets import load_mvtec
-        pipe = make_padim(random_state=0).fit(load_mvtec({str(root)!r}, "train").images)
+        from skanomaly.evaluation import evaluate_pipeline
+        train, test = load_mvtec({str(root)!r}, "train"), load_mvtec({str(root)!r}, "test")
+        pipe = make_padim(random_state=0).fit(train.images)
         assert pipe[-1].precision_.shape == (64, 64, 100, 100)
-        status = open("/proc/self/status").read()
-        kb = int(status.split("VmHWM:")[1].split()[0])
-        print(kb / 2**20)
+        kb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+        r = evaluate_pipeline(pipe, None, test.images, test.target, test.masks, fit=False)
+        print(kb / 2**20, r["image_auroc"], r["pixel_auroc"])
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    peak_gb = float(out.stdout.split()[-1])
-    print(f"PaDiM fit on bottle: peak RSS {peak_gb:.2f} GB")
+    peak_gb, image_auroc, pixel_auroc = map(float, out.stdout.split()[-3:])
+    print(f"bottle make_padim: {image_auroc:.4f} / {pixel_auroc:.4f}, fit peak RSS {peak_gb:.2f} GB")
+    assert image_auroc >= 0.98 and pixel_auroc >= 0.95
     assert peak_gb < 2.0
 
 
 @pytest.mark.parametrize("category", ["mvtec_bottle", "mvtec3d_tire"])
 def test_calibrated_false_alarm_rate_on_held_out_normals(category, cache):
+    """Requested vs empirical false-alarm rate on normal images the model never saw.
+
+    The new normals are a random 30% of the category's normal training images
+    (plus validation/good where there is one): exchangeable with the
+    calibration images, as the guarantee assumes. (MVTec's test/good images
+    are a slightly different acquisition; their rate is reported, not bounded.)
+    """
     from scipy.stats import betabinom
 
     root = mvtec_category(category)
-    train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
-    normals = [p for p, t in zip(test.images, test.target) if t == 1]
+    normals = load_mvtec(root, "train").images
     if (root / "validation").is_dir():
-        normals += load_mvtec(root, "validation").images
+        normals = normals + load_mvtec(root, "validation").images
+    order = np.random.default_rng(0).permutation(len(normals))
+    n_new = int(0.3 * len(normals))
+    fit_images = [normals[i] for i in order[n_new:]]
+    new_images = [normals[i] for i in order[:n_new]]
+    test = load_mvtec(root, "test")
+    test_good = [p for p, t in zip(test.images, test.target) if t == 1]
     alpha = 0.1
-    pipe = make_patchcore(contamination=alpha, random_state=0)
+    # Every head calibrates through the same base class; DFM is the cheapest
+    # to fit, so the test spends its time on data, not on a coreset.
+    pipe = make_dfm(contamination=alpha, random_state=0)
+    # 30% held out for calibration: enough calibration scores for a tight law.
+    pipe.set_params(gaussiandetector__calibration_size=0.3)
     pipe[:-1].fit(None)
-    pipe[-1].fit(cache.transform(pipe[:-1], train.images))
-    flagged = int((pipe[-1].predict(cache.transform(pipe[:-1], normals)) == -1).sum())
+    pipe[-1].fit(cache.transform(pipe[:-1], fit_images))
+    flagged = int((pipe[-1].predict(cache.transform(pipe[:-1], new_images)) == -1).sum())
+    flagged_good = int((pipe[-1].predict(cache.transform(pipe[:-1], test_good)) == -1).sum())
     n_cal = len(pipe[-1].calibration_scores_)
     k = int(np.floor(alpha * (n_cal + 1)))
     # Flags among m new normals follow a beta-binomial law: the threshold is
     # the k-th lowest of n_cal calibration scores (exchangeability).
-    law = betabinom(len(normals), k, n_cal + 1 - k)
-    print(f"{category}: {flagged}/{len(normals)} normals flagged at alpha={alpha} "
-          f"(expected {law.mean():.1f}, 99% bound {law.ppf(0.99):.0f})")
-    assert flagged <= law.ppf(0.99)
+    law = betabinom(len(new_images), k, n_cal + 1 - k)
+    print(f"{category}: {flagged}/{len(new_images)} held-out normals flagged at alpha={alpha} "
+          f"(expected {law.mean():.1f}, 1%-99% range {law.ppf(0.01):.0f}-{law.ppf(0.99):.0f}); "
+          f"test/good: {flagged_good}/{len(test_good)}")
+    assert law.ppf(0.01) <= flagged <= law.ppf(0.99)

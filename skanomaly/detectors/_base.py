@@ -222,6 +222,33 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         """
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
+    def score_samples_and_patches(self, X):
+        """``score_samples(X)`` and ``score_patches(X)`` from one pass.
+
+        Patch-level heads compute the patch scores to get the image scores
+        anyway; SPADE's cost, for one, is all in that pass.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_images, h, w, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_images,), float64
+            As ``score_samples``: higher is more normal.
+        patch_scores : ndarray of shape (n_images, h, w), float32
+            As ``score_patches``: higher is more anomalous.
+        """
+        check_is_fitted(self)
+        if getattr(X, "ndim", None) != 4:
+            raise ValueError(
+                "score_samples_and_patches needs 4D patch grids (n_images, h, w, "
+                f"n_features); got shape {np.shape(X)}."
+            )
+        X = self._check_features(X, reset=False)
+        patches, images = self._patch_and_image_scores(X)
+        return -images.astype(np.float64), patches
+
     def score_patches(self, X):
         """Anomaly score of every patch of patch grids; higher is more anomalous.
 
