@@ -116,7 +116,7 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
         self : object
         """
         self._validate_params()
-        self._image_shape_ = _image_shape(self.image_size)
+        image_shape = _image_shape(self.image_size)
         device = _resolve_device(self.device)
         backbone = load_backbone(self.backbone, self.weights)
         layers = backbone.check_layers(
@@ -124,6 +124,7 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
         )
         n_features_out = self._n_features_out(backbone, layers)
         # Assign fitted state only once everything is valid.
+        self.image_shape_ = image_shape
         self.backbone_ = backbone
         self.backbone_.model.to(device)
         self._device_ = device
@@ -165,7 +166,7 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
             self.backbone_.model.to(self._device_)
 
     def _load_batch(self, images, start):
-        height, width = self._image_shape_
+        height, width = self.image_shape_
         tensors = []
         for offset, item in enumerate(images):
             rgb = torch.from_numpy(load_image(item, index=start + offset))
@@ -255,6 +256,8 @@ class PatchEmbedder(_BaseEmbedder):
         The loaded, frozen network.
     layers_ : tuple of str
         The tapped modules, fine to coarse.
+    image_shape_ : (int, int)
+        The (height, width) every image is resized to.
     n_features_out_ : int
         Feature dimension ``d`` of the output.
     feature_indices_ : ndarray of int or None
@@ -407,6 +410,8 @@ class ImageEmbedder(_BaseEmbedder):
         The loaded, frozen network.
     layers_ : tuple of str
         The pooled modules, fine to coarse.
+    image_shape_ : (int, int)
+        The (height, width) every image is resized to.
     n_features_out_ : int
         Length ``d`` of each vector.
 

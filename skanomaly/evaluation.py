@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from .images import check_images, load_image
-from .maps import upsample_patch_scores
+from .maps import _model_input_shape, upsample_patch_scores
 from .metrics import f1_max, pixel_aupro, pixel_roc_auc
 
 __all__ = ["FeatureCache", "evaluate_pipeline"]
@@ -149,11 +149,9 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         "pipeline": pipeline,
     }
     if want_maps:
-        model_shape = None
-        for _, step in transformers.steps:
-            model_shape = getattr(step, "_image_shape_", model_shape)
         maps = upsample_patch_scores(
-            patch_scores, _image_shapes(test_images), model_shape=model_shape,
+            patch_scores, _image_shapes(test_images),
+            model_shape=_model_input_shape(transformers),
         )
         result["pixel_auroc"] = pixel_roc_auc(test_masks, maps)
         if any(mask is not None for mask in test_masks):

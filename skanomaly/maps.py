@@ -12,12 +12,13 @@ from .images import check_images, load_image
 __all__ = ["anomaly_maps", "upsample_patch_scores"]
 
 
-def _model_input_shape(transformers, grid_shape):
+def _model_input_shape(transformers, default=None):
+    """The (height, width) the pipeline's embedder resizes images to, or ``default``."""
     for _, step in transformers.steps:
-        shape = getattr(step, "_image_shape_", None)
+        shape = getattr(step, "image_shape_", None)
         if shape is not None:
             return tuple(shape)
-    return tuple(grid_shape)
+    return default
 
 
 def _resize(array, shape):
@@ -139,7 +140,7 @@ def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
         patch_scores = head.score_patches(features)
         maps.extend(upsample_patch_scores(
             patch_scores, [array.shape[:2] for array in arrays],
-            model_shape=_model_input_shape(transformers, patch_scores.shape[1:]),
+            model_shape=_model_input_shape(transformers, tuple(patch_scores.shape[1:])),
             sigma=sigma,
         ))
     if len({m.shape for m in maps}) == 1:

@@ -77,7 +77,7 @@ def test_bad_parameters_fail_in_fit_and_leave_no_state():
         emb = PatchEmbedder(**params)
         with pytest.raises(err):
             emb.fit(None)
-        assert not hasattr(emb, "backbone_"), params
+        assert not hasattr(emb, "backbone_") and not hasattr(emb, "image_shape_"), params
 
 
 def test_transform_before_fit_and_bad_images(images):
