@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 from .detectors import GaussianDetector, KDEDetector, KNNDetector
 from .embedders import ImageEmbedder, PatchEmbedder
-from .maps import anomaly_maps
+from .maps import anomaly_boxes, anomaly_maps, anomaly_masks
 from .pipelines import (
     make_dfkde,
     make_dfm,
@@ -29,7 +29,9 @@ __all__ = [
     "KDEDetector",
     "KNNDetector",
     "PatchEmbedder",
+    "anomaly_boxes",
     "anomaly_maps",
+    "anomaly_masks",
     "make_dfkde",
     "make_dfm",
     "make_padim",

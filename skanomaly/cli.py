@@ -1,4 +1,4 @@
-"""Command line: ``skanomaly demo`` and ``skanomaly evaluate`` (also ``python -m skanomaly``)."""
+"""Command line: ``skanomaly demo|evaluate|fit|predict`` (also ``python -m skanomaly``)."""
 
 import argparse
 import csv
@@ -107,6 +107,149 @@ def _demo(args):
     print("\nPatchCore (EfficientNet-Lite0)")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
+    return 0
+
+
+FIT_HELP = """\
+Fit a method on normal images and save the pipeline with joblib.
+
+TRAIN is a folder of normal images, or a category folder in MVTec AD layout
+(its train/good is used).
+
+examples:
+  skanomaly fit --train ../shared/data/mvtec_bottle -o bottle.joblib
+  skanomaly fit --method padim --train parts/good -o padim.joblib --contamination 0.01
+"""
+
+PREDICT_HELP = """\
+Score images with a saved pipeline and write what it found to --out:
+
+  predictions.csv   image, score (higher = more normal), p_value, label
+                    (+1 normal, -1 anomalous)
+  masks/*.png       binary defect masks (patch-level methods)
+  overlays/*.png    anomaly heatmap over the image, mask outline in green
+  boxes.json        bounding boxes of anomalous regions with a score each
+
+examples:
+  skanomaly predict bottle.joblib ../shared/data/mvtec_bottle/test/broken_large --out found
+  skanomaly predict bottle.joblib a.png b.png --out found
+"""
+
+
+def _training_images(folder):
+    from .datasets import load_folder, load_mvtec
+
+    root = Path(folder)
+    if (root / "train" / "good").is_dir():
+        return load_mvtec(root, "train").images
+    return load_folder(root).images
+
+
+def _fit(args):
+    import joblib
+
+    factories = _methods()
+    if args.method not in factories:
+        raise ValueError(f"Unknown method {args.method!r}; choose from {list(factories)}.")
+    images = _training_images(args.train)
+    kwargs = {"random_state": args.seed, "verbose": 1, "contamination": args.contamination}
+    if args.image_size:
+        kwargs["image_size"] = args.image_size
+    pipe = factories[args.method](**kwargs)
+    start = time.perf_counter()
+    pipe.fit(images)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    joblib.dump(pipe, tmp)
+    tmp.replace(out)  # never leave a half-written model behind
+    print(f"fitted {args.method} on {len(images)} images in "
+          f"{time.perf_counter() - start:.1f} s -> {out}")
+    return 0
+
+
+def _image_paths(items):
+    from .datasets import IMAGE_EXTENSIONS
+
+    paths = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ValueError(f"No images in folder {item!r}.")
+            paths.extend(str(p) for p in found)
+        elif path.is_file():
+            paths.append(str(path))
+        else:
+            raise ValueError(f"No such file or folder: {item!r}.")
+    return paths
+
+
+def _overlay(image, amap, mask, vmin, vmax):
+    """RGB uint8: a red-to-yellow heatmap blended over the image, mask outline in green."""
+    heat = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0, 1)[..., None]
+    colour = np.concatenate([np.ones_like(heat), heat, np.zeros_like(heat)], axis=2)
+    alpha = 0.6 * heat
+    blended = image * (1 - alpha) + colour * alpha
+    from scipy import ndimage
+
+    outline = mask & ~ndimage.binary_erosion(mask, iterations=2)
+    blended[outline] = (0.0, 1.0, 0.0)
+    return (np.clip(blended, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _predict(args):
+    import joblib
+    from PIL import Image
+
+    from .calibration import conformal_pvalues, pixel_threshold
+    from .images import load_image
+    from .maps import anomaly_boxes, anomaly_maps, anomaly_masks
+
+    model = Path(args.model)
+    if not model.is_file():
+        raise ValueError(f"No model file {args.model!r}.")
+    pipe = joblib.load(model)
+    paths = _image_paths(args.images)
+    out = Path(args.out)
+    scores = pipe.score_samples(paths)
+    pvalues = conformal_pvalues(pipe, paths)
+    head = pipe.steps[-1][1]
+    labels = np.where(scores - head.offset_ >= 0, 1, -1)
+    flagged = int((labels == -1).sum())
+    pictures = None
+    from .embedders import PatchEmbedder
+
+    if any(isinstance(step, PatchEmbedder) for _, step in pipe.steps[:-1]):
+        # Everything is computed before anything is written.
+        maps = anomaly_maps(pipe, paths)
+        maps = list(maps) if isinstance(maps, np.ndarray) else maps
+        threshold = pixel_threshold(pipe)
+        masks = anomaly_masks(pipe, paths, maps=maps, threshold=threshold)
+        masks = list(masks) if isinstance(masks, np.ndarray) else masks
+        boxes = anomaly_boxes(pipe, paths, maps=maps, threshold=threshold)
+        pictures = (maps, masks, boxes, threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "score", "p_value", "label"])
+        writer.writerows(zip(paths, scores, pvalues, labels))
+    if pictures is not None:
+        maps, masks, boxes, threshold = pictures
+        vmax = max(float(np.max(m)) for m in maps)
+        (out / "masks").mkdir(exist_ok=True)
+        (out / "overlays").mkdir(exist_ok=True)
+        for index, (path, amap, mask) in enumerate(zip(paths, maps, masks)):
+            stem = f"{index:04d}_{Path(path).stem}"
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}_mask.png")
+            overlay = _overlay(load_image(path, index), amap, mask, 0.0, vmax)
+            Image.fromarray(overlay).save(out / "overlays" / f"{stem}_overlay.png")
+        with open(out / "boxes.json", "w") as fh:
+            json.dump({"pixel_threshold": threshold,
+                       "images": [{"image": p, "boxes": b} for p, b in zip(paths, boxes)]},
+                      fh, indent=2)
+    print(f"{len(paths)} images, {flagged} flagged as anomalous -> {out}")
     return 0
 
 
@@ -225,6 +368,27 @@ def build_parser():
     evaluate.add_argument("--image-size", type=int, default=None, help="backbone input size")
     evaluate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     evaluate.set_defaults(handler=_evaluate)
+    fit = commands.add_parser(
+        "fit", help="fit a method on normal images and save it", description=FIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fit.add_argument("--method", default="patchcore",
+                     help="patchcore, padim, spade, softpatch, dfm or dfkde (default patchcore)")
+    fit.add_argument("--train", required=True, metavar="DIR", help="normal images")
+    fit.add_argument("-o", "--output", required=True, metavar="FILE", help="joblib file to write")
+    fit.add_argument("--contamination", type=float, default=0.05,
+                     help="target false-alarm rate on normal images (default 0.05)")
+    fit.add_argument("--image-size", type=int, default=None, help="backbone input size")
+    fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    fit.set_defaults(handler=_fit)
+    predict = commands.add_parser(
+        "predict", help="score images with a saved model", description=PREDICT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("model", metavar="MODEL", help="joblib file from 'skanomaly fit'")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    predict.set_defaults(handler=_predict)
     return parser
 
 

@@ -9,7 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .images import check_images, load_image
 
-__all__ = ["anomaly_maps", "upsample_patch_scores"]
+__all__ = ["anomaly_boxes", "anomaly_maps", "anomaly_masks", "upsample_patch_scores"]
 
 
 def _model_input_shape(transformers, default=None):
@@ -146,3 +146,113 @@ def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
     if len({m.shape for m in maps}) == 1:
         return np.stack(maps)
     return maps
+
+
+def _as_list(maps):
+    return list(maps) if isinstance(maps, np.ndarray) else maps
+
+
+def anomaly_masks(estimator, X, *, threshold=None, maps=None, **kwargs):
+    """Binary defect masks: pixels whose anomaly map exceeds a threshold.
+
+    Parameters
+    ----------
+    estimator : fitted Pipeline
+        As for :func:`anomaly_maps`.
+    X : list of images or ndarray of shape (n, H, W[, C])
+    threshold : float or None, default=None
+        Map value above which a pixel is anomalous. None: the head's
+        calibrated pixel threshold,
+        ``skanomaly.calibration.pixel_threshold(estimator)``, which few
+        pixels of normal images exceed (about ``contamination`` of them).
+    maps : list of ndarray or None, default=None
+        Maps already computed by :func:`anomaly_maps` for ``X``, to reuse.
+    **kwargs
+        Passed to :func:`anomaly_maps` (``sigma``, ``batch_size``).
+
+    Returns
+    -------
+    masks : ndarray of shape (n, H, W) of bool, or list of them
+        One per image, at its size (a list when sizes differ).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import anomaly_masks, make_patchcore
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_patchcore(image_size=64, random_state=0).fit(rng.random((12, 64, 64, 3)))
+    >>> anomaly_masks(pipe, rng.random((2, 64, 64, 3))).dtype
+    dtype('bool')
+    """
+    if threshold is None:
+        from .calibration import pixel_threshold
+
+        threshold = pixel_threshold(estimator)
+    if maps is None:
+        maps = anomaly_maps(estimator, X, **kwargs)
+    masks = [np.asarray(m) > threshold for m in _as_list(maps)]
+    return np.stack(masks) if len({m.shape for m in masks}) == 1 else masks
+
+
+def anomaly_boxes(estimator, X, *, threshold=None, min_area=16, maps=None, **kwargs):
+    """Bounding boxes of connected anomalous regions, with a score each.
+
+    Regions are the 8-connected components of :func:`anomaly_masks`; a box's
+    score is the largest map value inside its region.
+
+    Parameters
+    ----------
+    estimator : fitted Pipeline
+        As for :func:`anomaly_maps`.
+    X : list of images or ndarray of shape (n, H, W[, C])
+    threshold : float or None, default=None
+        As in :func:`anomaly_masks`.
+    min_area : int, default=16
+        Regions with fewer pixels are dropped (speckle).
+    maps : list of ndarray or None, default=None
+        Maps already computed for ``X``, to reuse.
+    **kwargs
+        Passed to :func:`anomaly_maps`.
+
+    Returns
+    -------
+    boxes : list of list of dict
+        Per image, its regions sorted by decreasing score, each
+        ``{"x0", "y0", "x1", "y1", "score", "area"}`` in pixels, with
+        exclusive ``x1``/``y1`` (``image[y0:y1, x0:x1]`` is the box).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import anomaly_boxes, make_patchcore
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_patchcore(image_size=64, random_state=0).fit(rng.random((12, 64, 64, 3)))
+    >>> len(anomaly_boxes(pipe, rng.random((2, 64, 64, 3))))
+    2
+    """
+    from scipy import ndimage
+
+    if maps is None:
+        maps = anomaly_maps(estimator, X, **kwargs)
+    maps = _as_list(maps)
+    masks = _as_list(anomaly_masks(estimator, X, threshold=threshold, maps=maps))
+    eight = np.ones((3, 3), dtype=bool)
+    out = []
+    for amap, mask in zip(maps, masks):
+        labels, _ = ndimage.label(mask, structure=eight)
+        regions = []
+        for index, found in enumerate(ndimage.find_objects(labels), start=1):
+            if found is None:
+                continue
+            inside = labels[found] == index
+            area = int(inside.sum())
+            if area < min_area:
+                continue
+            rows, cols = found
+            regions.append({
+                "x0": int(cols.start), "y0": int(rows.start),
+                "x1": int(cols.stop), "y1": int(rows.stop),
+                "score": float(amap[found][inside].max()), "area": area,
+            })
+        out.append(sorted(regions, key=lambda r: -r["score"]))
+    return out

@@ -73,3 +73,52 @@ def test_user_errors_exit_1_with_one_line(mvtec_like, argv, message):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "evaluate" in capsys.readouterr().out
+
+
+def test_fit_then_predict_writes_every_output(mvtec_like, tmp_path):
+    model = tmp_path / "models" / "pc.joblib"
+    assert main(["fit", "--train", str(mvtec_like), "--image-size", "48",
+                 "-o", str(model)]) == 0
+    assert model.is_file() and not model.with_name("pc.joblib.tmp").exists()
+    out = tmp_path / "found"
+    test_dir = mvtec_like / "test"
+    assert main(["predict", str(model), str(test_dir), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    test = load_mvtec(mvtec_like, "test")
+    assert sorted(r["image"] for r in rows) == sorted(test.images)
+    labels = {r["image"]: int(r["label"]) for r in rows}
+    assert all(0 < float(r["p_value"]) <= 1 for r in rows)
+    flagged = [labels[p] == -1 for p, t in zip(test.images, test.target) if t == -1]
+    assert np.mean(flagged) >= 0.8
+    assert len(list((out / "masks").glob("*_mask.png"))) == len(rows)
+    overlays = sorted((out / "overlays").glob("*_overlay.png"))
+    assert len(overlays) == len(rows)
+    assert np.asarray(Image.open(overlays[0])).shape == (48, 48, 3)
+    boxes = json.loads((out / "boxes.json").read_text())
+    assert len(boxes["images"]) == len(rows) and boxes["pixel_threshold"] > 0
+    assert any(entry["boxes"] for entry in boxes["images"])
+
+
+def test_image_level_model_predicts_without_maps(mvtec_like, tmp_path):
+    model = tmp_path / "dfm.joblib"
+    assert main(["fit", "--method", "dfm", "--train", str(mvtec_like / "train" / "good"),
+                 "--image-size", "48", "-o", str(model)]) == 0
+    out = tmp_path / "dfm_out"
+    one = sorted((mvtec_like / "test" / "good").glob("*.png"))[0]
+    assert main(["predict", str(model), str(one), "--out", str(out)]) == 0
+    assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 1
+    assert not (out / "masks").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "--train", "/nonexistent", "-o", "m.joblib"], "does not exist"),
+        (["fit", "--method", "nope", "--train", ".", "-o", "m.joblib"], "Unknown method"),
+        (["predict", "/nonexistent.joblib", ".", "--out", "x"], "No model file"),
+    ],
+)
+def test_fit_predict_user_errors(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -93,3 +93,31 @@ def test_grid_search_over_coreset_ratio(data):
     assert search.best_params_["knndetector__coreset_ratio"] in (0.01, 0.1)
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
     assert search.best_score_ >= 0.9
+
+
+def test_masks_and_boxes_find_the_drawn_defects(data, fitted):
+    from skanomaly import anomaly_boxes, anomaly_masks
+    from skanomaly.calibration import pixel_threshold
+
+    test = data.images[24:]
+    maps = anomaly_maps(fitted, test)
+    masks = anomaly_masks(fitted, test, maps=maps)
+    np.testing.assert_array_equal(masks, maps > pixel_threshold(fitted))
+    truth = data.masks[24:]
+    bad = data.target[24:] == -1
+    # Most flagged pixels of defective images lie on or next to a defect.
+    assert masks[bad].sum() > 0
+    hits = [(m & np.pad(t, 4)[4:-4, 4:-4]).sum() > 0 for m, t in zip(masks[bad], truth[bad])]
+    assert np.mean(hits) >= 0.8
+    boxes = anomaly_boxes(fitted, test, maps=maps)
+    assert len(boxes) == len(test)
+    for image_boxes, amap, mask in zip(boxes, maps, masks):
+        scores = [b["score"] for b in image_boxes]
+        assert scores == sorted(scores, reverse=True)
+        for b in image_boxes:
+            region = mask[b["y0"]:b["y1"], b["x0"]:b["x1"]]
+            assert region.sum() >= b["area"] >= 16
+            assert b["score"] == pytest.approx(amap[b["y0"]:b["y1"], b["x0"]:b["x1"]][region].max())
+    assert all(len(b) > 0 for b, is_bad in zip(boxes, bad) if is_bad)
+    none = anomaly_boxes(fitted, test, maps=maps, threshold=np.inf)
+    assert all(b == [] for b in none)
