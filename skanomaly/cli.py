@@ -107,7 +107,56 @@ def _demo(args):
     print("\nPatchCore (EfficientNet-Lite0)")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
+    report = _write_report(Path(args.out), description, rows, test, target, scores, maps, masks)
+    print(f"\nreport: {report}")
     return 0
+
+
+def _write_report(folder, description, rows, images, target, scores, maps, masks):
+    """A self-contained HTML page: the metrics and overlays of the hardest cases."""
+    import base64
+    import html
+    import io
+
+    from PIL import Image
+
+    from .images import load_image
+    from .metrics import _load_mask
+    from .plotting import overlay_heatmap
+
+    maps = list(maps)
+    vmax = max(float(np.max(m)) for m in maps)
+    # The least normal-looking good images and the most normal-looking defects.
+    good = [i for i in np.argsort(scores) if target[i] == 1][:4]
+    bad = [i for i in np.argsort(-scores) if target[i] == -1][:4]
+    tiles = []
+    for i in good + bad:
+        truth = _load_mask(masks[i], maps[i].shape)
+        rgb = overlay_heatmap(load_image(images[i], i), maps[i], truth, vmin=0.0, vmax=vmax)
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        data = base64.b64encode(buffer.getvalue()).decode()
+        kind = "good" if target[i] == 1 else "defect"
+        tiles.append(
+            f'<figure><img src="data:image/png;base64,{data}" width="256">'
+            f"<figcaption>{kind}, score {scores[i]:.3f}</figcaption></figure>"
+        )
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>skanomaly demo report</title>
+<style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 12px}}
+figure{{display:inline-block;margin:6px}}</style></head><body>
+<h1>PatchCore (EfficientNet-Lite0)</h1><p>{html.escape(description)}</p>
+<table>{table}</table>
+<h2>Hardest cases</h2>
+<p>Left: the good images that look least normal; right: the defects that look
+most normal. Heatmap: anomaly map (same scale for all); green: true defect outline.</p>
+{''.join(tiles)}
+</body></html>"""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "report.html"
+    path.write_text(page)
+    return path
 
 
 FIT_HELP = """\
@@ -186,19 +235,6 @@ def _image_paths(items):
     return paths
 
 
-def _overlay(image, amap, mask, vmin, vmax):
-    """RGB uint8: a red-to-yellow heatmap blended over the image, mask outline in green."""
-    heat = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0, 1)[..., None]
-    colour = np.concatenate([np.ones_like(heat), heat, np.zeros_like(heat)], axis=2)
-    alpha = 0.6 * heat
-    blended = image * (1 - alpha) + colour * alpha
-    from scipy import ndimage
-
-    outline = mask & ~ndimage.binary_erosion(mask, iterations=2)
-    blended[outline] = (0.0, 1.0, 0.0)
-    return (np.clip(blended, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 def _predict(args):
     import joblib
     from PIL import Image
@@ -206,6 +242,7 @@ def _predict(args):
     from .calibration import conformal_pvalues, pixel_threshold
     from .images import load_image
     from .maps import anomaly_boxes, anomaly_maps, anomaly_masks
+    from .plotting import overlay_heatmap
 
     model = Path(args.model)
     if not model.is_file():
@@ -243,7 +280,7 @@ def _predict(args):
         for index, (path, amap, mask) in enumerate(zip(paths, maps, masks)):
             stem = f"{index:04d}_{Path(path).stem}"
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}_mask.png")
-            overlay = _overlay(load_image(path, index), amap, mask, 0.0, vmax)
+            overlay = overlay_heatmap(load_image(path, index), amap, mask, vmin=0.0, vmax=vmax)
             Image.fromarray(overlay).save(out / "overlays" / f"{stem}_overlay.png")
         with open(out / "boxes.json", "w") as fh:
             json.dump({"pixel_threshold": threshold,
@@ -346,13 +383,16 @@ def build_parser():
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
-        "demo", help="fit PatchCore and print its accuracy", description=DEMO_HELP,
+        "demo", help="fit PatchCore, print its accuracy, write an HTML report",
+        description=DEMO_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--data", metavar="DIR", help="MVTec-layout category folder")
     demo.add_argument("--image-size", type=int, default=None,
                       help="backbone input size (default 128 synthetic, 256 --data)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--out", default="skanomaly_demo",
+                      help="folder for report.html (default skanomaly_demo)")
     demo.set_defaults(handler=_demo)
     evaluate = commands.add_parser(
         "evaluate", help="measure methods on an MVTec-layout folder", description=EVALUATE_HELP,

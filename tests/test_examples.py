@@ -15,12 +15,14 @@ def test_example_runs(path, capsys, monkeypatch):
     assert "AUROC" in capsys.readouterr().out
 
 
-def test_demo_command_prints_the_table():
+def test_demo_command_prints_the_table_and_writes_a_report(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "skanomaly", "demo", "--image-size", "64"],
+        [sys.executable, "-m", "skanomaly", "demo", "--image-size", "64", "--out", str(tmp_path)],
         capture_output=True, text=True, check=True,
     )
     assert "image AUROC" in result.stdout and "pixel AUROC" in result.stdout
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<figure>") == 8 and "data:image/png;base64," in page
     auroc = float(result.stdout.split("image AUROC")[1].split()[0])
     assert auroc >= 0.9
 
