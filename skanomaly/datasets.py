@@ -161,7 +161,7 @@ def load_folder(normal_dir, anomalous_dir=None, mask_dir=None):
 def _texture(size, rng):
     """A woven-looking periodic texture with a little per-image jitter."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    phase = rng.uniform(0, 0.15, size=2)
+    phase = rng.uniform(0, 0.02, size=2)
     weave = 0.5 + 0.25 * np.sin(2 * np.pi * 12 * (xx + phase[0])) * np.sin(
         2 * np.pi * 12 * (yy + phase[1])
     )

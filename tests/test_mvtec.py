@@ -176,3 +176,27 @@ def test_calibrated_false_alarm_rate_on_held_out_normals(category, cache):
           f"(expected {law.mean():.1f}, 1%-99% range {law.ppf(0.01):.0f}-{law.ppf(0.99):.0f}); "
           f"test/good: {flagged_good}/{len(test_good)}")
     assert law.ppf(0.01) <= flagged <= law.ppf(0.99)
+
+
+def test_cli_fit_predict_round_trip_on_bottle(tmp_path):
+    import csv
+    import json
+
+    from skanomaly.cli import main
+
+    root = mvtec_category("mvtec_bottle")
+    model = tmp_path / "bottle.joblib"
+    # 128 px keeps this round trip quick; accuracy at 256 px is tested above.
+    assert main(["fit", "--train", str(root), "--image-size", "128", "-o", str(model)]) == 0
+    out = tmp_path / "found"
+    assert main(["predict", str(model), str(root / "test" / "broken_large"),
+                 str(root / "test" / "good"), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 40
+    broken = [int(r["label"]) == -1 for r in rows if "/broken_large/" in r["image"]]
+    assert np.mean(broken) >= 0.9
+    overlay = sorted((out / "overlays").glob("*.png"))[0]
+    assert Image.open(overlay).size == (512, 512)
+    boxes = json.loads((out / "boxes.json").read_text())["images"]
+    with_boxes = [bool(b["boxes"]) for b in boxes if "/broken_large/" in b["image"]]
+    assert np.mean(with_boxes) >= 0.9

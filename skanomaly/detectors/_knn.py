@@ -69,7 +69,7 @@ class KNNDetector(_BaseDetector):
         Sorted ``score_samples`` of the held-out normal samples.
     n_features_in_ : int
         Feature dimension seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Only for 2D input with string column names.
 
     See Also
