@@ -20,6 +20,7 @@ __all__ = [
     "per_defect_type",
     "pixel_aupro",
     "pixel_roc_auc",
+    "pro_curve",
 ]
 
 
@@ -241,6 +242,40 @@ def pixel_aupro(masks, maps, *, max_fpr=0.3):
     """
     if not 0 < max_fpr <= 1:
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}.")
+    fpr, pro = pro_curve(masks, maps)
+    if fpr[-1] < max_fpr:  # cannot happen with every pixel flagged (fpr = 1)
+        raise ValueError("The FPR range does not reach max_fpr.")
+    stop = int(np.searchsorted(fpr, max_fpr, side="left"))
+    pro_at_max = np.interp(max_fpr, fpr[stop - 1:stop + 1], pro[stop - 1:stop + 1])
+    xs = np.r_[fpr[:stop], max_fpr]
+    ys = np.r_[pro[:stop], pro_at_max]
+    return float(np.trapezoid(ys, xs) / max_fpr)
+
+
+def pro_curve(masks, maps):
+    """The per-region-overlap curve behind :func:`pixel_aupro`.
+
+    Parameters
+    ----------
+    masks : list of (path, ndarray or None)
+    maps : ndarray of shape (n, H, W) or list of (H_i, W_i) arrays
+
+    Returns
+    -------
+    fpr : ndarray
+        False-positive rate on normal pixels at each distinct threshold,
+        increasing from 0 to 1.
+    pro : ndarray
+        Mean per-region overlap at the same thresholds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.metrics import pro_curve
+    >>> fpr, pro = pro_curve([np.array([[1, 0]], bool)], [np.array([[0.9, 0.1]])])
+    >>> fpr.tolist(), pro.tolist()
+    ([0.0, 0.0, 1.0], [0.0, 1.0, 1.0])
+    """
     masks, maps = _masks_and_maps(masks, maps)
     eight = np.ones((3, 3), dtype=bool)
     weights, scores = [], []
@@ -266,13 +301,6 @@ def pixel_aupro(masks, maps, *, max_fpr=0.3):
         scores.append(amap.ravel())
     weights = np.concatenate(weights)
     scores = np.concatenate(scores)
-    fpr, pro = _descending_curve(
+    return _descending_curve(
         scores, np.where(weights < 0, -weights, 0.0), np.where(weights > 0, weights, 0.0)
     )
-    if fpr[-1] < max_fpr:  # cannot happen with every pixel flagged (fpr = 1)
-        raise ValueError("The FPR range does not reach max_fpr.")
-    stop = int(np.searchsorted(fpr, max_fpr, side="left"))
-    pro_at_max = np.interp(max_fpr, fpr[stop - 1:stop + 1], pro[stop - 1:stop + 1])
-    xs = np.r_[fpr[:stop], max_fpr]
-    ys = np.r_[pro[:stop], pro_at_max]
-    return float(np.trapezoid(ys, xs) / max_fpr)

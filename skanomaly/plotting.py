@@ -12,8 +12,10 @@ from .images import load_image
 __all__ = [
     "overlay_heatmap",
     "plot_overlay",
+    "plot_pro_curve",
     "plot_roc",
     "plot_score_histogram",
+    "plot_worst",
 ]
 
 
@@ -112,3 +114,54 @@ def plot_score_histogram(y_true, y_score, threshold=None, *, ax=None, bins=30):
     ax.set_ylabel("images")
     ax.legend()
     return ax
+
+
+def plot_pro_curve(masks, maps, *, max_fpr=0.3, ax=None, label=None):
+    """Per-region-overlap curve up to ``max_fpr``, labelled with its AUPRO."""
+    from .metrics import pixel_aupro, pro_curve
+
+    ax = _axes(ax)
+    fpr, pro = pro_curve(masks, maps)
+    keep = fpr <= max_fpr
+    aupro = pixel_aupro(masks, maps, max_fpr=max_fpr)
+    ax.plot(fpr[keep], pro[keep], label=f"{label or 'AUPRO'} {aupro:.3f}")
+    ax.set_xlim(0, max_fpr)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false-positive rate (normal pixels)")
+    ax.set_ylabel("per-region overlap")
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_worst(images, scores, maps, masks=None, *, n=8, ncols=4, fig=None):
+    """A grid of the ``n`` lowest-scoring (most anomalous) images with overlays.
+
+    Parameters
+    ----------
+    images : list of images
+    scores : array-like of shape (n_images,)
+        Higher = more normal (``score_samples`` / ``decision_function``).
+    maps : list of ndarray
+        Anomaly maps of the images.
+    masks : list of (ndarray or None) or None, default=None
+        Masks to outline (true or predicted).
+    n, ncols : int
+        How many images, in how many columns.
+    fig : matplotlib Figure or None
+
+    Returns
+    -------
+    fig : matplotlib Figure
+    """
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(np.asarray(scores))[:n]
+    nrows = max(1, -(-len(order) // ncols))
+    fig = fig or plt.figure(figsize=(3 * ncols, 3 * nrows))
+    vmax = max(float(np.max(maps[i])) for i in order)
+    for k, i in enumerate(order):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        mask = None if masks is None or masks[i] is None else np.asarray(masks[i]) > 0
+        plot_overlay(images[i], maps[i], mask, ax=ax, title=f"score {scores[i]:.3f}",
+                     vmin=0.0, vmax=vmax)
+    return fig

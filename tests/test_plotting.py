@@ -36,3 +36,24 @@ def test_matplotlib_plots_draw_on_given_axes():
     plot_overlay(np.zeros((8, 8, 3)), np.ones((8, 8)), ax=axes[2], title="x")
     assert axes[2].get_title() == "x" and len(axes[2].images) == 1
     plt.close(fig)
+
+
+def test_pro_curve_and_worst_grid():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from skanomaly.metrics import pixel_aupro
+    from skanomaly.plotting import plot_pro_curve, plot_worst
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((4, 16, 16)) > 0.9
+    maps = rng.random((4, 16, 16)) + masks
+    ax = plot_pro_curve(list(masks), list(maps))
+    assert f"{pixel_aupro(list(masks), list(maps)):.3f}" in ax.get_legend().get_texts()[0].get_text()
+    assert ax.get_xlim() == (0, 0.3)
+    images = rng.random((4, 16, 16, 3))
+    fig = plot_worst(images, np.array([0.5, -2.0, 0.1, -1.0]), list(maps), list(masks), n=3)
+    titles = [a.get_title() for a in fig.axes]
+    assert titles == ["score -2.000", "score -1.000", "score 0.100"]
+    plt.close("all")
