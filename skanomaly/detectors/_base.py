@@ -239,15 +239,18 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         patch_scores : ndarray of shape (n_images, h, w), float32
             As ``score_patches``: higher is more anomalous.
         """
+        X = self._check_grid(X, "score_samples_and_patches")
+        patches, images = self._patch_and_image_scores(X)
+        return -images.astype(np.float64), patches
+
+    def _check_grid(self, X, method):
         check_is_fitted(self)
         if getattr(X, "ndim", None) != 4:
             raise ValueError(
-                "score_samples_and_patches needs 4D patch grids (n_images, h, w, "
-                f"n_features); got shape {np.shape(X)}."
+                f"{method} needs 4D patch grids (n_images, h, w, n_features), "
+                f"e.g. from PatchEmbedder; got shape {np.shape(X)}."
             )
-        X = self._check_features(X, reset=False)
-        patches, images = self._patch_and_image_scores(X)
-        return -images.astype(np.float64), patches
+        return self._check_features(X, reset=False)
 
     def score_patches(self, X):
         """Anomaly score of every patch of patch grids; higher is more anomalous.
@@ -260,11 +263,4 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_images, h, w), float32
         """
-        check_is_fitted(self)
-        if getattr(X, "ndim", None) != 4:
-            raise ValueError(
-                "score_patches needs 4D patch grids (n_images, h, w, n_features), "
-                f"e.g. from PatchEmbedder; got shape {np.shape(X)}."
-            )
-        X = self._check_features(X, reset=False)
-        return self._patch_and_image_scores(X)[0]
+        return self._patch_and_image_scores(self._check_grid(X, "score_patches"))[0]
