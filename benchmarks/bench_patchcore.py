@@ -13,7 +13,6 @@ import resource
 import statistics
 import time
 
-import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from skanomaly import anomaly_maps, make_patchcore

@@ -80,8 +80,6 @@ def _describe(item, index):
 
 
 def _array_from_pil(image):
-    from PIL import Image
-
     if image.mode in _ALPHA_MODES:
         image = image.convert("RGBA").convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):

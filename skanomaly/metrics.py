@@ -280,17 +280,17 @@ def pro_curve(masks, maps):
     eight = np.ones((3, 3), dtype=bool)
     weights, scores = [], []
     n_regions = 0
-    region_pixels = []
-    for mask, amap in zip(masks, maps):
+    labelled = []
+    for mask in masks:
         labels, count = ndimage.label(mask, structure=eight)
-        region_pixels.append((labels, n_regions))
+        labelled.append(labels)
         n_regions += count
     if n_regions == 0:
         raise ValueError("AUPRO needs at least one anomalous region in the masks.")
     n_normal = sum(int((~m).sum()) for m in masks)
     if n_normal == 0:
         raise ValueError("AUPRO needs normal pixels to measure false positives.")
-    for (labels, first), amap in zip(region_pixels, maps):
+    for labels, amap in zip(labelled, maps):
         flat = labels.ravel()
         sizes = np.bincount(flat)
         # A normal pixel adds 1/n_normal to the FPR; a region pixel adds

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from scipy.stats import binom
 
 from skanomaly import ImageEmbedder, KNNDetector, make_patchcore
 from skanomaly.calibration import conformal_pvalues
