@@ -42,7 +42,11 @@ def conformal_pvalues(estimator, X):
     """
     head = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
     check_is_fitted(head, "calibration_scores_")
-    scores = estimator.score_samples(X)
+    return _pvalues_of_scores(head, estimator.score_samples(X))
+
+
+def _pvalues_of_scores(head, scores):
+    """p-values of already computed ``score_samples`` of a fitted head."""
     calibration = np.sort(head.calibration_scores_)
     at_or_below = np.searchsorted(calibration, scores, side="right")
     return (1.0 + at_or_below) / (len(calibration) + 1.0)

@@ -239,9 +239,10 @@ def _predict(args):
     import joblib
     from PIL import Image
 
-    from .calibration import conformal_pvalues, pixel_threshold
+    from .calibration import _pvalues_of_scores, pixel_threshold
+    from .embedders import PatchEmbedder
     from .images import load_image
-    from .maps import anomaly_boxes, anomaly_maps, anomaly_masks
+    from .maps import _maps_and_scores, anomaly_boxes, anomaly_masks
     from .plotting import overlay_heatmap
 
     model = Path(args.model)
@@ -250,23 +251,21 @@ def _predict(args):
     pipe = joblib.load(model)
     paths = _image_paths(args.images)
     out = Path(args.out)
-    scores = pipe.score_samples(paths)
-    pvalues = conformal_pvalues(pipe, paths)
     head = pipe.steps[-1][1]
-    labels = np.where(scores - head.offset_ >= 0, 1, -1)
-    flagged = int((labels == -1).sum())
     pictures = None
-    from .embedders import PatchEmbedder
-
+    # Everything is computed, each image embedded once, before anything is written.
     if any(isinstance(step, PatchEmbedder) for _, step in pipe.steps[:-1]):
-        # Everything is computed before anything is written.
-        maps = anomaly_maps(pipe, paths)
-        maps = list(maps) if isinstance(maps, np.ndarray) else maps
+        maps, scores = _maps_and_scores(pipe, paths)
         threshold = pixel_threshold(pipe)
         masks = anomaly_masks(pipe, paths, maps=maps, threshold=threshold)
         masks = list(masks) if isinstance(masks, np.ndarray) else masks
         boxes = anomaly_boxes(pipe, paths, maps=maps, threshold=threshold)
         pictures = (maps, masks, boxes, threshold)
+    else:
+        scores = pipe.score_samples(paths)
+    pvalues = _pvalues_of_scores(head, scores)
+    labels = np.where(scores - head.offset_ >= 0, 1, -1)
+    flagged = int((labels == -1).sum())
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.csv", "w", newline="") as fh:
         writer = csv.writer(fh)

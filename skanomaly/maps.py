@@ -109,6 +109,14 @@ def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
     >>> anomaly_maps(pipe, rng.random((2, 80, 96, 3))).shape
     (2, 80, 96)
     """
+    maps, _ = _maps_and_scores(estimator, X, sigma=sigma, batch_size=batch_size)
+    if len({m.shape for m in maps}) == 1:
+        return np.stack(maps)
+    return maps
+
+
+def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
+    """Maps (a list) and ``score_samples`` of images, embedding each image once."""
     if not isinstance(estimator, Pipeline) or len(estimator.steps) < 2:
         raise ValueError(
             "anomaly_maps needs a Pipeline of a patch embedder and a detector, "
@@ -125,7 +133,7 @@ def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
         raise ValueError(f"Need sigma >= 0 and batch_size >= 1, got {sigma}, {batch_size}.")
     transformers = estimator[:-1]
     images = check_images(X)
-    maps = []
+    maps, scores = [], []
     for start in range(0, len(images), batch_size):
         arrays = [
             load_image(item, index=start + i)
@@ -137,15 +145,17 @@ def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
                 "anomaly_maps needs patch grids (n, h, w, d) from the pipeline's "
                 f"transformers, got shape {np.shape(features)}."
             )
-        patch_scores = head.score_patches(features)
+        if hasattr(head, "score_samples_and_patches"):
+            batch_scores, patch_scores = head.score_samples_and_patches(features)
+        else:
+            batch_scores, patch_scores = head.score_samples(features), head.score_patches(features)
+        scores.append(batch_scores)
         maps.extend(upsample_patch_scores(
             patch_scores, [array.shape[:2] for array in arrays],
             model_shape=_model_input_shape(transformers, tuple(patch_scores.shape[1:])),
             sigma=sigma,
         ))
-    if len({m.shape for m in maps}) == 1:
-        return np.stack(maps)
-    return maps
+    return maps, np.concatenate(scores)
 
 
 def _as_list(maps):

@@ -88,6 +88,15 @@ def test_fit_then_predict_writes_every_output(mvtec_like, tmp_path):
     assert sorted(r["image"] for r in rows) == sorted(test.images)
     labels = {r["image"]: int(r["label"]) for r in rows}
     assert all(0 < float(r["p_value"]) <= 1 for r in rows)
+    # One embedding pass gives the scores and p-values the public API gives.
+    from skanomaly.calibration import conformal_pvalues
+
+    pipe = joblib.load(model)
+    images = [r["image"] for r in rows]
+    np.testing.assert_allclose([float(r["score"]) for r in rows], pipe.score_samples(images),
+                               rtol=1e-4)
+    np.testing.assert_allclose([float(r["p_value"]) for r in rows],
+                               conformal_pvalues(pipe, images))
     flagged = [labels[p] == -1 for p, t in zip(test.images, test.target) if t == -1]
     assert np.mean(flagged) >= 0.8
     assert len(list((out / "masks").glob("*_mask.png"))) == len(rows)
