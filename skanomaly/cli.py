@@ -22,6 +22,7 @@ is the process's peak so far, after each method.
 examples:
   skanomaly evaluate ../shared/data/mvtec_bottle
   skanomaly evaluate ../shared/data/mvtec_bottle --methods patchcore,padim,dfm
+  skanomaly evaluate ../shared/data/mvtec_bottle --methods fastflow,stfpm
   skanomaly evaluate ../shared/data/mvtec3d_tire --methods all --out results/tire
   skanomaly evaluate ../shared/data/mvtec_bottle --model patchcore.joblib
 """
@@ -299,6 +300,11 @@ def _methods():
         "softpatch": pipelines.make_softpatch,
         "dfm": pipelines.make_dfm,
         "dfkde": pipelines.make_dfkde,
+        "fastflow": pipelines.make_fastflow,
+        "cflow": pipelines.make_cflow,
+        "simplenet": pipelines.make_simplenet,
+        "stfpm": pipelines.make_stfpm,
+        "reverse_distillation": pipelines.make_reverse_distillation,
     }
 
 
@@ -400,7 +406,8 @@ def build_parser():
     evaluate.add_argument("root", metavar="DIR", help="category folder in MVTec AD layout")
     evaluate.add_argument("--methods", default="patchcore",
                           help="comma-separated: patchcore, padim, spade, softpatch, dfm, "
-                               "dfkde, or 'all' (default patchcore)")
+                               "dfkde, fastflow, cflow, simplenet, stfpm, "
+                               "reverse_distillation, or 'all' (default patchcore)")
     evaluate.add_argument("--model", metavar="FILE", help="score a saved joblib pipeline instead")
     evaluate.add_argument("--out", default="skanomaly_results",
                           help="output path without extension (default skanomaly_results)")
@@ -412,7 +419,8 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fit.add_argument("--method", default="patchcore",
-                     help="patchcore, padim, spade, softpatch, dfm or dfkde (default patchcore)")
+                     help="patchcore, padim, spade, softpatch, dfm, dfkde, fastflow, cflow, "
+                          "simplenet, stfpm or reverse_distillation (default patchcore)")
     fit.add_argument("--train", required=True, metavar="DIR", help="normal images")
     fit.add_argument("-o", "--output", required=True, metavar="FILE", help="joblib file to write")
     fit.add_argument("--contamination", type=float, default=0.05,

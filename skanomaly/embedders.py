@@ -19,6 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._torch import _load_resized, _progress, _resolve_device, _torch_threads
 from .backbones import (
     _as_numpy_state,
     _build_architecture,
@@ -26,7 +27,7 @@ from .backbones import (
     list_backbones,
     load_backbone,
 )
-from .images import check_images, load_image
+from .images import check_images
 
 __all__ = ["ImageEmbedder", "PatchEmbedder"]
 
@@ -45,47 +46,6 @@ def _image_shape(image_size):
             f"got {image_size!r}."
         )
     return shape
-
-
-def _resolve_device(device):
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"Unknown device {device!r}; use 'cpu', 'cuda' or 'auto'.") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for, but CUDA is not available here.")
-    return resolved
-
-
-@contextlib.contextmanager
-def _torch_threads(n_jobs):
-    """Temporarily set torch's intra-op threads from a joblib-style n_jobs."""
-    if n_jobs is None:
-        yield
-        return
-    import joblib
-
-    before = torch.get_num_threads()
-    n_threads = n_jobs if n_jobs > 0 else max(1, joblib.cpu_count() + 1 + n_jobs)
-    torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def _progress(total, enabled, desc):
-    """A tqdm bar over images (or a no-op) with an ``update(n)`` method."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, desc=desc, unit="img") as bar:
-        yield bar.update
 
 
 class _BaseEmbedder(TransformerMixin, BaseEstimator):
@@ -166,18 +126,7 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
             self.backbone_.model.to(self._device_)
 
     def _load_batch(self, images, start):
-        height, width = self.image_shape_
-        tensors = []
-        for offset, item in enumerate(images):
-            rgb = torch.from_numpy(load_image(item, index=start + offset))
-            rgb = rgb.permute(2, 0, 1)[None]
-            if rgb.shape[-2:] != (height, width):
-                rgb = F.interpolate(
-                    rgb, size=(height, width), mode="bilinear",
-                    align_corners=False, antialias=True,
-                )
-            tensors.append(rgb)
-        return torch.cat(tensors).to(self._device_)
+        return _load_resized(images, start, self.image_shape_).to(self._device_)
 
     def transform(self, X):
         """Embed images.

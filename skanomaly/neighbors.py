@@ -8,7 +8,7 @@ never by the number of queries.
 import numpy as np
 import torch
 
-__all__ = ["kneighbors"]
+__all__ = ["ApproximateNeighbors", "kneighbors"]
 
 # Bytes of the float32 distance block one chunk may hold.
 _BLOCK_BYTES = 64 * 2**20
@@ -89,3 +89,82 @@ def kneighbors(queries, reference, n_neighbors=1, *, block_bytes=_BLOCK_BYTES):
             distances[start:start + len(d2)] = exact.numpy()
             indices[start:start + len(d2)] = torch.gather(index, 1, order).numpy()
     return distances, indices
+
+
+class ApproximateNeighbors:
+    """Approximate nearest-neighbour index (NN-descent graph, via pynndescent).
+
+    For memory banks too large for exact search at the needed speed: the
+    graph proposes ``n_candidates`` neighbours per query, whose distances are
+    then computed exactly, so returned distances are true distances (to
+    possibly not the nearest rows). Building costs a few seconds per 100k
+    rows plus, once per process, numba's compilation (~30 s); it pays off
+    for banks of hundreds of thousands of rows.
+
+    Parameters
+    ----------
+    reference : array-like of shape (m, d)
+        Points to search among.
+    n_candidates : int, default=10
+        Neighbours asked of the graph per query (more: better recall, slower).
+    random_state : int or None, default=None
+        Seeds the graph construction.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.neighbors import ApproximateNeighbors
+    >>> ref = np.random.default_rng(0).normal(size=(500, 8)).astype(np.float32)
+    >>> index = ApproximateNeighbors(ref, random_state=0)
+    >>> dist, idx = index.kneighbors(ref[:3], 1)
+    >>> idx[:, 0].tolist()
+    [0, 1, 2]
+    """
+
+    def __init__(self, reference, *, n_candidates=10, random_state=None):
+        from pynndescent import NNDescent
+
+        self.reference = np.ascontiguousarray(reference, dtype=np.float32)
+        if self.reference.ndim != 2 or len(self.reference) < 2:
+            raise ValueError(
+                f"reference must be 2D with at least 2 rows, got shape {self.reference.shape}."
+            )
+        self.n_candidates = min(int(n_candidates), len(self.reference))
+        self._index = NNDescent(
+            self.reference, metric="euclidean",
+            n_neighbors=min(30, len(self.reference) - 1),
+            random_state=random_state, low_memory=True, n_jobs=1,
+        )
+        self._index.prepare()
+
+    def kneighbors(self, queries, n_neighbors=1):
+        """Distances and indices of (approximately) nearest reference rows.
+
+        Parameters
+        ----------
+        queries : array-like of shape (n, d)
+        n_neighbors : int, default=1
+            At most ``n_candidates``.
+
+        Returns
+        -------
+        distances : ndarray of shape (n, n_neighbors), float32
+            Exact distances to the returned rows, ascending.
+        indices : ndarray of shape (n, n_neighbors), int64
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.reference.shape[1]:
+            raise ValueError(
+                f"queries must be 2D with {self.reference.shape[1]} columns, got {q.shape}."
+            )
+        if not 1 <= n_neighbors <= self.n_candidates:
+            raise ValueError(f"n_neighbors must be in [1, {self.n_candidates}], got {n_neighbors}.")
+        candidates, _ = self._index.query(q, k=self.n_candidates)
+        candidates = candidates.astype(np.int64)
+        # As in kneighbors: exact distances, independent of batching.
+        with torch.inference_mode():
+            diff = torch.from_numpy(q)[:, None, :] - torch.from_numpy(self.reference)[candidates]
+            exact = torch.linalg.vector_norm(diff, dim=2)
+            exact, order = exact.sort(dim=1)
+        order = order.numpy()[:, :n_neighbors]
+        return exact.numpy()[:, :n_neighbors], np.take_along_axis(candidates, order, 1)

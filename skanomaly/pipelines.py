@@ -1,17 +1,29 @@
 """Factories returning ready pipelines with each method's published defaults."""
 
-from sklearn.pipeline import make_pipeline
-
-from .detectors import GaussianDetector, KDEDetector, KNNDetector
+from .detectors import (
+    DistillationDetector,
+    FlowDetector,
+    GaussianDetector,
+    KDEDetector,
+    KNNDetector,
+    SimpleNetDetector,
+)
 from .embedders import ImageEmbedder, PatchEmbedder
+from .preprocessing import ImagePreprocessor
+from .streaming import StreamingPipeline
 
 __all__ = [
+    "make_cflow",
     "make_dfkde",
     "make_dfm",
+    "make_fastflow",
     "make_padim",
     "make_patchcore",
+    "make_reverse_distillation",
+    "make_simplenet",
     "make_softpatch",
     "make_spade",
+    "make_stfpm",
 ]
 
 # EfficientNet-Lite0 stages at strides 4, 8 and 16: PaDiM's three taps.
@@ -31,6 +43,11 @@ _PADIM_LAYERS = {
 _PADIM_REGULARIZATION = {"efficientnet_lite0": 10.0}
 
 
+def _pipeline(*steps):
+    """``make_pipeline`` naming (lower-case class names), as a StreamingPipeline."""
+    return StreamingPipeline([(type(step).__name__.lower(), step) for step in steps])
+
+
 def _common(device, batch_size, n_jobs, verbose):
     return {"device": device, "batch_size": batch_size, "n_jobs": n_jobs, "verbose": verbose}
 
@@ -41,6 +58,7 @@ def make_patchcore(
     coreset_ratio=0.1,
     n_neighbors=9,
     image_size=256,
+    algorithm="exact",
     contamination=0.05,
     device="cpu",
     batch_size=16,
@@ -55,7 +73,10 @@ def make_patchcore(
     k-center memory bank of ``coreset_ratio`` of them, nearest-neighbour patch
     distances and the paper's re-weighted image score. The step names are
     ``"patchembedder"`` and ``"knndetector"``, so grid searches address
-    ``"knndetector__coreset_ratio"``.
+    ``"knndetector__coreset_ratio"``. The pipeline is a
+    :class:`~skanomaly.streaming.StreamingPipeline`: ``fit`` embeds the
+    training images a chunk at a time as the coreset needs them, so memory
+    stays bounded however many images there are.
 
     Parameters
     ----------
@@ -67,6 +88,9 @@ def make_patchcore(
         Neighbourhood of the image-score re-weighting.
     image_size : int or (int, int), default=256
         Input resolution of the backbone.
+    algorithm : {"exact", "approximate"}, default="exact"
+        Nearest-neighbour search of the memory bank, see
+        :class:`~skanomaly.KNNDetector`.
     contamination : float in (0, 0.5], default=0.05
         Target false-alarm rate of ``predict`` on new normal images.
     device : str, default="cpu"
@@ -82,7 +106,7 @@ def make_patchcore(
 
     Returns
     -------
-    pipeline : sklearn.pipeline.Pipeline
+    pipeline : StreamingPipeline
 
     Examples
     --------
@@ -93,10 +117,10 @@ def make_patchcore(
     >>> pipe.score_samples(rng.random((3, 64, 64, 3))).shape
     (3,)
     """
-    return make_pipeline(
+    return _pipeline(
         PatchEmbedder(backbone, image_size=image_size, **_common(device, batch_size, n_jobs, verbose)),
         KNNDetector(
-            coreset_ratio=coreset_ratio, n_neighbors=n_neighbors,
+            coreset_ratio=coreset_ratio, n_neighbors=n_neighbors, algorithm=algorithm,
             contamination=contamination, random_state=random_state,
         ),
     )
@@ -142,7 +166,7 @@ def make_padim(
 
     Returns
     -------
-    pipeline : Pipeline
+    pipeline : StreamingPipeline
         Steps ``"patchembedder"`` and ``"gaussiandetector"``.
 
     Examples
@@ -157,7 +181,7 @@ def make_padim(
     layers = _PADIM_LAYERS.get(backbone, ("layer1", "layer2", "layer3"))
     if regularization is None:
         regularization = _PADIM_REGULARIZATION.get(backbone, 0.01)
-    return make_pipeline(
+    return _pipeline(
         PatchEmbedder(
             backbone, layers=layers, image_size=image_size, n_features=n_features,
             reduction="random", aggregation_size=1, random_state=random_state,
@@ -202,7 +226,7 @@ def make_spade(
 
     Returns
     -------
-    pipeline : Pipeline
+    pipeline : StreamingPipeline
         Steps ``"patchembedder"`` and ``"knndetector"`` (``mode="spade"``).
 
     Examples
@@ -214,7 +238,7 @@ def make_spade(
     >>> pipe.score_samples(rng.random((2, 64, 64, 3))).shape
     (2,)
     """
-    return make_pipeline(
+    return _pipeline(
         PatchEmbedder(backbone, image_size=image_size, **_common(device, batch_size, n_jobs, verbose)),
         KNNDetector(
             coreset_ratio=1.0, n_neighbors=n_neighbors, mode="spade",
@@ -260,7 +284,7 @@ def make_softpatch(
 
     Returns
     -------
-    pipeline : Pipeline
+    pipeline : StreamingPipeline
         Steps ``"patchembedder"`` and ``"knndetector"``.
 
     Examples
@@ -272,7 +296,7 @@ def make_softpatch(
     >>> pipe[-1].n_filtered_patches_ > 0
     True
     """
-    return make_pipeline(
+    return _pipeline(
         PatchEmbedder(backbone, image_size=image_size, **_common(device, batch_size, n_jobs, verbose)),
         KNNDetector(
             coreset_ratio=coreset_ratio, n_neighbors=n_neighbors,
@@ -313,7 +337,7 @@ def make_dfm(
 
     Returns
     -------
-    pipeline : Pipeline
+    pipeline : StreamingPipeline
         Steps ``"imageembedder"`` and ``"gaussiandetector"``.
 
     Examples
@@ -325,7 +349,7 @@ def make_dfm(
     >>> pipe.predict(rng.random((2, 64, 64, 3))).shape
     (2,)
     """
-    return make_pipeline(
+    return _pipeline(
         ImageEmbedder(backbone, image_size=image_size, **_common(device, batch_size, n_jobs, verbose)),
         GaussianDetector(
             n_components=n_components, score_type=score_type,
@@ -362,7 +386,7 @@ def make_dfkde(
 
     Returns
     -------
-    pipeline : Pipeline
+    pipeline : StreamingPipeline
         Steps ``"imageembedder"`` and ``"kdedetector"``.
 
     Examples
@@ -374,10 +398,316 @@ def make_dfkde(
     >>> pipe.score_samples(rng.random((2, 64, 64, 3))).dtype
     dtype('float64')
     """
-    return make_pipeline(
+    return _pipeline(
         ImageEmbedder(backbone, image_size=image_size, **_common(device, batch_size, n_jobs, verbose)),
         KDEDetector(
             n_components=n_components, bandwidth=bandwidth,
             contamination=contamination, random_state=random_state,
         ),
     )
+
+
+def _training(max_epochs, batch_size, learning_rate, device, random_state, verbose, contamination):
+    params = {"device": device, "random_state": random_state, "verbose": verbose,
+              "contamination": contamination}
+    params.update({k: v for k, v in (("max_epochs", max_epochs), ("batch_size", batch_size),
+                                      ("learning_rate", learning_rate)) if v is not None})
+    return params
+
+
+def make_fastflow(
+    backbone="efficientnet_lite0",
+    *,
+    n_blocks=8,
+    image_size=256,
+    max_epochs=None,
+    batch_size=None,
+    learning_rate=None,
+    contamination=0.05,
+    device="cpu",
+    n_jobs=None,
+    random_state=None,
+    verbose=0,
+):
+    """FastFlow (Yu et al., 2021): a 2D normalizing flow on frozen patch features.
+
+    ``make_pipeline(PatchEmbedder(...), FlowDetector(kernel_size=3))``: the
+    coupling nets convolve over the patch grid (3x3 and 1x1 alternately);
+    a patch's score is its negative log-likelihood under the flow.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+    n_blocks : int, default=8
+        Coupling blocks of the flow.
+    image_size : int or (int, int), default=256
+    max_epochs, batch_size, learning_rate : int, int, float or None
+        Training settings of :class:`~skanomaly.detectors.FlowDetector`;
+        None keeps its defaults.
+    contamination : float in (0, 0.5], default=0.05
+    device : str, default="cpu"
+        Torch device of the backbone and the flow.
+    n_jobs : int or None, default=None
+        Torch CPU threads of the embedder.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the splits and the training (deterministic on a CPU).
+    verbose : int, default=0
+        Progress bars (images, then epochs with the loss) when > 0.
+
+    Returns
+    -------
+    pipeline : StreamingPipeline
+        Steps ``"patchembedder"`` and ``"flowdetector"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import make_fastflow
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_fastflow(image_size=64, max_epochs=2, random_state=0)
+    >>> pipe.fit(rng.random((8, 64, 64, 3))).score_samples(rng.random((2, 64, 64, 3))).shape
+    (2,)
+    """
+    return _pipeline(
+        PatchEmbedder(backbone, image_size=image_size, n_jobs=n_jobs, device=device, verbose=verbose),
+        FlowDetector(
+            n_blocks=n_blocks, kernel_size=3,
+            **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
+                        contamination),
+        ),
+    )
+
+
+def make_cflow(
+    backbone="efficientnet_lite0",
+    *,
+    n_blocks=8,
+    positional_encoding=128,
+    image_size=256,
+    max_epochs=None,
+    batch_size=None,
+    learning_rate=None,
+    contamination=0.05,
+    device="cpu",
+    n_jobs=None,
+    random_state=None,
+    verbose=0,
+):
+    """CFlow (Gudovskiy et al., 2022): a per-patch flow conditioned on position.
+
+    ``make_pipeline(PatchEmbedder(...), FlowDetector(kernel_size=1,
+    positional_encoding=128))``: each patch feature is modelled on its own
+    (1x1 coupling nets), conditioned on a sinusoidal encoding of its grid
+    position; a patch's score is its negative log-likelihood.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+    n_blocks : int, default=8
+        Coupling blocks of the flow.
+    positional_encoding : int, default=128
+        Channels of the positional condition (a multiple of 4).
+    image_size : int or (int, int), default=256
+    max_epochs, batch_size, learning_rate : int, int, float or None
+        Training settings of :class:`~skanomaly.detectors.FlowDetector`;
+        None keeps its defaults.
+    contamination : float in (0, 0.5], default=0.05
+    device : str, default="cpu"
+    n_jobs : int or None, default=None
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+
+    Returns
+    -------
+    pipeline : StreamingPipeline
+        Steps ``"patchembedder"`` and ``"flowdetector"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import make_cflow
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_cflow(image_size=64, max_epochs=2, random_state=0)
+    >>> pipe.fit(rng.random((8, 64, 64, 3)))[-1].module_params_["n_condition"]
+    128
+    """
+    return _pipeline(
+        PatchEmbedder(backbone, image_size=image_size, n_jobs=n_jobs, device=device, verbose=verbose),
+        FlowDetector(
+            n_blocks=n_blocks, kernel_size=1, positional_encoding=positional_encoding,
+            **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
+                        contamination),
+        ),
+    )
+
+
+def make_simplenet(
+    backbone="efficientnet_lite0",
+    *,
+    noise_std=None,
+    image_size=256,
+    max_epochs=None,
+    batch_size=None,
+    learning_rate=None,
+    contamination=0.05,
+    device="cpu",
+    n_jobs=None,
+    random_state=None,
+    verbose=0,
+):
+    """SimpleNet (Liu et al., 2023): adapter and discriminator on patch features.
+
+    ``make_pipeline(PatchEmbedder(...), SimpleNetDetector(...))``: normal
+    patch features, adapted by a linear layer, against the same plus
+    Gaussian noise; a patch's score is minus the discriminator's output.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+    noise_std : float or None, default=None
+        Noise that makes the synthetic anomalies; None keeps the head's
+        default.
+    image_size : int or (int, int), default=256
+    max_epochs, batch_size, learning_rate : int, int, float or None
+        Training settings of :class:`~skanomaly.detectors.SimpleNetDetector`;
+        None keeps its defaults.
+    contamination : float in (0, 0.5], default=0.05
+    device : str, default="cpu"
+    n_jobs : int or None, default=None
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+
+    Returns
+    -------
+    pipeline : StreamingPipeline
+        Steps ``"patchembedder"`` and ``"simplenetdetector"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import make_simplenet
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_simplenet(image_size=64, max_epochs=2, random_state=0)
+    >>> pipe.fit(rng.random((8, 64, 64, 3))).predict(rng.random((2, 64, 64, 3))).shape
+    (2,)
+    """
+    extra = {} if noise_std is None else {"noise_std": noise_std}
+    return _pipeline(
+        PatchEmbedder(backbone, image_size=image_size, n_jobs=n_jobs, device=device, verbose=verbose),
+        SimpleNetDetector(
+            **extra,
+            **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
+                        contamination),
+        ),
+    )
+
+
+def _make_distillation(method, backbone, image_size, max_epochs, batch_size, learning_rate,
+                       contamination, device, random_state, verbose):
+    return _pipeline(
+        ImagePreprocessor(backbone, image_size=image_size, verbose=verbose),
+        DistillationDetector(
+            backbone, method=method,
+            **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
+                        contamination),
+        ),
+    )
+
+
+def make_stfpm(
+    backbone="efficientnet_lite0",
+    *,
+    image_size=256,
+    max_epochs=None,
+    batch_size=None,
+    learning_rate=None,
+    contamination=0.05,
+    device="cpu",
+    random_state=None,
+    verbose=0,
+):
+    """STFPM (Wang et al., 2021): a student network mimics the frozen teacher.
+
+    ``make_pipeline(ImagePreprocessor(...), DistillationDetector(method="stfpm"))``.
+    The head trains a randomly initialised copy of the backbone on the
+    images themselves, which is why an image preprocessor, not a feature
+    embedder, comes first (see :class:`~skanomaly.detectors.DistillationDetector`).
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+        Teacher, and the student's architecture.
+    image_size : int or (int, int), default=256
+    max_epochs, batch_size, learning_rate : int, int, float or None
+        Training settings of the head; None keeps its defaults.
+    contamination : float in (0, 0.5], default=0.05
+    device : str, default="cpu"
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+
+    Returns
+    -------
+    pipeline : StreamingPipeline
+        Steps ``"imagepreprocessor"`` and ``"distillationdetector"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import anomaly_maps, make_stfpm
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_stfpm(image_size=64, max_epochs=1, random_state=0)
+    >>> anomaly_maps(pipe.fit(rng.random((8, 64, 64, 3))), rng.random((2, 48, 48, 3))).shape
+    (2, 48, 48)
+    """
+    return _make_distillation("stfpm", backbone, image_size, max_epochs, batch_size,
+                              learning_rate, contamination, device, random_state, verbose)
+
+
+def make_reverse_distillation(
+    backbone="efficientnet_lite0",
+    *,
+    image_size=256,
+    max_epochs=None,
+    batch_size=None,
+    learning_rate=None,
+    contamination=0.05,
+    device="cpu",
+    random_state=None,
+    verbose=0,
+):
+    """Reverse Distillation (Deng & Li, 2022): a decoder rebuilds the teacher.
+
+    ``make_pipeline(ImagePreprocessor(...),
+    DistillationDetector(method="reverse_distillation"))``: the teacher's
+    stages are squeezed through a one-class bottleneck and a decoder
+    rebuilds them; the map is the stages' ``1 - cos`` summed.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+        Teacher encoder.
+    image_size : int or (int, int), default=256
+    max_epochs, batch_size, learning_rate : int, int, float or None
+        Training settings of the head; None keeps its defaults.
+    contamination : float in (0, 0.5], default=0.05
+    device : str, default="cpu"
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+
+    Returns
+    -------
+    pipeline : StreamingPipeline
+        Steps ``"imagepreprocessor"`` and ``"distillationdetector"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import make_reverse_distillation
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_reverse_distillation(image_size=64, max_epochs=1, random_state=0)
+    >>> pipe.fit(rng.random((8, 64, 64, 3))).score_samples(rng.random((2, 64, 64, 3))).shape
+    (2,)
+    """
+    return _make_distillation("reverse_distillation", backbone, image_size, max_epochs,
+                              batch_size, learning_rate, contamination, device, random_state,
+                              verbose)

@@ -1,8 +1,19 @@
 """Anomaly detector heads: scikit-learn outlier estimators on features."""
 
 from ._base import conformal_offset
+from ._distillation import DistillationDetector
+from ._flow import FlowDetector
 from ._gaussian import GaussianDetector
 from ._kde import KDEDetector
 from ._knn import KNNDetector
+from ._simplenet import SimpleNetDetector
 
-__all__ = ["GaussianDetector", "KDEDetector", "KNNDetector", "conformal_offset"]
+__all__ = [
+    "DistillationDetector",
+    "FlowDetector",
+    "GaussianDetector",
+    "KDEDetector",
+    "KNNDetector",
+    "SimpleNetDetector",
+    "conformal_offset",
+]

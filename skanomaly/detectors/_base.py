@@ -10,6 +10,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+# Held-out images scored at a time during fit.
+_CALIBRATION_CHUNK = 64
+
 
 def conformal_offset(calibration_scores, contamination):
     """Threshold on normality scores that flags at most ``contamination`` of
@@ -167,10 +170,31 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         """
         self._validate_params()
         X = self._check_features(X, reset=True)
+        return self._fit_checked(X)
+
+    def _reads_in_chunks(self):
+        """True when ``_fit_normal`` reads ``X`` a chunk of images at a time,
+        so that a lazily computed ``X`` never materialises whole."""
+        return False
+
+    def _fit_lazy(self, features):
+        """``fit`` on lazily computed patch grids (``features[idx]`` computes
+        the rows; see :class:`skanomaly.streaming.StreamingPipeline`)."""
+        self._validate_params()
+        self.n_features_in_ = features.shape[-1]
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        return self._fit_checked(features)
+
+    def _fit_checked(self, X):
         rng = check_random_state(self.random_state)
         fit_idx, cal_idx = self._calibration_split(X.shape[0], rng)
         self._fit_normal(X, fit_idx, rng)
-        cal_patches, cal_images = self._patch_and_image_scores(X[cal_idx])
+        # Scored in chunks: a lazily computed X is then embedded a chunk at a time.
+        parts = [self._patch_and_image_scores(X[cal_idx[i:i + _CALIBRATION_CHUNK]])
+                 for i in range(0, len(cal_idx), _CALIBRATION_CHUNK)]
+        cal_patches = np.concatenate([p for p, _ in parts])
+        cal_images = np.concatenate([i for _, i in parts])
         self.calibration_scores_ = np.sort(-cal_images.astype(np.float64))
         # Patch scores of held-out normal images: the reference for pixel
         # thresholds (skanomaly.calibration.pixel_threshold).

@@ -8,7 +8,7 @@ from scipy.special import logsumexp
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..coreset import kcenter_greedy
-from ..neighbors import kneighbors
+from ..neighbors import ApproximateNeighbors, kneighbors
 from ._base import _BaseDetector
 
 
@@ -51,6 +51,21 @@ class KNNDetector(_BaseDetector):
         other training images, divided by that position's median; this
         share of the most outlying patches is dropped before the coreset.
         0 keeps all (plain PatchCore).
+    coreset_chunk_size : int or None, default=262144
+        Most training patches the coreset is selected from at once. Larger
+        training sets are split, image by image, into near-equal chunks,
+        each subsampled to ``coreset_ratio`` (and SoftPatch-filtered) on its
+        own and the results stacked: greedy selection costs
+        ``patches x centres``, quadratic in the training set, while chunks
+        keep it linear and bound the memory to one chunk's features. The
+        default holds 256 images of 32 x 32 patches, so MVTec-sized sets use
+        one chunk (plain greedy k-center). None: always one chunk.
+    algorithm : {"exact", "approximate"}, default="exact"
+        Nearest-bank-entry search when scoring patches. ``"exact"``: chunked
+        matrix products. ``"approximate"``: an NN-descent graph
+        (:class:`~skanomaly.neighbors.ApproximateNeighbors`, pynndescent),
+        worth it for banks of hundreds of thousands of entries; its build
+        and numba compilation cost tens of seconds. PatchCore mode only.
     random_state : int, RandomState instance or None, default=None
         Seeds the calibration split, the projection and the first centre.
 
@@ -63,6 +78,8 @@ class KNNDetector(_BaseDetector):
         SPADE mode only: the pooled feature of each training image.
     n_filtered_patches_ : int
         Training patches dropped by ``train_patch_outlier_quantile``.
+    index_ : ApproximateNeighbors or None
+        The search graph when ``algorithm="approximate"``.
     offset_ : float
         Threshold on ``score_samples``; ``decision_function = score_samples - offset_``.
     calibration_scores_ : ndarray of shape (n_calibration,)
@@ -103,6 +120,8 @@ class KNNDetector(_BaseDetector):
         "projection_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "mode": [StrOptions({"patchcore", "spade"})],
         "train_patch_outlier_quantile": [Interval(numbers.Real, 0, 1, closed="left")],
+        "coreset_chunk_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "algorithm": [StrOptions({"exact", "approximate"})],
     }
 
     def __init__(
@@ -115,6 +134,8 @@ class KNNDetector(_BaseDetector):
         projection_dim=128,
         mode="patchcore",
         train_patch_outlier_quantile=0.0,
+        coreset_chunk_size=262144,
+        algorithm="exact",
         random_state=None,
     ):
         self.coreset_ratio = coreset_ratio
@@ -124,34 +145,61 @@ class KNNDetector(_BaseDetector):
         self.projection_dim = projection_dim
         self.mode = mode
         self.train_patch_outlier_quantile = train_patch_outlier_quantile
+        self.coreset_chunk_size = coreset_chunk_size
+        self.algorithm = algorithm
         self.random_state = random_state
 
+    def _reads_in_chunks(self):
+        return self.mode == "patchcore"
+
     def _fit_normal(self, X, fit_idx, rng):
-        X = X[fit_idx]
         if self.mode == "spade":
-            if self.coreset_ratio != 1.0 or self.train_patch_outlier_quantile:
+            X = X[fit_idx]
+            if (self.coreset_ratio != 1.0 or self.train_patch_outlier_quantile
+                    or self.algorithm != "exact"):
                 raise ValueError(
-                    "mode='spade' keeps every training patch of every image: use "
-                    "coreset_ratio=1.0 and train_patch_outlier_quantile=0."
+                    "mode='spade' keeps every training patch of every image and "
+                    "searches them image by image: use coreset_ratio=1.0, "
+                    "train_patch_outlier_quantile=0 and algorithm='exact'."
                 )
             self.image_features_ = X.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
             self.memory_bank_ = np.ascontiguousarray(X.reshape(-1, X.shape[-1]))
             self.n_filtered_patches_ = 0
+            self.index_ = None
             return
-        features = X.reshape(-1, X.shape[-1])
-        keep = _soft_patch_mask(X, self.train_patch_outlier_quantile)
-        n_filtered = int((~keep).sum())
-        if n_filtered:
-            features = features[keep]
-        n_centers = max(1, int(self.coreset_ratio * len(features)))
-        if n_centers < len(features):
-            keep = kcenter_greedy(
-                features, n_centers, projection_dim=self.projection_dim,
-                random_state=rng,
-            )
-            features = features[keep]
-        self.memory_bank_ = np.ascontiguousarray(features, dtype=np.float32)
+        bank, n_filtered = [], 0
+        for chunk in self._coreset_chunks(fit_idx, X.shape[1] * X.shape[2]):
+            grids = X[chunk]
+            features = grids.reshape(-1, grids.shape[-1])
+            keep = _soft_patch_mask(grids, self.train_patch_outlier_quantile)
+            n_dropped = int((~keep).sum())
+            if n_dropped:
+                features = features[keep]
+            n_centers = max(1, int(self.coreset_ratio * len(features)))
+            if n_centers < len(features):
+                selected = kcenter_greedy(
+                    features, n_centers, projection_dim=self.projection_dim,
+                    random_state=rng,
+                )
+                features = features[selected]
+            bank.append(np.asarray(features, dtype=np.float32))
+            n_filtered += n_dropped
+            del grids
+        self.memory_bank_ = np.ascontiguousarray(np.concatenate(bank))
         self.n_filtered_patches_ = n_filtered
+        self.index_ = None
+        if self.algorithm == "approximate" and len(self.memory_bank_) > 1:
+            self.index_ = ApproximateNeighbors(
+                self.memory_bank_, random_state=int(rng.randint(np.iinfo(np.int32).max)),
+            )
+
+    def _coreset_chunks(self, fit_idx, patches_per_image):
+        """Groups of training images, each about ``coreset_chunk_size`` patches."""
+        if self.coreset_chunk_size is None:
+            return [fit_idx]
+        images_per_chunk = max(1, self.coreset_chunk_size // patches_per_image)
+        n_chunks = -(-len(fit_idx) // images_per_chunk)
+        return np.array_split(fit_idx, n_chunks)
 
     def _spade_scores(self, X):
         n, h, w, d = X.shape
@@ -172,7 +220,10 @@ class KNNDetector(_BaseDetector):
             return self._spade_scores(X)
         n, h, w, d = X.shape
         bank = self.memory_bank_
-        distances, nearest = kneighbors(X.reshape(-1, d), bank, 1)
+        if getattr(self, "index_", None) is not None:
+            distances, nearest = self.index_.kneighbors(X.reshape(-1, d), 1)
+        else:
+            distances, nearest = kneighbors(X.reshape(-1, d), bank, 1)
         patch = distances.reshape(n, h * w)
         worst = patch.argmax(axis=1)
         rows = np.arange(n)

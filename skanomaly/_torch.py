@@ -1,0 +1,64 @@
+"""Torch plumbing shared by embedders and trainable heads: device, threads, progress."""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from .images import load_image
+
+
+def _resolve_device(device):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {device!r}; use 'cpu', 'cuda' or 'auto'.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available here.")
+    return resolved
+
+
+@contextlib.contextmanager
+def _torch_threads(n_jobs):
+    """Temporarily set torch's intra-op threads from a joblib-style n_jobs."""
+    if n_jobs is None:
+        yield
+        return
+    import joblib
+
+    before = torch.get_num_threads()
+    n_threads = n_jobs if n_jobs > 0 else max(1, joblib.cpu_count() + 1 + n_jobs)
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _progress(total, enabled, desc):
+    """A tqdm bar over images (or a no-op) with an ``update(n)`` method."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, unit="img") as bar:
+        yield bar.update
+
+
+def _load_resized(images, start, shape):
+    """Decode images to one (n, 3, H, W) float tensor in [0, 1], each resized
+    (antialiased bilinear) to ``shape``; ``start`` numbers them in errors."""
+    height, width = shape
+    tensors = []
+    for offset, item in enumerate(images):
+        rgb = torch.from_numpy(load_image(item, index=start + offset)).permute(2, 0, 1)[None]
+        if rgb.shape[-2:] != (height, width):
+            rgb = F.interpolate(
+                rgb, size=(height, width), mode="bilinear", align_corners=False, antialias=True,
+            )
+        tensors.append(rgb)
+    return torch.cat(tensors)

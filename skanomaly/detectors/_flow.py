@@ -1,0 +1,272 @@
+"""Normalizing-flow head on patch grids: FastFlow and CFlow styles."""
+
+import math
+import numbers
+
+import torch
+from sklearn.utils._param_validation import Interval
+from torch import nn
+
+from ._trainable import _channel_statistics, _TrainableDetector
+
+
+def positional_encoding(n_channels, height, width):
+    """2D sinusoidal encoding of grid positions, shape ``(n_channels, height, width)``.
+
+    Half the channels encode the row, half the column, each as sines and
+    cosines of geometrically spaced frequencies (Vaswani et al., 2017), as
+    CFlow conditions its flow. Positions are taken relative to the grid size
+    so that the encoding does not depend on the resolution.
+    """
+    if n_channels % 4:
+        raise ValueError(f"positional encoding needs a multiple of 4 channels, got {n_channels}.")
+    quarter = n_channels // 4
+    frequencies = torch.exp(-math.log(1e4) * torch.arange(quarter, dtype=torch.float32) / quarter)
+    rows = (torch.arange(height, dtype=torch.float32) + 0.5) / height * 64
+    cols = (torch.arange(width, dtype=torch.float32) + 0.5) / width * 64
+    row_angles = rows[:, None] * frequencies[None]  # (h, q)
+    col_angles = cols[:, None] * frequencies[None]  # (w, q)
+    encoding = torch.empty(n_channels, height, width)
+    encoding[:quarter] = torch.sin(row_angles).T[:, :, None]
+    encoding[quarter:2 * quarter] = torch.cos(row_angles).T[:, :, None]
+    encoding[2 * quarter:3 * quarter] = torch.sin(col_angles).T[:, None, :]
+    encoding[3 * quarter:] = torch.cos(col_angles).T[:, None, :]
+    return encoding
+
+
+class _AffineCoupling(nn.Module):
+    """Affine coupling: the second half of the channels is scaled and shifted by
+    a conv net of the first half (and the condition); soft-clamped log-scales
+    keep training stable; a fixed channel permutation follows."""
+
+    def __init__(self, n_features, n_condition, hidden, kernel_size, clamp):
+        super().__init__()
+        self.split = n_features // 2
+        n_out = n_features - self.split
+        padding = kernel_size // 2
+        self.net = nn.Sequential(
+            nn.Conv2d(self.split + n_condition, hidden, kernel_size, padding=padding),
+            nn.ReLU(),
+            nn.Conv2d(hidden, 2 * n_out, kernel_size, padding=padding),
+        )
+        # Start as the identity map: zero scale and shift.
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        self.clamp = clamp
+        self.register_buffer("permutation", torch.randperm(n_features))
+
+    def forward(self, x, condition):
+        x1, x2 = x[:, :self.split], x[:, self.split:]
+        inputs = x1 if condition is None else torch.cat([x1, condition], 1)
+        log_scale, shift = self.net(inputs).chunk(2, 1)
+        log_scale = self.clamp * torch.tanh(log_scale / self.clamp)
+        y = torch.cat([x1, x2 * torch.exp(log_scale) + shift], 1)
+        return y[:, self.permutation], log_scale.sum(1)
+
+
+class _PatchFlow(nn.Module):
+    """Standardise channels, run the coupling blocks, return per-patch NLL."""
+
+    def __init__(self, n_features, n_blocks, hidden, kernel_size, n_condition, clamp):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("scale", torch.ones(n_features))
+        self.n_condition = n_condition
+        # FastFlow alternates kxk and 1x1 subnets: context without doubling cost.
+        self.blocks = nn.ModuleList(
+            _AffineCoupling(n_features, n_condition, hidden, kernel_size if i % 2 == 0 else 1, clamp)
+            for i in range(n_blocks)
+        )
+
+    def forward(self, x):
+        z = (x - self.mean[:, None, None]) / self.scale[:, None, None]
+        condition = None
+        if self.n_condition:
+            encoding = positional_encoding(self.n_condition, x.shape[2], x.shape[3])
+            condition = encoding.to(x.device)[None].expand(x.shape[0], -1, -1, -1)
+        log_det = torch.zeros(x.shape[0], x.shape[2], x.shape[3], device=x.device)
+        for block in self.blocks:
+            z, block_log_det = block(z, condition)
+            log_det = log_det + block_log_det
+        return 0.5 * (z**2).sum(1) - log_det + 0.5 * z.shape[1] * math.log(2 * math.pi)
+
+
+class FlowDetector(_TrainableDetector):
+    """Normalizing flow on patch features (FastFlow, CFlow); score = patch NLL.
+
+    A stack of affine coupling blocks (Dinh et al., 2017) maps the normal
+    patch features of a frozen backbone to a standard Gaussian. A patch's
+    anomaly score is its negative log-likelihood under the flow; an image's
+    the largest of its patches'. With ``kernel_size=3`` the coupling nets are
+    convolutions over the patch grid alternating 3x3 and 1x1 kernels
+    (FastFlow, Yu et al., 2021); with ``kernel_size=1`` and
+    ``positional_encoding`` channels each patch is modelled on its own,
+    conditioned on a sinusoidal encoding of its grid position (CFlow,
+    Gudovskiy et al., 2022). Features are standardised per channel first.
+
+    Training uses Adam on the mean per-dimension NLL; a ``validation_fraction``
+    of the normal images stops it when their NLL stops improving
+    (``n_iter_no_change`` epochs) and the best weights are kept.
+
+    Parameters
+    ----------
+    n_blocks : int, default=8
+        Coupling blocks.
+    hidden_ratio : float, default=1.0
+        Hidden channels of each coupling net, as a multiple of the feature
+        dimension.
+    kernel_size : int, default=3
+        Kernel of the even-numbered coupling nets (odd ones use 1x1); 1 makes
+        a per-patch flow.
+    positional_encoding : int, default=0
+        Channels of the positional condition (a multiple of 4); 0 for none.
+    clamp : float, default=2.0
+        Log-scales are soft-clamped to (-clamp, clamp).
+    max_epochs : int, default=30
+        Passes over the training images.
+    batch_size : int, default=16
+        Images (whole patch grids) per step.
+    learning_rate : float, default=1e-3
+        Adam's step size.
+    validation_fraction : float in [0, 1), default=0.1
+        Share of the non-calibration images held out for early stopping;
+        0 trains for ``max_epochs``.
+    n_iter_no_change : int or None, default=5
+        Epochs without a better validation loss before stopping; None
+        disables early stopping.
+    warm_start : bool, default=False
+        Continue training the current flow on the next ``fit``.
+    contamination : float in (0, 0.5], default=0.05
+        Target false-alarm rate of ``predict`` on new normal images.
+    calibration_size : float in (0, 1) or int, default=0.1
+        Share (or number) of images held out to calibrate ``offset_``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds splits, initialisation, permutations and batch order;
+        training is deterministic on a CPU with a fixed seed.
+    device : str, default="cpu"
+        Torch device for training and scoring.
+    verbose : int, default=0
+        A progress bar over epochs with the losses when > 0.
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+        The trained flow (saved as a state dict when pickled).
+    module_params_ : dict
+        Arguments the flow was built with.
+    loss_curve_ : list of float
+        Mean training loss (NLL per dimension) of each epoch.
+    validation_loss_curve_ : list of float
+        Mean validation loss of each epoch (empty without early stopping).
+    n_iter_ : int
+        Epochs run.
+    offset_ : float
+        Threshold on ``score_samples``.
+    calibration_scores_ : ndarray
+        Sorted ``score_samples`` of the held-out normal images.
+    calibration_patch_scores_ : ndarray
+        Sorted patch scores of the held-out normal images.
+    n_features_in_ : int
+        Feature dimension seen in ``fit``.
+
+    See Also
+    --------
+    skanomaly.make_fastflow, skanomaly.make_cflow : Pipelines with a backbone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.detectors import FlowDetector
+    >>> rng = np.random.default_rng(0)
+    >>> grids = rng.normal(size=(12, 4, 4, 8)).astype(np.float32)
+    >>> flow = FlowDetector(max_epochs=2, random_state=0).fit(grids)
+    >>> flow.score_patches(grids[:2]).shape
+    (2, 4, 4)
+    >>> flow.predict(grids[:2] + 10.0)
+    array([-1, -1])
+    """
+
+    _parameter_constraints = {
+        **_TrainableDetector._parameter_constraints,
+        "n_blocks": [Interval(numbers.Integral, 1, None, closed="left")],
+        "hidden_ratio": [Interval(numbers.Real, 0, None, closed="neither")],
+        "kernel_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "positional_encoding": [Interval(numbers.Integral, 0, None, closed="left")],
+        "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
+    }
+
+    def __init__(
+        self,
+        *,
+        n_blocks=8,
+        hidden_ratio=1.0,
+        kernel_size=3,
+        positional_encoding=0,
+        clamp=2.0,
+        max_epochs=30,
+        batch_size=16,
+        learning_rate=1e-3,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        warm_start=False,
+        contamination=0.05,
+        calibration_size=0.1,
+        random_state=None,
+        device="cpu",
+        verbose=0,
+    ):
+        self.n_blocks = n_blocks
+        self.hidden_ratio = hidden_ratio
+        self.kernel_size = kernel_size
+        self.positional_encoding = positional_encoding
+        self.clamp = clamp
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.warm_start = warm_start
+        self.contamination = contamination
+        self.calibration_size = calibration_size
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    def _module_params(self, X, train_idx):
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}.")
+        if self.positional_encoding % 4:
+            raise ValueError(
+                f"positional_encoding must be a multiple of 4, got {self.positional_encoding}."
+            )
+        n_features = X.shape[-1]
+        if n_features < 2:
+            raise ValueError(
+                "FlowDetector needs at least 2 features: a coupling block "
+                f"transforms one part of them given the other; got {n_features}."
+            )
+        return {
+            "n_features": n_features,
+            "n_blocks": self.n_blocks,
+            "hidden": max(1, int(round(self.hidden_ratio * n_features))),
+            "kernel_size": self.kernel_size,
+            "n_condition": self.positional_encoding,
+            "clamp": float(self.clamp),
+        }
+
+    def _build_module(self, **params):
+        return _PatchFlow(**params)
+
+    def _init_module(self, module, X, train_idx):
+        mean, std = _channel_statistics(X, train_idx)
+        module.mean.copy_(torch.from_numpy(mean))
+        module.scale.copy_(torch.from_numpy(std))
+
+    def _make_optimizer(self, module):
+        return torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=1e-5)
+
+    def _loss(self, module, batch, generator):
+        return module(batch).mean() / batch.shape[1]
+
+    def _module_scores(self, module, batch):
+        return module(batch)

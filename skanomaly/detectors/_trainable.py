@@ -1,0 +1,283 @@
+"""Training loop, early stopping and persistence shared by the trainable heads.
+
+A trainable head owns one ``torch.nn.Module`` (``module_``) built by
+``_build_module`` from plain arguments kept in ``module_params_``; pickling
+stores those arguments and the module's state dict as CPU numpy arrays, so a
+head trained on a GPU loads on a CPU, and no live module, optimizer or device
+tensor enters the pickle.
+"""
+
+import numbers
+import warnings
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval
+
+from .._torch import _resolve_device
+from ._base import _BaseDetector
+
+# Images scored per forward pass when no gradient is needed.
+_SCORE_BATCH = 32
+
+
+def _as_numpy_state(module):
+    return {key: value.detach().cpu().numpy() for key, value in module.state_dict().items()}
+
+
+def _channel_statistics(X, idx, chunk=32):
+    """Per-channel mean and standard deviation of the grids ``X[idx]``, in chunks."""
+    total = np.zeros(X.shape[-1], dtype=np.float64)
+    squares = np.zeros(X.shape[-1], dtype=np.float64)
+    count = 0
+    for start in range(0, len(idx), chunk):
+        block = X[idx[start:start + chunk]].reshape(-1, X.shape[-1]).astype(np.float64)
+        total += block.sum(0)
+        squares += (block**2).sum(0)
+        count += len(block)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def _load_numpy_state(module, state):
+    module.load_state_dict({key: torch.from_numpy(np.array(v)) for key, v in state.items()})
+
+
+class _EpochBar:
+    """A tqdm bar over epochs showing the losses, or nothing."""
+
+    def __init__(self, total, enabled, desc):
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="epoch")
+
+    def update(self, **losses):
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items() if v is not None})
+            self._bar.update(1)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+class _TrainableDetector(_BaseDetector):
+    """Base of heads whose model is trained by gradient descent.
+
+    Subclasses implement
+
+    - ``_module_params(X, fit_idx)``: dict of plain arguments for
+      ``_build_module`` (may look at the training data, e.g. feature
+      statistics given as lists of floats);
+    - ``_build_module(**params)``: a fresh ``torch.nn.Module``;
+    - optionally ``_init_module(module, X, train_idx)``: set data-dependent
+      buffers (feature statistics, cached teacher outputs) of a new module;
+    - ``_loss(module, batch, generator)``: scalar training loss of a batch
+      tensor (N, ...) already on the device, module in train mode;
+    - ``_module_scores(module, batch)``: patch anomaly scores (N, h, w) of a
+      batch in eval mode, under ``torch.no_grad``.
+
+    and may override ``_make_optimizer(module)``.
+    """
+
+    _parameter_constraints = {
+        **_BaseDetector._parameter_constraints,
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
+        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "warm_start": ["boolean"],
+        "device": [str],
+        "verbose": ["verbose"],
+    }
+
+    # -- subclass hooks --------------------------------------------------------
+    def _init_module(self, module, X, train_idx):
+        pass
+
+    def _make_optimizer(self, module):
+        params = [p for p in module.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.learning_rate)
+
+    def _batch_tensor(self, module, X, idx):
+        """The rows ``X[idx]`` as a channels-first float tensor on the device."""
+        batch = torch.from_numpy(np.ascontiguousarray(X[idx]))
+        return batch.permute(0, 3, 1, 2).to(self._device_)
+
+    # -- training --------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Train on normal samples, stopping early on held-out ones, then calibrate.
+
+        A ``calibration_size`` share of the samples is held out for the
+        threshold and, of the rest, a ``validation_fraction`` share for early
+        stopping; the model trains on the others.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, h, w, n_features)
+            Normal samples.
+        y : ignored
+
+        Returns
+        -------
+        self : object
+            Fitted detector.
+        """
+        if self.warm_start and hasattr(self, "module_"):
+            n_features = np.shape(X)[-1] if np.ndim(X) >= 2 else None
+            if n_features != self.n_features_in_:
+                raise ValueError(
+                    f"warm_start=True continues training a model of "
+                    f"{self.n_features_in_} features, but X has {n_features}; "
+                    "set warm_start=False to train a new model."
+                )
+        return super().fit(X, y)
+
+    def _split_validation(self, fit_idx, rng):
+        """Held-out images for early stopping (never the calibration ones)."""
+        n_val = int(round(self.validation_fraction * len(fit_idx)))
+        if self.n_iter_no_change is None or n_val < 1 or len(fit_idx) - n_val < 1:
+            return fit_idx, fit_idx[:0]
+        order = rng.permutation(len(fit_idx))
+        return np.sort(fit_idx[order[n_val:]]), np.sort(fit_idx[order[:n_val]])
+
+    def _mean_loss(self, module, X, idx, generator):
+        module.eval()
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                total += float(self._loss(module, self._batch_tensor(module, X, chunk), generator)) * len(chunk)
+        return total / len(idx)
+
+    def _fit_normal(self, X, fit_idx, rng):
+        self._device_ = _resolve_device(self.device)
+        train_idx, val_idx = self._split_validation(fit_idx, rng)
+        if len(train_idx) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 training samples once "
+                f"{len(val_idx)} are held out for early stopping and the "
+                "calibration ones are set aside; give it more normal images or "
+                "lower validation_fraction / calibration_size."
+            )
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        warm = self.warm_start and hasattr(self, "module_")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if warm:
+                module = self.module_.to(self._device_)
+            else:
+                self.module_params_ = self._module_params(X, train_idx)
+                module = self._build_module(**self.module_params_).to(self._device_)
+                self._init_module(module, X, train_idx)
+        # Noise, masks and shuffles come from these generators only, so two
+        # fits with the same random_state give the same model on a CPU.
+        generator = torch.Generator(device=self._device_).manual_seed(seed)
+        val_generator = torch.Generator(device=self._device_)
+        optimizer = self._make_optimizer(module)
+        order_rng = np.random.RandomState(seed)
+
+        losses, val_losses = [], []
+        best, best_state, stale = np.inf, None, 0
+        bar = _EpochBar(self.max_epochs, self.verbose, type(self).__name__)
+        try:
+            for _ in range(self.max_epochs):
+                module.train()
+                order = train_idx[order_rng.permutation(len(train_idx))]
+                total = 0.0
+                # Near-equal batches: never a lone last sample, which batch
+                # norm cannot train on.
+                n_batches = -(-len(order) // self.batch_size)
+                for chunk in np.array_split(order, n_batches):
+                    chunk = np.sort(chunk)
+                    loss = self._loss(module, self._batch_tensor(module, X, chunk), generator)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"{type(self).__name__}: the training loss became "
+                            f"{float(loss)}; lower learning_rate (now "
+                            f"{self.learning_rate:g})."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * len(chunk)
+                losses.append(total / len(order))
+                val_loss = None
+                if len(val_idx):
+                    val_generator.manual_seed(seed + 1)  # the same noise every epoch
+                    val_loss = self._mean_loss(module, X, val_idx, val_generator)
+                    val_losses.append(val_loss)
+                    if val_loss < best:
+                        best, stale = val_loss, 0
+                        best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                    else:
+                        stale += 1
+                bar.update(loss=losses[-1], val_loss=val_loss)
+                if len(val_idx) and stale >= self.n_iter_no_change:
+                    break
+        finally:
+            bar.close()
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        module.eval()
+        self.module_ = module
+        self.loss_curve_ = losses
+        self.validation_loss_curve_ = val_losses
+        self.n_iter_ = len(losses)
+        stopped_early = len(val_idx) and stale >= self.n_iter_no_change
+        if not stopped_early and len(val_idx) and len(val_losses) > 1 and val_losses[-1] <= best:
+            warnings.warn(
+                f"{type(self).__name__} reached max_epochs={self.max_epochs} while "
+                "the validation loss was still improving; raise max_epochs for a "
+                "better model.",
+                ConvergenceWarning,
+                stacklevel=5,
+            )
+
+    # -- scoring ---------------------------------------------------------------
+    def _patch_scores(self, X):
+        module = self.module_
+        module.eval()
+        out = None
+        with torch.no_grad():
+            for start in range(0, X.shape[0], _SCORE_BATCH):
+                idx = np.arange(start, min(start + _SCORE_BATCH, X.shape[0]))
+                scores = self._module_scores(module, self._batch_tensor(module, X, idx))
+                scores = scores.float().cpu().numpy()
+                if out is None:
+                    out = np.empty((X.shape[0],) + scores.shape[1:], dtype=np.float32)
+                out[idx] = scores
+        return out
+
+    def _patch_and_image_scores(self, X):
+        patches = self._patch_scores(X)
+        return patches, patches.reshape(len(patches), -1).max(axis=1)
+
+    # -- persistence -------------------------------------------------------------
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        module = state.pop("module_", None)
+        state.pop("_device_", None)
+        if module is not None:
+            state["_module_state"] = _as_numpy_state(module)
+        return state
+
+    def __setstate__(self, state):
+        module_state = state.pop("_module_state", None)
+        super().__setstate__(state)
+        if module_state is not None:
+            device = torch.device("cpu")
+            if self.device != "cpu":
+                try:
+                    device = _resolve_device(self.device)
+                except ValueError:
+                    pass
+            module = self._build_module(**self.module_params_)
+            _load_numpy_state(module, module_state)
+            self.module_ = module.to(device).eval()
+            self._device_ = device

@@ -1,0 +1,155 @@
+"""Bounded-memory fitting, chunked coresets, batched and distributed scoring."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline, make_pipeline
+
+from skanomaly import KNNDetector, PatchEmbedder, make_padim, make_patchcore
+from skanomaly.coreset import kcenter_greedy
+from skanomaly.datasets import make_synthetic
+from skanomaly.model_selection import NormalOnlyKFold
+from skanomaly.neighbors import ApproximateNeighbors, kneighbors
+from skanomaly.streaming import StreamingPipeline
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(30, 8, image_size=SIZE, random_state=0)
+
+
+class _CountingEmbedder(PatchEmbedder):
+    """Records how many images each transform call embeds."""
+
+    calls = []
+
+    def transform(self, X):
+        type(self).calls.append(len(X))
+        return super().transform(X)
+
+
+def test_streaming_fit_never_embeds_the_whole_training_set(data):
+    _CountingEmbedder.calls = []
+    head = KNNDetector(random_state=0, coreset_chunk_size=5 * 8 * 8)
+    pipe = StreamingPipeline([("patchembedder", _CountingEmbedder(image_size=SIZE)),
+                              ("knndetector", head)], batch_size=4)
+    pipe.fit(data.images[:24])
+    assert max(_CountingEmbedder.calls) <= 4
+    # Same model as the plain scikit-learn Pipeline, which embeds everything
+    # first (up to float rounding: convolutions round differently by batch size).
+    plain = make_pipeline(PatchEmbedder(image_size=SIZE),
+                          KNNDetector(random_state=0, coreset_chunk_size=5 * 8 * 8))
+    plain.fit(data.images[:24])
+    np.testing.assert_allclose(pipe[-1].memory_bank_, plain[-1].memory_bank_, atol=1e-4)
+    np.testing.assert_allclose(pipe[-1].calibration_scores_, plain[-1].calibration_scores_,
+                               rtol=1e-4)
+    test = data.images[24:]
+    np.testing.assert_allclose(pipe.score_samples(test), plain.score_samples(test), rtol=1e-4)
+    np.testing.assert_array_equal(pipe.predict(test), plain.predict(test))
+
+
+def test_streaming_falls_back_for_heads_that_need_everything(data):
+    pipe = make_padim(image_size=SIZE, random_state=0)
+    assert isinstance(pipe, StreamingPipeline) and not pipe._streams()
+    pipe.fit(data.images[:24])
+    assert pipe[-1].mean_.shape[:2] == (16, 16)
+
+
+def test_factories_return_streaming_pipelines_that_behave_like_pipelines(data, tmp_path):
+    pipe = make_patchcore(image_size=SIZE, random_state=0)
+    assert isinstance(pipe, Pipeline) and pipe._streams()
+    assert [name for name, _ in pipe.steps] == ["patchembedder", "knndetector"]
+    assert isinstance(clone(pipe), StreamingPipeline)
+    search = GridSearchCV(pipe, {"knndetector__coreset_ratio": [0.05, 0.2]}, scoring="roc_auc",
+                          cv=NormalOnlyKFold(n_splits=2))
+    search.fit(data.images, data.target)
+    assert search.best_params_["knndetector__coreset_ratio"] in (0.05, 0.2)
+    fitted = search.best_estimator_
+    joblib.dump(fitted, tmp_path / "m.joblib")
+    loaded = joblib.load(tmp_path / "m.joblib")
+    np.testing.assert_array_equal(loaded.score_samples(data.images[:5]),
+                                  fitted.score_samples(data.images[:5]))
+
+
+def test_batched_scoring_equals_one_batch(data):
+    pipe = make_patchcore(image_size=SIZE, random_state=0).fit(data.images[:24])
+    one = pipe.set_params(batch_size=100).decision_function(data.images)
+    many = pipe.set_params(batch_size=3).decision_function(data.images)
+    np.testing.assert_array_equal(one, many)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipe.set_params(batch_size=0).fit(data.images[:24])
+
+
+def test_chunked_coreset_is_per_chunk_greedy():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 3, 3, 5)).astype(np.float32)
+    head = KNNDetector(coreset_ratio=0.25, calibration_size=2, coreset_chunk_size=4 * 9,
+                       random_state=0).fit(X)
+    # Reproduce: the same split, then greedy on each chunk of images in turn.
+    rs = np.random.RandomState(0)
+    order = rs.permutation(12)
+    fit_idx = np.sort(order[2:])
+    chunks = np.array_split(fit_idx, 3)  # 10 images, at most 4 per chunk
+    expected = []
+    for chunk in chunks:
+        feats = X[chunk].reshape(-1, 5)
+        keep = kcenter_greedy(feats, int(0.25 * len(feats)), random_state=rs)
+        expected.append(feats[keep])
+    np.testing.assert_array_equal(head.memory_bank_, np.concatenate(expected))
+    single = KNNDetector(coreset_ratio=0.25, calibration_size=2, coreset_chunk_size=None,
+                         random_state=0).fit(X)
+    large = KNNDetector(coreset_ratio=0.25, calibration_size=2, coreset_chunk_size=10**6,
+                        random_state=0).fit(X)
+    np.testing.assert_array_equal(single.memory_bank_, large.memory_bank_)
+
+
+def test_approximate_search_matches_exact_on_most_queries(data):
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(3000, 16)).astype(np.float32)
+    queries = rng.normal(size=(400, 16)).astype(np.float32)
+    index = ApproximateNeighbors(ref, random_state=0)
+    dist, idx = index.kneighbors(queries, 3)
+    exact_dist, exact_idx = kneighbors(queries, ref, 3)
+    assert (idx[:, 0] == exact_idx[:, 0]).mean() >= 0.9
+    # Distances are exact distances to the returned rows, never below the truth.
+    np.testing.assert_allclose(dist, np.linalg.norm(queries[:, None] - ref[idx], axis=2), rtol=1e-5)
+    assert (dist[:, 0] >= exact_dist[:, 0] - 1e-5).all()
+    with pytest.raises(ValueError, match="n_neighbors"):
+        index.kneighbors(queries, 20)
+    with pytest.raises(ValueError, match="columns"):
+        index.kneighbors(queries[:, :3], 1)
+    # The pipeline option: same decisions as exact search here, and it pickles.
+    exact = make_patchcore(image_size=SIZE, random_state=0).fit(data.images[:24])
+    approx = make_patchcore(image_size=SIZE, random_state=0, algorithm="approximate")
+    approx.fit(data.images[:24])
+    assert approx[-1].index_ is not None and exact[-1].index_ is None
+    np.testing.assert_allclose(approx.score_samples(data.images[24:]),
+                               exact.score_samples(data.images[24:]), rtol=0.05)
+    loaded = pickle.loads(pickle.dumps(approx))
+    np.testing.assert_array_equal(loaded.score_samples(data.images[24:]),
+                                  approx.score_samples(data.images[24:]))
+    with pytest.raises(ValueError, match="algorithm='exact'"):
+        KNNDetector(mode="spade", coreset_ratio=1.0, algorithm="approximate").fit(
+            rng.normal(size=(6, 2, 2, 3)))
+
+
+def test_dask_cluster_scores_equal_local_scores(data):
+    distributed = pytest.importorskip("distributed")
+    # One torch thread, as on the workers (dask pins them to one): convolutions
+    # round differently with other thread counts.
+    pipe = make_patchcore(image_size=SIZE, random_state=0, n_jobs=1).set_params(batch_size=4)
+    local_fit = clone(pipe).fit(data.images[:24])
+    local = local_fit.score_samples(data.images)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster), joblib.parallel_backend("dask"):
+        remote = local_fit.score_samples(data.images)
+        remote_fit = clone(pipe).fit(data.images[:24])  # embedding batches on the workers
+    np.testing.assert_array_equal(remote, local)
+    np.testing.assert_array_equal(remote_fit[-1].memory_bank_, local_fit[-1].memory_bank_)

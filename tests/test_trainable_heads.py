@@ -1,0 +1,324 @@
+"""Trainable heads (FlowDetector, SimpleNetDetector, DistillationDetector) on tiny data."""
+
+import pickle
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skanomaly import (
+    anomaly_maps,
+    make_cflow,
+    make_fastflow,
+    make_reverse_distillation,
+    make_simplenet,
+    make_stfpm,
+)
+from skanomaly.detectors import DistillationDetector, FlowDetector, SimpleNetDetector
+from skanomaly.detectors._flow import positional_encoding
+from skanomaly.preprocessing import ImagePreprocessor
+
+
+def _grids(n=16, seed=0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    base = np.linspace(-1, 1, 8, dtype=np.float32)
+    grids = base + 0.3 * rng.normal(size=(n, 4, 4, 8)).astype(np.float32)
+    return grids + np.float32(shift)
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    rng = np.random.default_rng(0)
+    images = rng.random((10, 32, 32, 3)) * 0.2 + 0.4
+    return ImagePreprocessor(image_size=32).fit_transform(images)
+
+
+def _quiet(estimator, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return estimator.fit(X)
+
+
+GRID_HEADS = {
+    "fastflow": lambda **kw: FlowDetector(**{"max_epochs": 3, **kw}),
+    "cflow": lambda **kw: FlowDetector(kernel_size=1, positional_encoding=8, **{"max_epochs": 3, **kw}),
+    "simplenet": lambda **kw: SimpleNetDetector(hidden_size=32, **{"max_epochs": 3, **kw}),
+}
+IMAGE_HEADS = {
+    "stfpm": lambda **kw: DistillationDetector(method="stfpm", **{"max_epochs": 2, **kw}),
+    "rd": lambda **kw: DistillationDetector(
+        method="reverse_distillation", width=8, **{"max_epochs": 2, **kw}
+    ),
+}
+
+
+def _head_and_data(name, pixels, **kwargs):
+    if name in GRID_HEADS:
+        return GRID_HEADS[name](**kwargs), _grids()
+    return IMAGE_HEADS[name](**kwargs), pixels
+
+
+ALL = [*GRID_HEADS, *IMAGE_HEADS]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shapes_and_contract(name, pixels):
+    head, X = _head_and_data(name, pixels, random_state=0)
+    _quiet(head, X)
+    scores = head.score_samples(X[:3])
+    patches = head.score_patches(X[:3])
+    assert scores.shape == (3,) and scores.dtype == np.float64
+    assert patches.dtype == np.float32 and patches.ndim == 3 and len(patches) == 3
+    # The image score is the worst patch.
+    np.testing.assert_allclose(-scores, patches.reshape(3, -1).max(1), rtol=1e-6)
+    assert set(np.unique(head.predict(X))) <= {-1, 1}
+    np.testing.assert_allclose(head.decision_function(X[:3]), scores - head.offset_)
+    assert head.n_iter_ == len(head.loss_curve_) >= 1
+    assert isinstance(head.module_, torch.nn.Module)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_deterministic_with_a_seed(name, pixels):
+    first, X = _head_and_data(name, pixels, random_state=3)
+    second, _ = _head_and_data(name, pixels, random_state=3)
+    other, _ = _head_and_data(name, pixels, random_state=4)
+    a = _quiet(first, X).score_samples(X)
+    b = _quiet(second, X).score_samples(X)
+    c = _quiet(other, X).score_samples(X)
+    np.testing.assert_array_equal(a, b)
+    assert first.loss_curve_ == second.loss_curve_
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_joblib_round_trip_stores_state_dicts(name, pixels, tmp_path):
+    head, X = _head_and_data(name, pixels, random_state=0)
+    _quiet(head, X)
+    state = head.__getstate__()
+    assert "module_" not in state and "_module_state" in state
+    assert all(isinstance(v, np.ndarray) for v in state["_module_state"].values())
+    assert hasattr(head, "module_"), "pickling must not strip the live estimator"
+    path = tmp_path / "head.joblib"
+    joblib.dump(head, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.score_samples(X), head.score_samples(X))
+    np.testing.assert_array_equal(loaded.score_patches(X[:2]), head.score_patches(X[:2]))
+
+
+def test_round_trip_in_a_fresh_process(tmp_path, pixels):
+    head = _quiet(IMAGE_HEADS["stfpm"](random_state=0), pixels)
+    joblib.dump(head, tmp_path / "m.joblib")
+    np.save(tmp_path / "x.npy", pixels)
+    np.save(tmp_path / "expected.npy", head.score_samples(pixels))
+    code = textwrap.dedent(f"""
+        import joblib, numpy as np
+        head = joblib.load({str(tmp_path / 'm.joblib')!r})
+        got = head.score_samples(np.load({str(tmp_path / 'x.npy')!r}))
+        np.testing.assert_array_equal(got, np.load({str(tmp_path / 'expected.npy')!r}))
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_training_loss_goes_down(name, pixels):
+    head, X = _head_and_data(name, pixels, random_state=0, max_epochs=6, validation_fraction=0)
+    _quiet(head, X)
+    assert head.loss_curve_[-1] < head.loss_curve_[0]
+    assert head.validation_loss_curve_ == []
+
+
+def test_flow_learns_the_normal_density():
+    flow = _quiet(FlowDetector(max_epochs=40, random_state=0, validation_fraction=0), _grids(32))
+    normal = flow.score_samples(_grids(8, seed=1))
+    shifted = flow.score_samples(_grids(8, seed=1, shift=1.5))
+    assert normal.min() > shifted.max()
+    # A patch's score is its negative log-likelihood: after training, the mean
+    # NLL per dimension of normal data is below a standard Gaussian's (1.42).
+    assert flow.loss_curve_[-1] < 1.4
+
+
+def test_simplenet_flags_shifted_patches():
+    head = _quiet(SimpleNetDetector(max_epochs=30, random_state=0, validation_fraction=0), _grids(32))
+    test = _grids(4, seed=2)
+    test[:, 1, 2] += 3.0
+    patches = head.score_patches(test)
+    assert (patches.reshape(4, -1).argmax(1) == 1 * 4 + 2).all()
+
+
+def test_positional_encoding_distinguishes_positions():
+    enc = positional_encoding(16, 4, 6)
+    assert enc.shape == (16, 4, 6)
+    flat = enc.reshape(16, -1).T
+    assert len(np.unique(flat.numpy().round(5), axis=0)) == 24
+    with pytest.raises(ValueError, match="multiple of 4"):
+        positional_encoding(6, 2, 2)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    # Few images and many epochs: the validation loss stops improving.
+    flow = FlowDetector(max_epochs=200, n_iter_no_change=3, learning_rate=1e-2, random_state=0,
+                        validation_fraction=0.3)
+    _quiet(flow, _grids(12))
+    assert flow.n_iter_ < 200
+    curve = flow.validation_loss_curve_
+    assert len(curve) == flow.n_iter_
+    assert int(np.argmin(curve)) == flow.n_iter_ - 1 - 3
+
+
+def test_convergence_warning_when_still_improving():
+    with pytest.warns(ConvergenceWarning, match="max_epochs"):
+        FlowDetector(max_epochs=2, random_state=0, calibration_size=2).fit(_grids(30))
+
+
+def test_warm_start_continues_training():
+    X = _grids(20)
+    cold = _quiet(FlowDetector(max_epochs=4, random_state=0, validation_fraction=0), X)
+    warm = _quiet(FlowDetector(max_epochs=2, random_state=0, validation_fraction=0, warm_start=True), X)
+    first = warm.loss_curve_
+    _quiet(warm, X)
+    assert warm.loss_curve_[0] < first[0]
+    assert warm.loss_curve_[-1] == pytest.approx(cold.loss_curve_[-1], rel=0.2)
+    before = warm.score_samples(X)
+    with pytest.raises(ValueError, match="warm_start"):
+        warm.fit(np.zeros((20, 4, 4, 6), dtype=np.float32))
+    np.testing.assert_array_equal(warm.score_samples(X), before)
+
+
+def test_progress_bar_shows_the_loss(capsys):
+    _quiet(FlowDetector(max_epochs=2, verbose=1, random_state=0), _grids())
+    err = capsys.readouterr().err
+    assert "FlowDetector" in err and "loss=" in err
+
+
+def test_non_finite_loss_is_a_clear_error(monkeypatch):
+    def nan_loss(self, module, batch, generator):
+        return module(batch).mean() * float("nan")
+
+    monkeypatch.setattr(FlowDetector, "_loss", nan_loss)
+    flow = FlowDetector(max_epochs=2, random_state=0)
+    with pytest.raises(FloatingPointError, match="learning_rate"):
+        flow.fit(_grids())
+    assert not hasattr(flow, "module_") and not hasattr(flow, "offset_")
+
+
+@pytest.mark.parametrize(
+    "head, X, match",
+    [
+        (FlowDetector(kernel_size=2), _grids(), "odd"),
+        (FlowDetector(positional_encoding=6), _grids(), "multiple of 4"),
+        (FlowDetector(), np.zeros((6, 2, 2, 1), dtype=np.float32), "at least 2 features"),
+        (FlowDetector(learning_rate=-1.0), _grids(), "learning_rate"),
+        (SimpleNetDetector(noise_std=0), _grids(), "noise_std"),
+        (DistillationDetector(), np.zeros((6, 20), dtype=np.float32), "ImagePreprocessor"),
+        (DistillationDetector(), np.zeros((6, 8, 8, 152), dtype=np.float32), "ImagePreprocessor"),
+        (DistillationDetector(), np.zeros((6, 16, 16, 3), dtype=np.float32), "at least 32"),
+        (DistillationDetector(layers=("nope",)), np.zeros((6, 32, 32, 3), dtype=np.float32), "nope"),
+        (DistillationDetector(method="distil"), np.zeros((6, 32, 32, 3), dtype=np.float32), "method"),
+        (FlowDetector(device="tpu"), _grids(), "device"),
+    ],
+)
+def test_bad_input_and_parameters(head, X, match):
+    with pytest.raises(ValueError, match=match):
+        head.fit(X)
+    assert not hasattr(head, "module_")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_a_gpu_is_refused():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        FlowDetector(device="cuda").fit(_grids())
+
+
+def test_scoring_wrong_feature_count_is_refused():
+    flow = _quiet(FlowDetector(max_epochs=1, random_state=0), _grids())
+    with pytest.raises(ValueError, match="8 features"):
+        flow.score_samples(np.zeros((2, 4, 4, 5), dtype=np.float32))
+
+
+def test_teacher_stays_frozen(pixels):
+    head = _quiet(IMAGE_HEADS["stfpm"](random_state=0), pixels)
+    fresh = _quiet(IMAGE_HEADS["stfpm"](random_state=0, max_epochs=1), pixels)
+    for (name, a), (_, b) in zip(head.module_.teacher.state_dict().items(),
+                                 fresh.module_.teacher.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert not any(p.requires_grad for p in head.module_.teacher.parameters())
+    # The student did train.
+    assert any(not torch.equal(a, b) for a, b in zip(head.module_.student.state_dict().values(),
+                                                     fresh.module_.student.state_dict().values()))
+
+
+@pytest.mark.parametrize(
+    "factory, step",
+    [
+        (make_fastflow, "flowdetector"),
+        (make_cflow, "flowdetector"),
+        (make_simplenet, "simplenetdetector"),
+        (make_stfpm, "distillationdetector"),
+        (make_reverse_distillation, "distillationdetector"),
+    ],
+    ids=lambda x: getattr(x, "__name__", x),
+)
+def test_factories_make_pipelines_with_maps(factory, step, tmp_path):
+    rng = np.random.default_rng(0)
+    pipe = factory(image_size=64, max_epochs=1, random_state=0)
+    assert pipe.steps[-1][0] == step
+    _quiet(pipe, rng.random((8, 64, 64, 3)))
+    test = rng.random((2, 48, 56, 3))
+    maps = anomaly_maps(pipe, test)
+    assert maps.shape == (2, 48, 56)
+    joblib.dump(pipe, tmp_path / "p.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "p.joblib").score_samples(test),
+                                  pipe.score_samples(test))
+
+
+def test_image_preprocessor_normalises_like_the_backbone():
+    images = np.zeros((1, 20, 20, 3), dtype=np.uint8)
+    pre = ImagePreprocessor("resnet18", image_size=(16, 24)).fit()
+    out = pre.transform(images)
+    assert out.shape == (1, 16, 24, 3)
+    np.testing.assert_allclose(out[0, 0, 0], -np.array([0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="image_size"):
+        ImagePreprocessor(image_size=8).fit()
+    with pytest.raises(ValueError, match="single path"):
+        pre.transform("a.png")
+    pickle.loads(pickle.dumps(pre))
+
+
+@parametrize_with_checks(
+    [FlowDetector(max_epochs=2, random_state=0), SimpleNetDetector(max_epochs=2, hidden_size=16, random_state=0)],
+)
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    from skanomaly.datasets import make_synthetic
+
+    return make_synthetic(36, 12, image_size=64, random_state=0)
+
+
+@pytest.mark.parametrize(
+    "factory, max_epochs",
+    [(make_fastflow, 10), (make_cflow, 10), (make_simplenet, 10), (make_stfpm, 10),
+     (make_reverse_distillation, 10)],
+    ids=lambda x: getattr(x, "__name__", x),
+)
+def test_factories_separate_synthetic_defects(factory, max_epochs, synthetic):
+    from sklearn.metrics import roc_auc_score
+
+    pipe = _quiet(factory(image_size=64, max_epochs=max_epochs, random_state=0), synthetic.images[:30])
+    test, y = synthetic.images[30:], synthetic.target[30:]
+    assert roc_auc_score(y, pipe.decision_function(test)) >= 0.85
+    maps = anomaly_maps(pipe, test)
+    assert roc_auc_score(synthetic.masks[30:].ravel(), maps.ravel()) >= 0.8
