@@ -39,9 +39,8 @@ class _LazyFeatures:
         self._images = images
         self._batch_size = batch_size
         first = _transform(transformers, images[:1])
-        if getattr(first, "ndim", None) != 4:
-            raise ValueError("streaming needs transformers that output patch grids")
-        self.shape = (len(images),) + first.shape[1:]
+        self.is_grid = getattr(first, "ndim", None) == 4
+        self.shape = (len(images),) + np.shape(first)[1:]
 
     def __len__(self):
         return self.shape[0]
@@ -64,9 +63,10 @@ class StreamingPipeline(Pipeline):
     (steps, parameters, ``GridSearchCV``, joblib), with two differences:
 
     - **fit** streams when every transformer is a frozen skanomaly embedder
-      (whose ``fit`` learns nothing from images) and the head can read its
-      training data chunk by chunk (:class:`~skanomaly.KNNDetector` in
-      PatchCore mode): images are embedded a chunk at a time as the head
+      (whose ``fit`` learns nothing from images) that outputs patch grids,
+      and the head can read its training data chunk by chunk
+      (:class:`~skanomaly.KNNDetector` in PatchCore mode,
+      :class:`~skanomaly.GaussianDetector` on grids, i.e. PaDiM): images are embedded a chunk at a time as the head
       asks for them, so the raw features of the whole training set never
       sit in memory together. The model is the plain pipeline's (up to the
       float rounding of convolutions, which varies with the batch
@@ -148,6 +148,8 @@ class StreamingPipeline(Pipeline):
         for _, step in self.steps[:-1]:
             step.fit(None)  # frozen embedders: fit validates and loads weights
         features = _LazyFeatures(self.steps[:-1], images, self.batch_size)
+        if not features.is_grid:  # vectors per image are small: plain fit
+            return super().fit(X, y)
         self._final_estimator._fit_lazy(features)
         return self
 

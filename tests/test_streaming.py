@@ -54,11 +54,28 @@ def test_streaming_fit_never_embeds_the_whole_training_set(data):
     np.testing.assert_array_equal(pipe.predict(test), plain.predict(test))
 
 
-def test_streaming_falls_back_for_heads_that_need_everything(data):
-    pipe = make_padim(image_size=SIZE, random_state=0)
-    assert isinstance(pipe, StreamingPipeline) and not pipe._streams()
+def test_streaming_padim_matches_the_plain_fit(data):
+    pipe = make_padim(image_size=SIZE, random_state=0).set_params(batch_size=5)
+    assert isinstance(pipe, StreamingPipeline) and pipe._streams()
     pipe.fit(data.images[:24])
-    assert pipe[-1].mean_.shape[:2] == (16, 16)
+    plain = Pipeline(make_padim(image_size=SIZE, random_state=0).steps).fit(data.images[:24])
+    np.testing.assert_allclose(pipe[-1].mean_, plain[-1].mean_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pipe[-1].precision_, plain[-1].precision_, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(pipe.score_samples(data.images[24:]),
+                               plain.score_samples(data.images[24:]), rtol=1e-4)
+
+
+def test_streaming_falls_back_for_heads_that_need_everything(data):
+    from skanomaly import GaussianDetector, ImageEmbedder, make_dfm, make_fastflow
+
+    flow = make_fastflow(image_size=SIZE, max_epochs=1, random_state=0)
+    assert isinstance(flow, StreamingPipeline) and not flow._streams()
+    assert not make_dfm(image_size=SIZE)._streams()  # PCA needs all vectors
+    vectors = StreamingPipeline([("e", ImageEmbedder(image_size=SIZE)),
+                                 ("g", GaussianDetector(random_state=0))])
+    assert vectors._streams()  # vectors, not grids: fit falls back after one image
+    vectors.fit(data.images[:24])
+    assert vectors[-1].mean_.shape == (320,)
 
 
 def test_factories_return_streaming_pipelines_that_behave_like_pipelines(data, tmp_path):

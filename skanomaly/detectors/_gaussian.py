@@ -15,13 +15,11 @@ _POSITION_CHUNK = 256
 _IMAGE_CHUNK = 32
 
 
-def _regularised_precision(centred, regularization):
-    """Inverse of the sample covariance + regularization * I, batched.
+def _regularised_precision(cov, regularization):
+    """Inverse of covariances + regularization * I, and their log-determinants.
 
-    centred : tensor of shape (p, n, d), float64
+    cov : tensor of shape (p, d, d), float64 (modified in place)
     """
-    n = centred.shape[1]
-    cov = centred.transpose(1, 2) @ centred / max(n - 1, 1)
     cov += regularization * torch.eye(cov.shape[-1], dtype=cov.dtype)
     chol = torch.linalg.cholesky(cov)
     precision = torch.cholesky_inverse(chol)
@@ -126,38 +124,62 @@ class GaussianDetector(_BaseDetector):
             raise ValueError("score_type='reconstruction' needs n_components (PCA).")
         pca = None
         if grid:
-            # Rows are gathered chunk by chunk below, never copied whole.
-            feats = X.reshape(len(X), h * w, d)
+            mean, precision, logdet = self._grid_statistics(X, fit_idx)
         else:
-            feats = X[fit_idx].reshape(n, 1, d).astype(np.float64)
-            fit_idx = slice(None)
+            feats = X[fit_idx].reshape(n, d).astype(np.float64)
             if self.n_components is not None:
                 n_components = self.n_components
                 if isinstance(n_components, numbers.Integral):
                     n_components = min(n_components, n, d)
-                pca = PCA(n_components=n_components, svd_solver="full").fit(feats[:, 0])
-                feats = pca.transform(feats[:, 0])[:, None, :]
-        positions = feats.shape[1]
-        dim = feats.shape[2]
-        mean = np.empty((positions, dim), dtype=np.float64)
-        precision = np.empty((positions, dim, dim), dtype=np.float32)
-        logdet = np.empty(positions, dtype=np.float64)
-        with torch.inference_mode():
-            for start in range(0, positions, _POSITION_CHUNK):
-                stop = min(start + _POSITION_CHUNK, positions)
-                block = torch.from_numpy(np.ascontiguousarray(
-                    feats[fit_idx, start:stop].transpose(1, 0, 2), dtype=np.float64
-                ))
-                mean[start:stop] = block.mean(dim=1).numpy()
-                block -= block.mean(dim=1, keepdim=True)
-                prec, ld = _regularised_precision(block, self.regularization)
-                precision[start:stop] = prec.numpy()
-                logdet[start:stop] = ld.numpy()
+                pca = PCA(n_components=n_components, svd_solver="full").fit(feats)
+                feats = pca.transform(feats)
+            with torch.inference_mode():
+                block = torch.from_numpy(np.ascontiguousarray(feats))[None]
+                mean = block.mean(dim=1).numpy()
+                block = block - block.mean(dim=1, keepdim=True)
+                cov = block.transpose(1, 2) @ block / max(n - 1, 1)
+                prec, ld = _regularised_precision(cov, self.regularization)
+            precision, logdet = prec.numpy().astype(np.float32), ld.numpy()
+        dim = mean.shape[-1]
         shape = (h, w) if grid else ()
         self.pca_ = pca
         self.mean_ = mean.astype(np.float32).reshape(shape + (dim,))
         self.precision_ = precision.reshape(shape + (dim, dim))
         self._logdet = logdet
+
+    def _reads_in_chunks(self):
+        return self.n_components is None and self.score_type != "reconstruction"
+
+    def _grid_statistics(self, X, fit_idx):
+        """Per-position mean, regularised precision and log-determinant.
+
+        One pass over chunks of images accumulates each position's sum and
+        sum of outer products (float64), so a lazily computed ``X`` is read
+        once, a chunk at a time, and never held whole.
+        """
+        _, h, w, d = X.shape
+        positions, n = h * w, len(fit_idx)
+        total = torch.zeros((positions, d), dtype=torch.float64)
+        outer = torch.zeros((positions, d, d), dtype=torch.float64)
+        with torch.inference_mode():
+            for start in range(0, n, _IMAGE_CHUNK):
+                chunk = np.asarray(X[fit_idx[start:start + _IMAGE_CHUNK]])
+                block = torch.from_numpy(np.ascontiguousarray(
+                    chunk.reshape(len(chunk), positions, d).transpose(1, 0, 2), dtype=np.float64
+                ))
+                total += block.sum(dim=1)
+                outer.baddbmm_(block.transpose(1, 2), block)
+            mean = total / n
+            precision = np.empty((positions, d, d), dtype=np.float32)
+            logdet = np.empty(positions, dtype=np.float64)
+            for start in range(0, positions, _POSITION_CHUNK):
+                rows = slice(start, start + _POSITION_CHUNK)
+                m = mean[rows]
+                cov = (outer[rows] - n * m[:, :, None] * m[:, None, :]) / max(n - 1, 1)
+                prec, ld = _regularised_precision(cov, self.regularization)
+                precision[rows] = prec.numpy()
+                logdet[rows] = ld.numpy()
+        return mean.numpy(), precision, logdet
 
     def _patch_and_image_scores(self, X):
         n, h, w, d = X.shape
