@@ -59,6 +59,7 @@ def kcenter_greedy(
     projection_dim=128,
     block_size=512,
     n_candidates=8192,
+    initial_center=None,
     random_state=None,
 ):
     """Indices of a greedy k-center coreset of the rows of ``X``.
@@ -76,6 +77,8 @@ def kcenter_greedy(
         Pending centres applied to all points at once (one GEMM).
     n_candidates : int, default=8192
         Length of the list of largest-bound points checked between GEMMs.
+    initial_center : int or None, default=None
+        Row of the first centre; None draws it from ``random_state``.
     random_state : int, RandomState instance or None, default=None
         Seeds the first centre and the projection.
 
@@ -108,6 +111,12 @@ def kcenter_greedy(
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     rng = check_random_state(random_state)
     first = int(rng.randint(n_samples))
+    if initial_center is not None:
+        if not isinstance(initial_center, numbers.Integral) or not 0 <= initial_center < n_samples:
+            raise ValueError(
+                f"initial_center must be a row index in [0, {n_samples}), got {initial_center!r}."
+            )
+        first = int(initial_center)
     Z = _as_tensor(_project(X, projection_dim, rng))
     sq = (Z * Z).sum(1)
     chosen = [first]

@@ -63,3 +63,13 @@ def test_bad_n_centers(k):
 def test_nan_is_refused():
     with pytest.raises(ValueError):
         kcenter_greedy(np.full((4, 2), np.nan), 2)
+
+
+def test_initial_center_starts_the_sequence():
+    X = np.random.default_rng(2).normal(size=(300, 5)).astype(np.float32)
+    got = kcenter_greedy(X, 40, projection_dim=None, initial_center=17)
+    assert got[0] == 17
+    assert got.tolist() == _plain_greedy(X.astype(np.float64), 40, 17)
+    for bad in (-1, 300, 2.0):
+        with pytest.raises(ValueError, match="initial_center"):
+            kcenter_greedy(X, 4, initial_center=bad)

@@ -145,7 +145,8 @@ def test_flow_learns_the_normal_density():
 
 
 def test_simplenet_flags_shifted_patches():
-    head = _quiet(SimpleNetDetector(max_epochs=30, random_state=0, validation_fraction=0), _grids(32))
+    head = _quiet(SimpleNetDetector(max_epochs=40, learning_rate=2e-3, hidden_size=64, batch_size=4,
+                                    random_state=0, validation_fraction=0), _grids(32))
     test = _grids(4, seed=2)
     test[:, 1, 2] += 3.0
     patches = head.score_patches(test)
@@ -173,8 +174,11 @@ def test_early_stopping_keeps_the_best_epoch():
 
 
 def test_convergence_warning_when_still_improving():
-    with pytest.warns(ConvergenceWarning, match="max_epochs"):
+    with pytest.warns(ConvergenceWarning, match="max_epochs=2"):
         FlowDetector(max_epochs=2, random_state=0, calibration_size=2).fit(_grids(30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        FlowDetector(max_epochs=2, n_iter_no_change=None, calibration_size=2).fit(_grids(30))
 
 
 def test_warm_start_continues_training():
@@ -292,8 +296,14 @@ def test_image_preprocessor_normalises_like_the_backbone():
     pickle.loads(pickle.dumps(pre))
 
 
+# Trained networks score in batches whose float32 rounding depends on the
+# batch size (about 1e-7 relative), so scoring a subset is not bit-identical.
+_SUBSET = {"check_methods_subset_invariance": "float32 rounding differs with the batch size"}
+
+
 @parametrize_with_checks(
     [FlowDetector(max_epochs=2, random_state=0), SimpleNetDetector(max_epochs=2, hidden_size=16, random_state=0)],
+    expected_failed_checks=lambda estimator: _SUBSET,
 )
 def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
@@ -309,15 +319,19 @@ def synthetic():
 
 
 @pytest.mark.parametrize(
-    "factory, max_epochs",
-    [(make_fastflow, 10), (make_cflow, 10), (make_simplenet, 10), (make_stfpm, 10),
-     (make_reverse_distillation, 10)],
-    ids=lambda x: getattr(x, "__name__", x),
+    "factory, params",
+    [(make_fastflow, {}), (make_cflow, {}),
+     # 27 small images make 3 steps per epoch at the default batch size; the
+     # discriminator needs more steps than that.
+     (make_simplenet, {"batch_size": 2, "max_epochs": 20}),
+     (make_stfpm, {}), (make_reverse_distillation, {})],
+    ids=lambda x: getattr(x, "__name__", None),
 )
-def test_factories_separate_synthetic_defects(factory, max_epochs, synthetic):
+def test_factories_separate_synthetic_defects(factory, params, synthetic):
     from sklearn.metrics import roc_auc_score
 
-    pipe = _quiet(factory(image_size=64, max_epochs=max_epochs, random_state=0), synthetic.images[:30])
+    params = {"max_epochs": 10, **params}
+    pipe = _quiet(factory(image_size=64, random_state=0, **params), synthetic.images[:30])
     test, y = synthetic.images[30:], synthetic.target[30:]
     assert roc_auc_score(y, pipe.decision_function(test)) >= 0.85
     maps = anomaly_maps(pipe, test)

@@ -242,8 +242,8 @@ class FlowDetector(_TrainableDetector):
         n_features = X.shape[-1]
         if n_features < 2:
             raise ValueError(
-                "FlowDetector needs at least 2 features: a coupling block "
-                f"transforms one part of them given the other; got {n_features}."
+                f"FlowDetector needs at least 2 features (got n_features = {n_features}): "
+                "a coupling block transforms one part of them given the other."
             )
         return {
             "n_features": n_features,

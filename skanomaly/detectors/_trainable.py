@@ -229,12 +229,12 @@ class _TrainableDetector(_BaseDetector):
         self.loss_curve_ = losses
         self.validation_loss_curve_ = val_losses
         self.n_iter_ = len(losses)
-        stopped_early = len(val_idx) and stale >= self.n_iter_no_change
-        if not stopped_early and len(val_idx) and len(val_losses) > 1 and val_losses[-1] <= best:
+        if len(val_idx) and stale < self.n_iter_no_change:
             warnings.warn(
-                f"{type(self).__name__} reached max_epochs={self.max_epochs} while "
-                "the validation loss was still improving; raise max_epochs for a "
-                "better model.",
+                f"{type(self).__name__} reached max_epochs={self.max_epochs} before "
+                f"the validation loss stopped improving (its best epoch was "
+                f"{len(val_losses) - stale} of {len(val_losses)}); raise max_epochs "
+                "for a better model.",
                 ConvergenceWarning,
                 stacklevel=5,
             )

@@ -1,0 +1,161 @@
+"""Fit time, inference speed and peak memory of PatchCore and PaDiM at 1x, 4x
+and 16x the bottle training set.
+
+The training set is grown by augmentation: each train/good image is resized
+to 288 px and cut into 256 px variants (centre crop; horizontal, vertical and
+both flips; four corner crops of each flip), written once as PNG files to a
+cache folder. Scale s uses the first s variants of every image, so 1x is 209
+images, 4x 836 and 16x 3,344. All scales read 256 px PNGs, so decoding costs
+the same per image everywhere.
+
+Every run is a fresh process (its peak RSS, VmHWM, is its own): fit on the
+scale's images (time split into embedding, measured around the embedder's
+transform calls, and the rest: coreset or statistics, and calibration), then
+score bottle's 83 test images (inference ms/image: reading the 900 px PNG,
+embedding, scoring) and compute image and pixel AUROC. The table shows the
+median of the repeats; JSON keeps every run.
+
+    python benchmarks/bench_scale.py                       # 1x, 4x, 16x; 3 repeats
+    python benchmarks/bench_scale.py --scales 1,4 --repeats 1 --methods patchcore
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "mvtec_bottle"
+
+
+def _variants(image):
+    """The 16 augmented 256 px variants of one image, in a fixed order."""
+    from PIL import Image
+
+    base = image.convert("RGB").resize((288, 288), Image.BILINEAR)
+    flips = [base, base.transpose(Image.FLIP_LEFT_RIGHT), base.transpose(Image.FLIP_TOP_BOTTOM),
+             base.transpose(Image.FLIP_LEFT_RIGHT).transpose(Image.FLIP_TOP_BOTTOM)]
+    out = [f.crop((16, 16, 272, 272)) for f in flips]
+    for left, top in ((0, 0), (32, 0), (0, 32)):
+        out += [f.crop((left, top, left + 256, top + 256)) for f in flips]
+    return out
+
+
+def prepare(data, cache):
+    """Write the augmented training set once; return its paths by variant."""
+    from PIL import Image
+
+    train = sorted((Path(data) / "train" / "good").glob("*.png"))
+    if not train:
+        raise SystemExit(f"No training images under {data}/train/good")
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = [[cache / f"v{v:02d}_{p.stem}.png" for p in train] for v in range(16)]
+    if not all(p.exists() for group in paths for p in group):
+        for i, source in enumerate(train):
+            for v, variant in enumerate(_variants(Image.open(source))):
+                variant.save(paths[v][i])
+    return [[str(p) for p in group] for group in paths]
+
+
+def _child(method, scale, data, cache):
+    """One measured run (in its own process); prints one JSON line."""
+    from sklearn.metrics import roc_auc_score
+
+    from skanomaly import make_padim, make_patchcore
+    from skanomaly.datasets import load_mvtec
+    from skanomaly.embedders import PatchEmbedder
+    from skanomaly.maps import anomaly_maps
+    from skanomaly.metrics import pixel_roc_auc
+
+    groups = prepare(data, cache)
+    train = [p for group in groups[:scale] for p in group]
+    test = load_mvtec(data, "test")
+    embed_seconds = [0.0]
+    original = PatchEmbedder.transform
+
+    def timed(self, X):
+        start = time.perf_counter()
+        try:
+            return original(self, X)
+        finally:
+            embed_seconds[0] += time.perf_counter() - start
+
+    PatchEmbedder.transform = timed
+    factory = {"patchcore": make_patchcore, "padim": make_padim}[method]
+    pipe = factory(random_state=0)
+    start = time.perf_counter()
+    pipe.fit(train)
+    fit_s = time.perf_counter() - start
+    fit_embed_s = embed_seconds[0]
+    start = time.perf_counter()
+    scores = pipe.decision_function(test.images)
+    infer_ms = 1000 * (time.perf_counter() - start) / len(test.images)
+    peak_mb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+    image_auroc = roc_auc_score(test.target, scores)
+    pixel_auroc = pixel_roc_auc(test.masks, anomaly_maps(pipe, test.images))
+    bank = getattr(pipe[-1], "memory_bank_", None)
+    print(json.dumps({
+        "method": method, "scale": scale, "n_train": len(train),
+        "fit_s": fit_s, "embed_s": fit_embed_s, "head_s": fit_s - fit_embed_s,
+        "infer_ms_per_image": infer_ms, "peak_rss_mb": peak_mb,
+        "image_auroc": image_auroc, "pixel_auroc": pixel_auroc,
+        "bank_size": None if bank is None else len(bank),
+    }))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--cache", default="/tmp/skanomaly_bench_bottle")
+    parser.add_argument("--scales", default="1,4,16")
+    parser.add_argument("--methods", default="patchcore,padim")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(HERE / "results" / "scale.json"))
+    parser.add_argument("--child", nargs=2, metavar=("METHOD", "SCALE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child[0], int(args.child[1]), args.data, args.cache)
+        return
+    prepare(args.data, args.cache)
+    runs = []
+    for method in args.methods.split(","):
+        for scale in map(int, args.scales.split(",")):
+            for repeat in range(args.repeats):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--data", args.data, "--cache", args.cache,
+                     "--child", method, str(scale)],
+                    capture_output=True, text=True, check=True,
+                )
+                run = json.loads(out.stdout.strip().splitlines()[-1])
+                runs.append(run)
+                print(f"  {method} {scale}x run {repeat + 1}: fit {run['fit_s']:.1f} s, "
+                      f"{run['infer_ms_per_image']:.0f} ms/img, {run['peak_rss_mb']:.0f} MB",
+                      file=sys.stderr, flush=True)
+    keys = ["n_train", "fit_s", "embed_s", "head_s", "infer_ms_per_image", "peak_rss_mb",
+            "image_auroc", "pixel_auroc"]
+    table = []
+    for method in args.methods.split(","):
+        for scale in map(int, args.scales.split(",")):
+            mine = [r for r in runs if r["method"] == method and r["scale"] == scale]
+            row = {"method": method, "scale": scale, "repeats": len(mine)}
+            row.update({k: float(np.median([r[k] for r in mine])) for k in keys})
+            table.append(row)
+    header = (f"{'method':<10}{'scale':>6}{'images':>8}{'fit s':>8}{'embed s':>9}{'head s':>8}"
+              f"{'ms/img':>8}{'peak MB':>9}{'img AUROC':>10}{'px AUROC':>10}")
+    print(header)
+    for r in table:
+        print(f"{r['method']:<10}{r['scale']:>5}x{r['n_train']:>8.0f}{r['fit_s']:>8.1f}"
+              f"{r['embed_s']:>9.1f}{r['head_s']:>8.1f}{r['infer_ms_per_image']:>8.0f}"
+              f"{r['peak_rss_mb']:>9.0f}{r['image_auroc']:>10.4f}{r['pixel_auroc']:>10.4f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"median": table, "runs": runs}, indent=2))
+    print(f"saved {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
