@@ -59,7 +59,8 @@ def _anomalib_model(backbone):
 
 
 def _anomalib_embed(model, images, batch_size=16):
-    model.train()  # training mode returns the embeddings
+    model.train()  # training mode returns the embeddings ...
+    model.feature_extractor.eval()  # ... from a frozen backbone, as anomalib's training_step does
     model.embedding_store = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):

@@ -10,8 +10,11 @@ import torch
 
 __all__ = ["ApproximateNeighbors", "kneighbors"]
 
-# Bytes of the float32 distance block one chunk may hold.
-_BLOCK_BYTES = 64 * 2**20
+# Bytes of the float32 distance block one chunk may hold: small enough to stay
+# in cache between the GEMM that writes it and the argmin that reads it (the
+# search is memory-bound otherwise), at least 64 rows for an efficient GEMM.
+_BLOCK_BYTES = 16 * 2**20
+_MIN_CHUNK = 64
 
 
 def _as_tensor(X):
@@ -22,12 +25,10 @@ def _as_tensor(X):
     return torch.from_numpy(X)
 
 
-def _squared_distances(queries, reference, reference_sq):
-    d2 = torch.addmm(
-        reference_sq[None, :], queries, reference.T, beta=1.0, alpha=-2.0
-    )
-    d2 += (queries * queries).sum(1, keepdim=True)
-    return d2.clamp_(min=0.0)
+def _ranking_distances(queries, reference, reference_sq):
+    """``||r||^2 - 2 q.r``: each row ranks the references as the squared
+    distance does (it lacks only the row's constant ``||q||^2``)."""
+    return torch.addmm(reference_sq[None, :], queries, reference.T, beta=1.0, alpha=-2.0)
 
 
 def kneighbors(queries, reference, n_neighbors=1, *, block_bytes=_BLOCK_BYTES):
@@ -41,7 +42,7 @@ def kneighbors(queries, reference, n_neighbors=1, *, block_bytes=_BLOCK_BYTES):
         Points to search among.
     n_neighbors : int, default=1
         How many neighbours per query; at most ``m``.
-    block_bytes : int, default=64 MiB
+    block_bytes : int, default=16 MiB
         Memory the per-chunk distance block may take.
 
     Returns
@@ -70,12 +71,12 @@ def kneighbors(queries, reference, n_neighbors=1, *, block_bytes=_BLOCK_BYTES):
     if not 1 <= n_neighbors <= m:
         raise ValueError(f"n_neighbors must be in [1, {m}], got {n_neighbors}.")
     r_sq = (r * r).sum(1)
-    chunk = max(1, block_bytes // (4 * m))
+    chunk = max(_MIN_CHUNK, block_bytes // (4 * m))
     distances = np.empty((q.shape[0], n_neighbors), dtype=np.float32)
     indices = np.empty((q.shape[0], n_neighbors), dtype=np.int64)
     with torch.inference_mode():
         for start in range(0, q.shape[0], chunk):
-            d2 = _squared_distances(q[start:start + chunk], r, r_sq)
+            d2 = _ranking_distances(q[start:start + chunk], r, r_sq)
             if n_neighbors == 1:
                 index = d2.argmin(dim=1, keepdim=True)
             else:
