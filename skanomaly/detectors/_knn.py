@@ -65,7 +65,10 @@ class KNNDetector(_BaseDetector):
         matrix products. ``"approximate"``: an NN-descent graph
         (:class:`~skanomaly.neighbors.ApproximateNeighbors`, pynndescent),
         worth it for banks of hundreds of thousands of entries; its build
-        and numba compilation cost tens of seconds. PatchCore mode only.
+        and numba compilation cost tens of seconds. The 32 highest-scoring
+        patches of each image are then searched exactly, so image scores
+        (a maximum, which one missed neighbour would inflate) stay exact in
+        practice. PatchCore mode only.
     random_state : int, RandomState instance or None, default=None
         Seeds the calibration split, the projection and the first centre.
 
@@ -222,6 +225,14 @@ class KNNDetector(_BaseDetector):
         bank = self.memory_bank_
         if getattr(self, "index_", None) is not None:
             distances, nearest = self.index_.kneighbors(X.reshape(-1, d), 1)
+            # A missed neighbour overestimates a patch's distance, and the image
+            # score is a maximum: one miss on a normal image would flag it. The
+            # patches that can set the maximum are searched exactly.
+            top = min(_EXACT_TOP_PATCHES, h * w)
+            worst = np.argsort(-distances.reshape(n, h * w), axis=1)[:, :top]
+            rows = (np.arange(n)[:, None] * (h * w) + worst).ravel()
+            exact_d, exact_i = kneighbors(X.reshape(-1, d)[rows], bank, 1)
+            distances[rows], nearest[rows] = exact_d, exact_i
         else:
             distances, nearest = kneighbors(X.reshape(-1, d), bank, 1)
         patch = distances.reshape(n, h * w)
@@ -239,6 +250,9 @@ class KNNDetector(_BaseDetector):
             image = image * (1.0 - np.exp(image - logsumexp(support_dist, axis=1)))
         return patch.reshape(n, h, w), image
 
+
+# Patches per image re-searched exactly after an approximate search.
+_EXACT_TOP_PATCHES = 32
 
 # Neighbours defining SoftPatch's local outlier score of a training patch.
 _SOFTPATCH_NEIGHBORS = 9
