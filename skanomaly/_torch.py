@@ -20,6 +20,15 @@ def _resolve_device(device):
     return resolved
 
 
+def _device_or_cpu(device):
+    """The requested device when usable here, else the CPU (loading a model
+    trained on a GPU on a machine without one)."""
+    try:
+        return _resolve_device(device)
+    except ValueError:
+        return torch.device("cpu")
+
+
 @contextlib.contextmanager
 def _torch_threads(n_jobs):
     """Temporarily set torch's intra-op threads from a joblib-style n_jobs."""

@@ -8,7 +8,6 @@ scikit-learn transformers: ``fit`` validates parameters and loads the weights,
 ``torch.inference_mode``.
 """
 
-import contextlib
 import numbers
 
 import numpy as np
@@ -19,7 +18,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._torch import _load_resized, _progress, _resolve_device, _torch_threads
+from ._torch import (
+    _device_or_cpu,
+    _load_resized,
+    _progress,
+    _resolve_device,
+    _torch_threads,
+)
 from .backbones import (
     _as_numpy_state,
     _build_architecture,
@@ -119,10 +124,7 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
             backbone = _build_architecture(self.backbone)
             _load_numpy_state(backbone, weights)
             self.backbone_ = backbone
-            self._device_ = torch.device("cpu")
-            if self.device != "cpu":
-                with contextlib.suppress(ValueError):
-                    self._device_ = _resolve_device(self.device)
+            self._device_ = _device_or_cpu(self.device)
             self.backbone_.model.to(self._device_)
 
     def _load_batch(self, images, start):

@@ -7,7 +7,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 from torch import nn
 
-from ._trainable import _channel_statistics, _TrainableDetector
+from ._trainable import _standardise_channels, _TrainableDetector
 
 
 def positional_encoding(n_channels, height, width):
@@ -258,9 +258,7 @@ class FlowDetector(_TrainableDetector):
         return _PatchFlow(**params)
 
     def _init_module(self, module, X, train_idx):
-        mean, std = _channel_statistics(X, train_idx)
-        module.mean.copy_(torch.from_numpy(mean))
-        module.scale.copy_(torch.from_numpy(std))
+        _standardise_channels(module, X, train_idx)
 
     def _make_optimizer(self, module):
         return torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=1e-5)

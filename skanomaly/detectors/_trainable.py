@@ -15,19 +15,17 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 
-from .._torch import _resolve_device
+from .._torch import _device_or_cpu, _resolve_device
+from ..backbones import _as_numpy_state
 from ._base import _BaseDetector
 
 # Images scored per forward pass when no gradient is needed.
 _SCORE_BATCH = 32
 
 
-def _as_numpy_state(module):
-    return {key: value.detach().cpu().numpy() for key, value in module.state_dict().items()}
-
-
-def _channel_statistics(X, idx, chunk=32):
-    """Per-channel mean and standard deviation of the grids ``X[idx]``, in chunks."""
+def _standardise_channels(module, X, idx, chunk=32):
+    """Set ``module.mean`` / ``module.scale`` to the per-channel mean and standard
+    deviation of the grids ``X[idx]``, read in chunks."""
     total = np.zeros(X.shape[-1], dtype=np.float64)
     squares = np.zeros(X.shape[-1], dtype=np.float64)
     count = 0
@@ -38,7 +36,8 @@ def _channel_statistics(X, idx, chunk=32):
         count += len(block)
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+    module.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+    module.scale.copy_(torch.from_numpy(np.maximum(std, 1e-6).astype(np.float32)))
 
 
 def _load_numpy_state(module, state):
@@ -271,12 +270,7 @@ class _TrainableDetector(_BaseDetector):
         module_state = state.pop("_module_state", None)
         super().__setstate__(state)
         if module_state is not None:
-            device = torch.device("cpu")
-            if self.device != "cpu":
-                try:
-                    device = _resolve_device(self.device)
-                except ValueError:
-                    pass
+            device = _device_or_cpu(self.device)
             module = self._build_module(**self.module_params_)
             _load_numpy_state(module, module_state)
             self.module_ = module.to(device).eval()
