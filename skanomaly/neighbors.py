@@ -3,7 +3,15 @@
 Distances use ``||a||^2 - 2 a.b + ||b||^2`` so the work is one GEMM per
 chunk; the chunk size bounds memory by the ``(chunk, m)`` distance block,
 never by the number of queries.
+
+On CPUs with native bfloat16 dot products (AVX512-BF16), the nearest
+neighbour (``n_neighbors=1``) is found with a bfloat16 GEMM, about three
+times faster than float32, and stays exact: the GEMM only narrows each
+query's candidates to the rows whose rank is within a proven rounding
+bound of the best, and the candidates' true distances pick the neighbour.
 """
+
+import functools
 
 import numpy as np
 import torch
@@ -23,6 +31,83 @@ def _as_tensor(X):
     if not X.flags.writeable:
         X = X.copy()
     return torch.from_numpy(X)
+
+
+# bfloat16 keeps 8 significant bits: unit roundoff u = 2^-8. For the dot
+# product of two rounded vectors, accumulated in float32 and rounded back to
+# bfloat16 (what every CPU bfloat16 GEMM does):
+#   |computed - q.r| <= (2u + u^2) sum|q_i r_i| + gamma_d sum|q~_i r~_i| + u |q~.r~|
+#                    <= (3u + 3u^2 + gamma_d (1 + u)^2 + ...) |q| |r|,
+# with gamma_d = d 2^-24 from the float32 sum (< 1e-4 for d < 1600). The
+# constant below rounds that up with room to spare.
+_BF16_DOT_ERROR = 3 * 2.0**-8 + 2.0**-11
+_BF16_MAX_FEATURES = 1600
+
+
+@functools.cache
+def _native_bfloat16():
+    """Whether this CPU computes bfloat16 dot products natively (fast)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch
+        return False
+
+
+def _pair_distances(queries, reference):
+    """Row-wise ``||q_i - r_i||``: subtraction first, so no cancellation, and
+    the same float32 value for a pair whatever else is searched with it."""
+    return torch.linalg.vector_norm(queries - reference, dim=-1)
+
+
+def _nearest_bfloat16(q, r, block_bytes):
+    """Exact nearest neighbour of each row of q among the rows of r.
+
+    Rows are centred on the reference mean (distances do not change, the
+    rounding bound shrinks with the norms), ranked by a bfloat16 GEMM, and
+    every reference whose rank is within twice the error bound of the row's
+    best is a candidate; the candidate at the smallest true distance wins
+    (lowest index on ties).
+    """
+    m = r.shape[0]
+    mean = r.mean(0)
+    centred = r - mean
+    r_sq = (centred * centred).sum(1)
+    r_low = centred.bfloat16()
+    q_centred = q - mean
+    q_low = q_centred.bfloat16()
+    # The true best rank is at most (best computed + bound) and a reference
+    # ranks at least (its computed - bound); bound = 2 * error of q.r.
+    margin = (4 * _BF16_DOT_ERROR * float(r_sq.max().sqrt())) * torch.linalg.vector_norm(
+        q_centred, dim=1)
+    chunk = max(_MIN_CHUNK, block_bytes // (4 * m))
+    rows_in_chunk = min(chunk, q.shape[0])
+    # Buffers reused across chunks: fresh (chunk, m) blocks would cost page
+    # faults comparable to the GEMM itself.
+    product = torch.empty((rows_in_chunk, m), dtype=torch.bfloat16)
+    rank = torch.empty((rows_in_chunk, m), dtype=torch.float32)
+    mask = np.empty((rows_in_chunk, m), dtype=bool)
+    rank_np = rank.numpy()
+    distances = np.empty(q.shape[0], dtype=np.float32)
+    indices = np.empty(q.shape[0], dtype=np.int64)
+    for start in range(0, q.shape[0], chunk):
+        stop = min(start + chunk, q.shape[0])
+        n = stop - start
+        torch.mm(q_low[start:stop], r_low.T, out=product[:n])
+        block = rank[:n]
+        block.copy_(product[:n])
+        torch.add(r_sq, block, alpha=-2.0, out=block)
+        threshold = (block.amin(1) + margin[start:stop]).numpy()
+        np.less_equal(rank_np[:n], threshold[:, None], out=mask[:n])
+        rows, cols = np.divmod(np.flatnonzero(mask[:n]), m)
+        exact = _pair_distances(q[start + rows], r[cols]).numpy()
+        # rows ascend and every row has a candidate (its computed best).
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        best = np.minimum.reduceat(exact, starts)
+        winners = np.flatnonzero(exact == best[rows])
+        first = winners[np.r_[True, rows[winners][1:] != rows[winners][:-1]]]
+        distances[start:stop] = best
+        indices[start:stop] = cols[first]
+    return distances[:, None], indices[:, None]
 
 
 def _ranking_distances(queries, reference, reference_sq):
@@ -70,25 +155,38 @@ def kneighbors(queries, reference, n_neighbors=1, *, block_bytes=_BLOCK_BYTES):
     m = r.shape[0]
     if not 1 <= n_neighbors <= m:
         raise ValueError(f"n_neighbors must be in [1, {m}], got {n_neighbors}.")
-    r_sq = (r * r).sum(1)
+    if n_neighbors == 1 and _native_bfloat16() and r.shape[1] <= _BF16_MAX_FEATURES:
+        with torch.inference_mode():
+            return _nearest_bfloat16(q, r, block_bytes)
+    with torch.inference_mode():
+        return _kneighbors_float32(q, r, n_neighbors, block_bytes)
+
+
+def _kneighbors_float32(q, r, n_neighbors=1, block_bytes=_BLOCK_BYTES):
+    """kneighbors on float32 tensors through a float32 ranking GEMM."""
+    q, r = torch.as_tensor(q), torch.as_tensor(r)
+    m = r.shape[0]
+    # Centring does not move distances but shrinks the norms whose
+    # cancellation in ||r||^2 - 2 q.r limits the ranking's resolution.
+    mean = r.mean(0)
+    q_centred, r_centred = q - mean, r - mean
+    r_sq = (r_centred * r_centred).sum(1)
     chunk = max(_MIN_CHUNK, block_bytes // (4 * m))
     distances = np.empty((q.shape[0], n_neighbors), dtype=np.float32)
     indices = np.empty((q.shape[0], n_neighbors), dtype=np.int64)
-    with torch.inference_mode():
-        for start in range(0, q.shape[0], chunk):
-            d2 = _ranking_distances(q[start:start + chunk], r, r_sq)
-            if n_neighbors == 1:
-                index = d2.argmin(dim=1, keepdim=True)
-            else:
-                index = torch.topk(d2, n_neighbors, dim=1, largest=False).indices
-            # The GEMM finds the neighbours; their distances are recomputed
-            # directly, which is exact (no cancellation) and independent of how
-            # queries are batched, so a sample scores the same in any batch.
-            diff = q[start:start + len(d2), None, :] - r[index]
-            exact = torch.linalg.vector_norm(diff, dim=2)
-            exact, order = exact.sort(dim=1)
-            distances[start:start + len(d2)] = exact.numpy()
-            indices[start:start + len(d2)] = torch.gather(index, 1, order).numpy()
+    for start in range(0, q.shape[0], chunk):
+        d2 = _ranking_distances(q_centred[start:start + chunk], r_centred, r_sq)
+        if n_neighbors == 1:
+            index = d2.argmin(dim=1, keepdim=True)
+        else:
+            index = torch.topk(d2, n_neighbors, dim=1, largest=False).indices
+        # The GEMM finds the neighbours; their distances are recomputed
+        # directly, which is exact (no cancellation) and independent of how
+        # queries are batched, so a sample scores the same in any batch.
+        exact = _pair_distances(q[start:start + len(d2), None, :], r[index])
+        exact, order = exact.sort(dim=1)
+        distances[start:start + len(d2)] = exact.numpy()
+        indices[start:start + len(d2)] = torch.gather(index, 1, order).numpy()
     return distances, indices
 
 
@@ -164,8 +262,8 @@ class ApproximateNeighbors:
         candidates = candidates.astype(np.int64)
         # As in kneighbors: exact distances, independent of batching.
         with torch.inference_mode():
-            diff = torch.from_numpy(q)[:, None, :] - torch.from_numpy(self.reference)[candidates]
-            exact = torch.linalg.vector_norm(diff, dim=2)
+            exact = _pair_distances(torch.from_numpy(q)[:, None, :],
+                                    torch.from_numpy(self.reference)[candidates])
             exact, order = exact.sort(dim=1)
         order = order.numpy()[:, :n_neighbors]
         return exact.numpy()[:, :n_neighbors], np.take_along_axis(candidates, order, 1)

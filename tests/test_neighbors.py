@@ -2,11 +2,23 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
+import skanomaly.neighbors as neighbors
 from skanomaly.neighbors import kneighbors
 
 
+@pytest.fixture(params=["float32", "bfloat16"])
+def gemm(request, monkeypatch):
+    """Run a test through each ranking GEMM (bfloat16 only where native)."""
+    if request.param == "bfloat16":
+        if not neighbors._native_bfloat16():
+            pytest.skip("this CPU has no native bfloat16 dot products")
+    else:
+        monkeypatch.setattr(neighbors, "_native_bfloat16", lambda: False)
+    return request.param
+
+
 @pytest.mark.parametrize("k", [1, 4])
-def test_matches_brute_force(k):
+def test_matches_brute_force(k, gemm):
     rng = np.random.default_rng(0)
     q, r = rng.normal(size=(300, 9)), rng.normal(size=(50, 9))
     # A tiny block forces many chunks.
@@ -15,6 +27,49 @@ def test_matches_brute_force(k):
     expected = np.sort(full, axis=1)[:, :k]
     np.testing.assert_allclose(dist, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.take_along_axis(full, idx, 1), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_near_ties_found_exactly(gemm):
+    # Far from the origin, with each reference next to a twin 1e-3 away:
+    # bfloat16 (8 significant bits) cannot tell twins apart, the answer must.
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(400, 64)) + 50.0
+    twins = base + rng.normal(scale=1e-3, size=base.shape)
+    reference = np.concatenate([base, twins]).astype(np.float32)
+    queries = (base[:200] + rng.normal(scale=0.05, size=(200, 64))).astype(np.float32)
+    full = cdist(queries.astype(np.float64), reference.astype(np.float64))
+    dist, idx = kneighbors(queries, reference, 1, block_bytes=4096)
+    best = full.min(axis=1)
+    chosen = full[np.arange(len(queries)), idx[:, 0]]
+    # The bfloat16 path proves its candidates hold the nearest row; the
+    # float32 ranking resolves squared distances to ~1e-7 of the centred
+    # norms only (here ~1e-5), so it may pick a twin that close.
+    np.testing.assert_allclose(chosen, best, rtol=0, atol=1e-6 if gemm == "bfloat16" else 1e-4)
+    np.testing.assert_allclose(dist[:, 0], chosen, rtol=1e-5)
+    assert np.isin(idx[:, 0] % 400, np.arange(200)).all()
+
+
+def test_same_answer_in_any_batch(gemm):
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(700, 20)).astype(np.float32)
+    r = rng.normal(size=(3000, 20)).astype(np.float32)
+    dist_all, idx_all = kneighbors(q, r, 1)
+    for i in (0, 321, 699):
+        dist_one, idx_one = kneighbors(q[i:i + 1], r, 1)
+        assert dist_one[0, 0] == dist_all[i, 0]
+        assert idx_one[0, 0] == idx_all[i, 0]
+
+
+def test_paths_agree():
+    if not neighbors._native_bfloat16():
+        pytest.skip("this CPU has no native bfloat16 dot products")
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(500, 152)).astype(np.float32) * 10
+    r = rng.normal(size=(4000, 152)).astype(np.float32) * 10
+    fast = kneighbors(q, r, 1)
+    slow = neighbors._kneighbors_float32(q, r)
+    np.testing.assert_array_equal(fast[1], slow[1])
+    np.testing.assert_array_equal(fast[0], slow[0])
 
 
 def test_errors():
