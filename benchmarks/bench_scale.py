@@ -140,6 +140,9 @@ def main(argv=None):
                 )
                 run = json.loads(out.stdout.strip().splitlines()[-1])
                 runs.append(run)
+                # Kept as it grows: a stopped sweep leaves its finished runs.
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps({"median": None, "runs": runs}, indent=2))
                 print(f"  {method} {scale}x run {repeat + 1}: fit {run['fit_s']:.1f} s, "
                       f"{run['infer_ms_per_image']:.0f} ms/img, {run['peak_rss_mb']:.0f} MB",
                       file=sys.stderr, flush=True)
