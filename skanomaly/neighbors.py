@@ -42,6 +42,8 @@ def _as_tensor(X):
 # constant below rounds that up with room to spare.
 _BF16_DOT_ERROR = 3 * 2.0**-8 + 2.0**-11
 _BF16_MAX_FEATURES = 1600
+# Candidates one query may have before it is ranked in float32 instead.
+_MAX_CANDIDATES = 4096
 
 
 @functools.cache
@@ -99,14 +101,30 @@ def _nearest_bfloat16(q, r, block_bytes):
         threshold = (block.amin(1) + margin[start:stop]).numpy()
         np.less_equal(rank_np[:n], threshold[:, None], out=mask[:n])
         rows, cols = np.divmod(np.flatnonzero(mask[:n]), m)
-        exact = _pair_distances(q[start + rows], r[cols]).numpy()
-        # rows ascend and every row has a candidate (its computed best).
+        # Many near-equal rows (an uncompressed bank of flat background) can
+        # make a query's candidates numerous; such queries take the float32
+        # ranking instead, so time and memory stay bounded.
+        crowded = np.bincount(rows, minlength=n) > _MAX_CANDIDATES
+        if crowded.any():
+            keep = ~crowded[rows]
+            rows, cols = rows[keep], cols[keep]
+            where = np.flatnonzero(crowded)
+            d, i = _kneighbors_float32(q[start + where], r, 1, block_bytes)
+            distances[start + where], indices[start + where] = d[:, 0], i[:, 0]
+        if not len(rows):
+            continue
+        exact = np.empty(len(rows), dtype=np.float32)
+        step = max(1, block_bytes // (8 * q.shape[1]))
+        for at in range(0, len(rows), step):
+            part = slice(at, at + step)
+            exact[part] = _pair_distances(q[start + rows[part]], r[cols[part]]).numpy()
+        # rows ascend; each row left has a candidate (its computed best).
         starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
         best = np.minimum.reduceat(exact, starts)
-        winners = np.flatnonzero(exact == best[rows])
+        winners = np.flatnonzero(exact == np.repeat(best, np.diff(np.r_[starts, len(rows)])))
         first = winners[np.r_[True, rows[winners][1:] != rows[winners][:-1]]]
-        distances[start:stop] = best
-        indices[start:stop] = cols[first]
+        distances[start + rows[starts]] = best
+        indices[start + rows[starts]] = cols[first]
     return distances[:, None], indices[:, None]
 
 

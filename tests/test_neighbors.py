@@ -77,3 +77,24 @@ def test_errors():
         kneighbors(np.zeros((2, 3)), np.zeros((2, 4)))
     with pytest.raises(ValueError, match="n_neighbors"):
         kneighbors(np.zeros((2, 3)), np.zeros((2, 3)), 3)
+
+
+def test_crowded_candidates_fall_back(monkeypatch):
+    # A bank of identical rows (flat background, no coreset): every row is a
+    # candidate of every query; the search must stay exact and bounded.
+    if not neighbors._native_bfloat16():
+        pytest.skip("this CPU has no native bfloat16 dot products")
+    monkeypatch.setattr(neighbors, "_MAX_CANDIDATES", 50)
+    calls = []
+    original = neighbors._kneighbors_float32
+    monkeypatch.setattr(neighbors, "_kneighbors_float32",
+                        lambda *a, **k: calls.append(len(a[0])) or original(*a, **k))
+    rng = np.random.default_rng(4)
+    reference = np.concatenate([np.ones((300, 8)), rng.normal(size=(40, 8)) * 5])
+    queries = np.concatenate([np.ones((5, 8)) + 1e-3, rng.normal(size=(20, 8)) * 5])
+    dist, idx = kneighbors(queries, reference, 1, block_bytes=4096)
+    full = cdist(queries, reference)
+    np.testing.assert_allclose(dist[:, 0], full.min(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full[np.arange(len(queries)), idx[:, 0]], full.min(axis=1),
+                               rtol=1e-5, atol=1e-6)
+    assert sum(calls) == 5  # only the crowded queries took the float32 ranking
