@@ -85,3 +85,9 @@ def test_density_heads_refuse_what_they_cannot_model():
     det = KDEDetector(random_state=0).fit(np.random.default_rng(0).normal(size=(20, 3)))
     with pytest.raises(ValueError, match="score_patches needs 4D"):
         det.score_patches(np.zeros((2, 3)))
+
+
+def test_kde_caps_fractional_calibration_but_gaussian_does_not():
+    X = np.random.default_rng(0).normal(size=(1500, 4))
+    assert len(KDEDetector(random_state=0).fit(X).calibration_scores_) == 100
+    assert len(GaussianDetector(random_state=0).fit(X).calibration_scores_) == 150

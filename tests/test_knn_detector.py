@@ -72,6 +72,20 @@ def test_threshold_comes_from_images_outside_the_bank():
     assert det.offset_ < 0  # in-sample scores would be exactly 0
 
 
+def test_fractional_calibration_is_capped_for_memory_banks():
+    # 10% of 1,500 samples would be 150 held out; a memory bank holds out
+    # at most 100 (their scoring costs bank-size time each), an int is obeyed.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1500, 3))
+    det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, random_state=0).fit(X)
+    assert len(det.calibration_scores_) == 100
+    assert len(det.memory_bank_) == 1400
+    det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, calibration_size=150, random_state=0).fit(X)
+    assert len(det.calibration_scores_) == 150
+    det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, calibration_size=0.05, random_state=0).fit(X)
+    assert len(det.calibration_scores_) == 75
+
+
 def test_predict_flags_shifted_images_and_keeps_contract():
     det = KNNDetector(random_state=0).fit(_grids(30))
     normal, shifted = _grids(5, seed=9), _grids(5, seed=9, shift=4.0)

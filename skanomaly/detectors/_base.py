@@ -63,6 +63,10 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
 
     # Heads that model whole-image vectors only refuse patch grids.
     _accepts_grids = True
+    # Most samples a fractional calibration_size holds out (None: no limit).
+    # Heads whose scoring cost grows with the training set set one: their
+    # calibration would otherwise cost (training set)^2.
+    _calibration_cap = None
 
     _parameter_constraints = {
         "contamination": [Interval(numbers.Real, 0, 0.5, closed="right")],
@@ -144,6 +148,8 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
                 )
         else:
             n_cal = int(np.ceil(self.calibration_size * n_samples))
+            if self._calibration_cap is not None:
+                n_cal = min(n_cal, self._calibration_cap)
             n_cal = min(max(n_cal, 1), n_samples - 1)
         order = rng.permutation(n_samples)
         return np.sort(order[n_cal:]), np.sort(order[:n_cal])

@@ -32,6 +32,9 @@ class KDEDetector(_BaseDetector):
         Largest fraction of new normal samples that ``predict`` may flag.
     calibration_size : float in (0, 1) or int, default=0.1
         Share (or number) of training samples held out to calibrate ``offset_``.
+        A share holds out at most 100 samples: scoring one costs time in
+        proportion to the training set, so a share without a limit would make
+        ``fit`` grow with the square of the training set. Pass an int for more.
     random_state : int, RandomState instance or None, default=None
         Seeds the calibration split.
 
@@ -56,6 +59,7 @@ class KDEDetector(_BaseDetector):
     """
 
     _accepts_grids = False
+    _calibration_cap = 100
 
     _parameter_constraints = {
         **_BaseDetector._parameter_constraints,

@@ -36,6 +36,9 @@ class KNNDetector(_BaseDetector):
     calibration_size : float in (0, 1) or int, default=0.1
         Share (or number) of training samples held out of the memory bank to
         calibrate ``offset_``.
+        A share holds out at most 100 samples: scoring one costs time in
+        proportion to the training set, so a share without a limit would make
+        ``fit`` grow with the square of the training set. Pass an int for more.
     projection_dim : int or None, default=128
         Dimension of the random projection the coreset is selected on.
     mode : {"patchcore", "spade"}, default="patchcore"
@@ -126,6 +129,8 @@ class KNNDetector(_BaseDetector):
         "coreset_chunk_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "algorithm": [StrOptions({"exact", "approximate"})],
     }
+
+    _calibration_cap = 100
 
     def __init__(
         self,
