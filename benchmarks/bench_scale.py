@@ -16,6 +16,7 @@ median of the repeats; JSON keeps every run.
 
     python benchmarks/bench_scale.py                       # 1x, 4x, 16x; 3 repeats
     python benchmarks/bench_scale.py --scales 1,4 --repeats 1 --methods patchcore
+    python benchmarks/bench_scale.py --merge a.json b.json   # one table of both
 """
 
 import argparse
@@ -115,6 +116,29 @@ def _child(method, scale, data, cache):
     }))
 
 
+def _report(runs, out):
+    """Print the median table of `runs` and save it with every run to `out`."""
+    keys = ["n_train", "fit_s", "embed_s", "head_s", "infer_ms_per_image", "peak_rss_mb",
+            "image_auroc", "pixel_auroc"]
+    table = []
+    for method in dict.fromkeys(r["method"] for r in runs):
+        for scale in sorted({r["scale"] for r in runs if r["method"] == method}):
+            mine = [r for r in runs if r["method"] == method and r["scale"] == scale]
+            row = {"method": method, "scale": scale, "repeats": len(mine)}
+            row.update({k: float(np.median([r[k] for r in mine])) for k in keys})
+            table.append(row)
+    header = (f"{'method':<10}{'scale':>6}{'images':>8}{'fit s':>8}{'embed s':>9}{'head s':>8}"
+              f"{'ms/img':>8}{'peak MB':>9}{'img AUROC':>10}{'px AUROC':>10}")
+    print(header)
+    for r in table:
+        print(f"{r['method']:<10}{r['scale']:>5}x{r['n_train']:>8.0f}{r['fit_s']:>8.1f}"
+              f"{r['embed_s']:>9.1f}{r['head_s']:>8.1f}{r['infer_ms_per_image']:>8.0f}"
+              f"{r['peak_rss_mb']:>9.0f}{r['image_auroc']:>10.4f}{r['pixel_auroc']:>10.4f}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"median": table, "runs": runs}, indent=2))
+    print(f"saved {out}", file=sys.stderr)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -124,7 +148,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(HERE / "results" / "scale.json"))
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "SCALE"), help=argparse.SUPPRESS)
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="tabulate the runs of earlier result files instead of running")
     args = parser.parse_args(argv)
+    if args.merge:
+        _report([r for f in args.merge for r in json.loads(Path(f).read_text())["runs"]], args.out)
+        return
     if args.child:
         _child(args.child[0], int(args.child[1]), args.data, args.cache)
         return
@@ -146,25 +175,7 @@ def main(argv=None):
                 print(f"  {method} {scale}x run {repeat + 1}: fit {run['fit_s']:.1f} s, "
                       f"{run['infer_ms_per_image']:.0f} ms/img, {run['peak_rss_mb']:.0f} MB",
                       file=sys.stderr, flush=True)
-    keys = ["n_train", "fit_s", "embed_s", "head_s", "infer_ms_per_image", "peak_rss_mb",
-            "image_auroc", "pixel_auroc"]
-    table = []
-    for method in args.methods.split(","):
-        for scale in map(int, args.scales.split(",")):
-            mine = [r for r in runs if r["method"] == method and r["scale"] == scale]
-            row = {"method": method, "scale": scale, "repeats": len(mine)}
-            row.update({k: float(np.median([r[k] for r in mine])) for k in keys})
-            table.append(row)
-    header = (f"{'method':<10}{'scale':>6}{'images':>8}{'fit s':>8}{'embed s':>9}{'head s':>8}"
-              f"{'ms/img':>8}{'peak MB':>9}{'img AUROC':>10}{'px AUROC':>10}")
-    print(header)
-    for r in table:
-        print(f"{r['method']:<10}{r['scale']:>5}x{r['n_train']:>8.0f}{r['fit_s']:>8.1f}"
-              f"{r['embed_s']:>9.1f}{r['head_s']:>8.1f}{r['infer_ms_per_image']:>8.0f}"
-              f"{r['peak_rss_mb']:>9.0f}{r['image_auroc']:>10.4f}{r['pixel_auroc']:>10.4f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"median": table, "runs": runs}, indent=2))
-    print(f"saved {args.out}", file=sys.stderr)
+    _report(runs, args.out)
 
 
 if __name__ == "__main__":
