@@ -10,7 +10,7 @@ the same per image everywhere.
 Every run is a fresh process (its peak RSS, VmHWM, is its own): fit on the
 scale's images (time split into embedding, measured around the embedder's
 transform calls, and the rest: coreset or statistics, and calibration), then
-score bottle's 83 test images (inference ms/image: reading the 900 px PNG,
+score bottle's 83 test images (inference ms/image: reading the 512 px PNG,
 embedding, scoring) and compute image and pixel AUROC. The table shows the
 median of the repeats; JSON keeps every run.
 
