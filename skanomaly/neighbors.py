@@ -155,6 +155,14 @@ def kneighbors(queries, reference, n_neighbors=1, *, block_bytes=_BLOCK_BYTES):
     indices : ndarray of shape (n, n_neighbors), int64
         Rows of ``reference``.
 
+    Notes
+    -----
+    With ``n_neighbors=1`` on a CPU with native bfloat16 dot products the
+    ranking GEMM runs in bfloat16 and the result is still the exact nearest
+    row (see the module notes); elsewhere the ranking is float32, centred on
+    the reference mean. Returned distances are always computed directly,
+    ``||q - r||`` in float32, so a query gets the same answer in any batch.
+
     Examples
     --------
     >>> import numpy as np
