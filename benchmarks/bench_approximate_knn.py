@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import save_json
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "mvtec_bottle"
 
@@ -59,8 +61,7 @@ def main(argv=None):
         print(f"{name}: image {result[f'{name}_image_auroc']:.4f}, pixel "
               f"{result[f'{name}_pixel_auroc']:.4f}, "
               f"{result[f'{name}_search_ms_per_image']:.1f} ms/img", file=sys.stderr)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    save_json(result, args.out)
     print(json.dumps(result, indent=2))
 
 

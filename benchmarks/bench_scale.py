@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "mvtec_bottle"
@@ -134,8 +135,7 @@ def _report(runs, out):
         print(f"{r['method']:<10}{r['scale']:>5}x{r['n_train']:>8.0f}{r['fit_s']:>8.1f}"
               f"{r['embed_s']:>9.1f}{r['head_s']:>8.1f}{r['infer_ms_per_image']:>8.0f}"
               f"{r['peak_rss_mb']:>9.0f}{r['image_auroc']:>10.4f}{r['pixel_auroc']:>10.4f}")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps({"median": table, "runs": runs}, indent=2))
+    save_json({"median": table, "runs": runs}, out)
     print(f"saved {out}", file=sys.stderr)
 
 
@@ -170,8 +170,7 @@ def main(argv=None):
                 run = json.loads(out.stdout.strip().splitlines()[-1])
                 runs.append(run)
                 # Kept as it grows: a stopped sweep leaves its finished runs.
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out).write_text(json.dumps({"median": None, "runs": runs}, indent=2))
+                save_json({"median": None, "runs": runs}, args.out)
                 print(f"  {method} {scale}x run {repeat + 1}: fit {run['fit_s']:.1f} s, "
                       f"{run['infer_ms_per_image']:.0f} ms/img, {run['peak_rss_mb']:.0f} MB",
                       file=sys.stderr, flush=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "mvtec_bottle"
@@ -188,8 +189,7 @@ def main(argv=None):
                   inference_speedup=anomalib_ms / ours_ms)
     print(f"inference: anomalib {anomalib_ms:.0f} ms/img, skanomaly {ours_ms:.0f} ms/img, "
           f"x{result['inference_speedup']:.1f}", file=sys.stderr)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    save_json(result, args.out)
     print(json.dumps(result, indent=2))
 
 
