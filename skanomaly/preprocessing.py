@@ -4,11 +4,11 @@ import numbers
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from ._torch import _load_resized, _progress
-from .backbones import _spec, list_backbones
+from .backbones import _spec
 from .embedders import _image_shape
 from .images import check_images
 
@@ -54,7 +54,7 @@ class ImagePreprocessor(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "backbone": [StrOptions(set(list_backbones()))],
+        "backbone": [str],  # checked by load_backbone: registry or "timm/..."
         "image_size": [Interval(numbers.Integral, 16, None, closed="left"), tuple, list],
         "verbose": ["verbose"],
     }

@@ -31,8 +31,17 @@ def test_load_mvtec_errors(tmp_path):
     with pytest.raises(ValueError, match="No 'train' folder"):
         load_mvtec(tmp_path)
     _write(tmp_path / "test" / "crack" / "000.png")
+    (tmp_path / "ground_truth" / "scratch").mkdir(parents=True)
     with pytest.raises(ValueError, match="has no mask"):
         load_mvtec(tmp_path, split="test")
+
+
+def test_load_mvtec_without_ground_truth_is_image_level(tmp_path):
+    # MVTec AD screw's shared copy: test/good and test/defect, no masks at all.
+    _write(tmp_path / "test" / "good" / "000.png")
+    _write(tmp_path / "test" / "defect" / "000.png")
+    test = load_mvtec(tmp_path, split="test")
+    assert test.target.tolist() == [-1, 1] and test.masks == [None, None]
 
 
 def test_make_synthetic_masks_mark_changed_pixels():

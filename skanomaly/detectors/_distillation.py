@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from ..backbones import _build_architecture, list_backbones, load_backbone
+from ..backbones import _build_architecture, load_backbone
 from ._trainable import _TrainableDetector
 
 
@@ -240,7 +240,7 @@ class DistillationDetector(_TrainableDetector):
 
     _parameter_constraints = {
         **_TrainableDetector._parameter_constraints,
-        "backbone": [StrOptions(set(list_backbones()))],
+        "backbone": [str],  # checked by load_backbone: registry or "timm/..."
         "method": [StrOptions({"stfpm", "reverse_distillation"})],
         "weights": "no_validation",
         "layers": [list, tuple, None],
