@@ -83,8 +83,8 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
     test_images : list of images
     test_target : array-like of +1 / -1
     test_masks : list of (path, array or None) or None, default=None
-        Ground-truth masks; the pixel AUROC is computed when given and the
-        head has ``score_patches``.
+        Ground-truth masks; the pixel AUROC is computed when given (not all
+        None) and the head has ``score_patches``.
     cache : FeatureCache or None, default=None
         Shares embeddings between pipelines with the same transformers.
     fit : bool, default=True
@@ -112,6 +112,8 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
     """
     transformers, head = pipeline[:-1], pipeline[-1]
     test_images = check_images(test_images)
+    if test_masks is not None and all(mask is None for mask in test_masks):
+        test_masks = None  # image-level labels only
     if fit:
         # Frozen embedders learn nothing from images: fit only loads the weights.
         transformers.fit(None)

@@ -1,12 +1,24 @@
-"""Cross-validation for detectors that learn from normal samples only."""
+"""Cross-validation for detectors that learn from normal samples only.
+
+:class:`NormalOnlyKFold` splits labelled data so that training folds hold
+normal samples only. :class:`SyntheticDefectScorer` needs no defective
+sample at all: it paints synthetic defects (:mod:`skanomaly.defects`) on the
+held-out normal images of each fold and scores how well the model tells
+them from the clean ones, so ``GridSearchCV`` can choose a method or its
+parameters from normal images alone.
+"""
 
 import numbers
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import BaseCrossValidator, KFold
 from sklearn.utils.validation import column_or_1d
 
-__all__ = ["NormalOnlyKFold"]
+from .defects import DEFECT_KINDS, _check_kinds, make_synthetic_defects
+from .images import check_images
+
+__all__ = ["NormalOnlyKFold", "SyntheticDefectScorer"]
 
 
 class NormalOnlyKFold(BaseCrossValidator):
@@ -90,3 +102,136 @@ class NormalOnlyKFold(BaseCrossValidator):
 
     def _iter_test_indices(self, X=None, y=None, groups=None):  # pragma: no cover
         raise NotImplementedError("NormalOnlyKFold defines split directly.")
+
+
+class SyntheticDefectScorer:
+    """Scorer ranking models by how well they find synthetic defects.
+
+    Called as ``scorer(estimator, X, y)`` (scikit-learn's scorer signature),
+    it paints one synthetic defect on a copy of each normal image of ``X``
+    (:func:`~skanomaly.defects.make_synthetic_defects`: cut-paste, scratch,
+    blob in turn) and returns the image ROC AUC of ``estimator``'s
+    ``decision_function`` between the clean images (positives, +1) and the
+    defective copies, or the pixel ROC AUC of its anomaly maps. The defects
+    depend only on ``random_state`` and the images, so every candidate of a
+    grid search is judged on the same ones.
+
+    With ``GridSearchCV(pipe, grid, scoring=SyntheticDefectScorer(),
+    cv=KFold(3))`` fitted on normal images only (no ``y``), each fold trains
+    on normal images and is judged on its held-out normals and their
+    defective copies. If ``y`` is given, only its +1 images are painted on,
+    and its -1 images count as defects too.
+
+    Parameters
+    ----------
+    kinds : sequence of {"cutpaste", "scratch", "blob"}, default=all three
+        Defect kinds, used in turn over the images.
+    metric : {"image_auroc", "pixel_auroc"}, default="image_auroc"
+        ``"pixel_auroc"`` scores the painted masks against
+        :func:`skanomaly.anomaly_maps` (patch-level heads only; real
+        ``-1`` images of ``y`` have no mask and are left out).
+    random_state : int, default=0
+        Seeds the defects. An int, so that candidates are compared on the
+        same defects.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.model_selection import GridSearchCV, KFold
+    >>> from skanomaly import make_patchcore
+    >>> from skanomaly.datasets import make_synthetic
+    >>> from skanomaly.model_selection import SyntheticDefectScorer
+    >>> normal = make_synthetic(12, 0, image_size=64, random_state=0).images
+    >>> search = GridSearchCV(
+    ...     make_patchcore(image_size=64, random_state=0),
+    ...     {"knndetector__coreset_ratio": [0.05, 0.5]},
+    ...     scoring=SyntheticDefectScorer(), cv=KFold(2),
+    ... ).fit(normal)
+    >>> sorted(search.best_params_)
+    ['knndetector__coreset_ratio']
+    """
+
+    def __init__(self, kinds=DEFECT_KINDS, *, metric="image_auroc", random_state=0):
+        self.kinds = kinds
+        self.metric = metric
+        self.random_state = random_state
+
+    def __repr__(self):
+        return (f"SyntheticDefectScorer(kinds={tuple(self.kinds)!r}, "
+                f"metric={self.metric!r}, random_state={self.random_state!r})")
+
+    def _check(self):
+        kinds = [self.kinds] if isinstance(self.kinds, str) else list(self.kinds)
+        _check_kinds(kinds)
+        if self.metric not in ("image_auroc", "pixel_auroc"):
+            raise ValueError(
+                f"metric must be 'image_auroc' or 'pixel_auroc', got {self.metric!r}."
+            )
+        if not isinstance(self.random_state, numbers.Integral):
+            raise ValueError(
+                "random_state must be an int, so that every candidate is judged "
+                f"on the same defects; got {self.random_state!r}."
+            )
+        return kinds
+
+    def validation_set(self, X, y=None):
+        """The images the scorer judges on, with labels and masks.
+
+        Parameters
+        ----------
+        X : list of images or ndarray of shape (n, H, W[, C])
+        y : array-like of +1 / -1 or None, default=None
+
+        Returns
+        -------
+        images : list
+            The images of ``X`` followed by the defective copies.
+        target : ndarray of +1 / -1
+        masks : list of (H, W) bool arrays or None
+            None for the images of ``X`` (all-normal for their +1 images,
+            unknown for their -1 images).
+        """
+        kinds = self._check()
+        items = check_images(X)
+        if y is None:
+            normal = list(range(len(items)))
+            target = np.ones(len(items), dtype=np.int64)
+        else:
+            target = column_or_1d(y).astype(np.int64)
+            if len(target) != len(items):
+                raise ValueError(f"X has {len(items)} images but y has {len(target)} labels.")
+            normal = np.flatnonzero(target == 1).tolist()
+        if not normal:
+            raise ValueError("SyntheticDefectScorer needs at least one normal (+1) image.")
+        painted = make_synthetic_defects([items[i] for i in normal], kinds=kinds,
+                                         random_state=int(self.random_state))
+        images = list(items) + painted.images
+        target = np.concatenate([target, painted.target])
+        masks = [None] * len(items) + painted.masks
+        return images, target, masks
+
+    def __call__(self, estimator, X, y=None):
+        """Score of ``estimator`` on ``X`` and its synthetic defects (higher is better).
+
+        Parameters
+        ----------
+        estimator : fitted pipeline or detector
+            Has ``decision_function``; for ``"pixel_auroc"`` also what
+            :func:`skanomaly.anomaly_maps` needs.
+        X : list of images or ndarray of shape (n, H, W[, C])
+            Normal images held out of ``estimator``'s training.
+        y : array-like of +1 / -1 or None, default=None
+
+        Returns
+        -------
+        score : float
+        """
+        images, target, masks = self.validation_set(X, y)
+        if self.metric == "image_auroc":
+            return float(roc_auc_score(target, estimator.decision_function(images)))
+        from .maps import anomaly_maps
+        from .metrics import pixel_roc_auc
+
+        keep = [i for i, t in enumerate(target) if t == 1 or masks[i] is not None]
+        maps = anomaly_maps(estimator, [images[i] for i in keep])
+        return float(pixel_roc_auc([masks[i] for i in keep], maps))

@@ -15,16 +15,30 @@ _POSITION_CHUNK = 256
 _IMAGE_CHUNK = 32
 
 
-def _regularised_precision(cov, regularization):
-    """Inverse of covariances + regularization * I, and their log-determinants.
+def _regularised_precision(cov, regularization, scale):
+    """Inverse of covariances + regularization * unit * I, and their log-determinants.
 
     cov : tensor of shape (p, d, d), float64 (modified in place)
+    scale : "absolute" (unit 1), "position" (each covariance's mean variance)
+        or a float (a unit given by the caller)
     """
-    cov += regularization * torch.eye(cov.shape[-1], dtype=cov.dtype)
+    if scale == "absolute":
+        unit = torch.ones(len(cov), dtype=cov.dtype)
+    elif scale == "position":
+        unit = _mean_variance(cov)
+    else:
+        unit = torch.full((len(cov),), float(scale), dtype=cov.dtype)
+    # A constant feature has zero variance: keep the matrix invertible.
+    unit = unit.clamp_min(torch.finfo(torch.float32).tiny)
+    cov += (regularization * unit)[:, None, None] * torch.eye(cov.shape[-1], dtype=cov.dtype)
     chol = torch.linalg.cholesky(cov)
     precision = torch.cholesky_inverse(chol)
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
     return precision, logdet
+
+
+def _mean_variance(cov):
+    return torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)
 
 
 class GaussianDetector(_BaseDetector):
@@ -49,7 +63,15 @@ class GaussianDetector(_BaseDetector):
         positions). ``"reconstruction"``: squared error of the PCA
         reconstruction (needs ``n_components``; vectors only).
     regularization : float, default=0.01
-        Added to the covariance diagonal (PaDiM's 0.01 I).
+        Added to the covariance diagonal, in the unit ``regularization_scale``
+        says (PaDiM's ``0.01 I`` is ``regularization=0.01`` with
+        ``"absolute"``).
+    regularization_scale : {"absolute", "position", "global"}, default="absolute"
+        Unit of ``regularization``: 1 (``"absolute"``), the mean feature
+        variance of the position the covariance belongs to (``"position"``),
+        or the mean feature variance over all positions (``"global"``; the
+        same as ``"position"`` on vectors). The relative units make the
+        regularization independent of the backbone's feature scale.
     contamination : float in (0, 0.5], default=0.05
         Largest fraction of new normal samples that ``predict`` may flag.
     calibration_size : float in (0, 1) or int, default=0.1
@@ -91,6 +113,7 @@ class GaussianDetector(_BaseDetector):
         ],
         "score_type": [StrOptions({"mahalanobis", "nll", "reconstruction"})],
         "regularization": [Interval(numbers.Real, 0, None, closed="left")],
+        "regularization_scale": [StrOptions({"absolute", "position", "global"})],
     }
 
     def __init__(
@@ -99,6 +122,7 @@ class GaussianDetector(_BaseDetector):
         score_type="mahalanobis",
         *,
         regularization=0.01,
+        regularization_scale="absolute",
         contamination=0.05,
         calibration_size=0.1,
         random_state=None,
@@ -106,6 +130,7 @@ class GaussianDetector(_BaseDetector):
         self.n_components = n_components
         self.score_type = score_type
         self.regularization = regularization
+        self.regularization_scale = regularization_scale
         self.contamination = contamination
         self.calibration_size = calibration_size
         self.random_state = random_state
@@ -138,7 +163,8 @@ class GaussianDetector(_BaseDetector):
                 mean = block.mean(dim=1).numpy()
                 block = block - block.mean(dim=1, keepdim=True)
                 cov = block.transpose(1, 2) @ block / max(n - 1, 1)
-                prec, ld = _regularised_precision(cov, self.regularization)
+                scale = "position" if self.regularization_scale != "absolute" else "absolute"
+                prec, ld = _regularised_precision(cov, self.regularization, scale)
             precision, logdet = prec.numpy().astype(np.float32), ld.numpy()
         dim = mean.shape[-1]
         shape = (h, w) if grid else ()
@@ -172,11 +198,16 @@ class GaussianDetector(_BaseDetector):
             mean = total / n
             precision = np.empty((positions, d, d), dtype=np.float32)
             logdet = np.empty(positions, dtype=np.float64)
+            scale = self.regularization_scale
+            if scale == "global":
+                # sum_p tr(S_p) / (p d), from the same sums, before any chunk.
+                sq = torch.diagonal(outer, dim1=-2, dim2=-1).sum() - n * (mean ** 2).sum()
+                scale = float(sq / max(n - 1, 1) / (positions * d))
             for start in range(0, positions, _POSITION_CHUNK):
                 rows = slice(start, start + _POSITION_CHUNK)
                 m = mean[rows]
                 cov = (outer[rows] - n * m[:, :, None] * m[:, None, :]) / max(n - 1, 1)
-                prec, ld = _regularised_precision(cov, self.regularization)
+                prec, ld = _regularised_precision(cov, self.regularization, scale)
                 precision[rows] = prec.numpy()
                 logdet[rows] = ld.numpy()
         return mean.numpy(), precision, logdet

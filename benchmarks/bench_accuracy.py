@@ -1,0 +1,314 @@
+"""Accuracy panel: every method's defaults on every shared set, beside anomalib.
+
+For each set of ``--data`` (MVTec AD layout; by default the four sets of
+``../shared/data``) and each method (``skanomaly evaluate``'s names), the
+factory with its defaults is fitted on ``train/good`` from image paths and
+scored on ``test``: image AUROC, pixel AUROC and AUPRO where the set has
+masks, fit seconds (embedding the training images plus fitting the head) and
+milliseconds per test image (reading, embedding and scoring).
+
+When anomalib 2.7 is importable (optional: ``pip install anomalib``, in its
+own environment), anomalib's torch model of the same method (PatchCore,
+PaDiM, DFM, DFKDE) runs in the same process on the same decoded 256 px
+tensors, with the same EfficientNet-Lite0 weights and the layers anomalib
+uses for that method (PatchCore: strides 8 + 16; PaDiM: strides 4 + 8 + 16,
+100 random channels; DFM: stride 16 pooled 4x4; DFKDE: stride 32), and
+anomalib's own scoring and map post-processing. anomalib's PatchCore bank is
+its k-center greedy selection on its own random projection, computed with
+skanomaly's exact blocked greedy (the same sequence, see
+``bench_vs_anomalib.py``; anomalib's loop takes ~30 minutes a set here).
+
+``--variant`` adds rows with changed parameters, which is how defaults are
+chosen on the whole panel::
+
+    python benchmarks/bench_accuracy.py --methods patchcore,padim \\
+        --variant "patchcore:patchembedder__count_include_pad=False" \\
+        --variant "padim:gaussiandetector__regularization=0.01,gaussiandetector__regularization_scale=absolute"
+
+    python benchmarks/bench_accuracy.py                # all methods, all sets
+    python benchmarks/bench_accuracy.py --merge results/a.json results/b.json
+
+Writes ``benchmarks/results/accuracy.json`` (one row per set and method) and
+prints a Markdown table with the panel mean and worst set per method.
+"""
+
+import argparse
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _results import save_json
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
+SETS = ("mvtec_bottle", "mvtec3d_tire", "mvtec_screw", "kolektorsdd")
+FAST = ("patchcore", "softpatch", "padim", "spade", "dfm", "dfkde")
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def _parse_variant(text):
+    method, _, assignments = text.partition(":")
+    params = {}
+    for item in filter(None, assignments.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            params[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            params[key.strip()] = value.strip()
+    return method.strip(), params
+
+
+def _label(method, params):
+    if not params:
+        return method
+    return method + "[" + ",".join(f"{k.split('__')[-1]}={v}" for k, v in params.items()) + "]"
+
+
+def run_skanomaly(root, jobs, seed):
+    from skanomaly.cli import _methods
+    from skanomaly.datasets import load_mvtec
+    from skanomaly.evaluation import FeatureCache, evaluate_pipeline
+
+    factories = _methods()
+    train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
+    masks = test.masks if any(m is not None for m in test.masks) else None
+    cache = FeatureCache()
+    rows = []
+    for method, params in jobs:
+        pipe = factories[method](random_state=seed)
+        pipe.set_params(**params)
+        print(f"{root.name} {_label(method, params)} ...", file=sys.stderr, flush=True)
+        result = evaluate_pipeline(pipe, train.images, test.images, test.target, masks,
+                                   cache=cache)
+        result.pop("pipeline")
+        rows.append({"set": root.name, "library": "skanomaly", "method": _label(method, params),
+                     **{k: float(v) for k, v in result.items()}})
+        print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+    return rows
+
+
+# -- anomalib ----------------------------------------------------------------
+
+ANOMALIB_METHODS = ("patchcore", "padim", "dfm", "dfkde")
+
+
+def _tensors(paths, shape=(256, 256)):
+    from skanomaly._torch import _load_resized
+
+    start = time.perf_counter()
+    images = (_load_resized(paths, 0, shape) - 0.5) / 0.5  # Lite0's normalisation
+    return images, (time.perf_counter() - start) / len(paths)
+
+
+def _load_lite0(extractor):
+    from skanomaly.backbones import load_backbone
+
+    target = extractor.feature_extractor
+    source = load_backbone("efficientnet_lite0").model.state_dict()
+    keys = [k for k in target.state_dict() if k in source]
+    missing = [k for k in target.state_dict() if k not in source]
+    if missing:
+        raise SystemExit(f"anomalib's extractor lacks weights for {missing[:5]}")
+    target.load_state_dict({k: source[k] for k in keys})
+
+
+def _anomalib_model(method, seed):
+    import torch
+
+    torch.manual_seed(seed)
+    arch = "tf_efficientnet_lite0"
+    if method == "patchcore":
+        from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+        model = PatchcoreModel(layers=["blocks.2", "blocks.4"], backbone=arch, pre_trained=False)
+    elif method == "padim":
+        from anomalib.models.image.padim.torch_model import PadimModel
+
+        model = PadimModel(backbone=arch, layers=["blocks.1", "blocks.2", "blocks.4"],
+                           pre_trained=False, n_features=100)
+    elif method == "dfm":
+        from anomalib.models.image.dfm.torch_model import DFMModel
+
+        model = DFMModel(backbone=arch, layer="blocks.4", pre_trained=False)
+    else:
+        from anomalib.models.image.dfkde.torch_model import DfkdeModel
+
+        model = DfkdeModel(backbone=arch, layers=["blocks.6"], pre_trained=False)
+    _load_lite0(model.feature_extractor)
+    return model
+
+
+def _anomalib_fit(method, model, images, seed):
+    import torch
+
+    model.train()
+    model.feature_extractor.eval()  # frozen, as anomalib's training_step keeps it
+    with torch.no_grad():
+        for start in range(0, len(images), 16):
+            model(images[start:start + 16])
+    if method == "patchcore":
+        from anomalib.models.components.sampling import KCenterGreedy
+
+        from skanomaly.coreset import kcenter_greedy
+
+        embedding = torch.vstack(model.embedding_store)
+        model.embedding_store.clear()
+        sampler = KCenterGreedy(embedding=embedding, sampling_ratio=0.1)
+        sampler.model.fit(embedding)
+        projected = sampler.model.transform(embedding).numpy()
+        first = int(torch.randint(len(embedding), (1,), generator=torch.Generator().manual_seed(seed)))
+        idx = kcenter_greedy(projected, sampler.coreset_size, projection_dim=None,
+                             initial_center=first)
+        model.memory_bank = embedding[torch.from_numpy(np.asarray(idx))]
+    else:
+        model.fit()
+    model.eval()
+
+
+def _anomalib_score(model, images):
+    import torch
+
+    scores, maps = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), 16):
+            out = model(images[start:start + 16])
+            scores.append(out.pred_score.reshape(-1))
+            if out.anomaly_map is not None:
+                maps.append(out.anomaly_map.reshape(len(out.pred_score), *out.anomaly_map.shape[-2:]))
+    return torch.cat(scores).numpy(), (torch.cat(maps).numpy() if maps else None)
+
+
+def run_anomalib(root, methods, seed):
+    import torch
+    from PIL import Image
+    from sklearn.metrics import roc_auc_score
+
+    from skanomaly.datasets import load_mvtec
+    from skanomaly.metrics import pixel_aupro, pixel_roc_auc
+
+    train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
+    has_masks = any(m is not None for m in test.masks)
+    shapes = [Image.open(p).size[::-1] for p in test.images]
+    rows = []
+    for method in methods:
+        print(f"{root.name} anomalib {method} ...", file=sys.stderr, flush=True)
+        model = _anomalib_model(method, seed)
+        start = time.perf_counter()
+        train_x, _ = _tensors(train.images)
+        _anomalib_fit(method, model, train_x, seed)
+        fit_s = time.perf_counter() - start
+        del train_x
+        start = time.perf_counter()
+        test_x, _ = _tensors(test.images)
+        scores, maps = _anomalib_score(model, test_x)
+        ms = 1000 * (time.perf_counter() - start) / len(test.images)
+        row = {"set": root.name, "library": "anomalib", "method": method,
+               "image_auroc": float(roc_auc_score(test.target == -1, scores)),
+               "pixel_auroc": float("nan"), "aupro": float("nan"),
+               "fit_s": fit_s, "ms_per_image": ms}
+        if has_masks and maps is not None:
+            full = [torch.nn.functional.interpolate(torch.from_numpy(m)[None, None], size=s,
+                                                    mode="bilinear")[0, 0].numpy()
+                    for m, s in zip(maps, shapes)]
+            row["pixel_auroc"] = float(pixel_roc_auc(test.masks, full))
+            row["aupro"] = float(pixel_aupro(test.masks, full))
+        rows.append(row)
+        print(f"  {row}", file=sys.stderr, flush=True)
+    return rows
+
+
+# -- table -------------------------------------------------------------------
+
+def _fmt(value):
+    return "-" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def table(rows):
+    sets = [s for s in SETS if any(r["set"] == s for r in rows)]
+    sets += sorted({r["set"] for r in rows} - set(sets))
+    keys = []
+    for r in rows:
+        if (r["library"], r["method"]) not in keys:
+            keys.append((r["library"], r["method"]))
+    keys.sort(key=lambda k: (k[1].split("[")[0], k[1], k[0] != "skanomaly"))
+    header = ["method", "library"] + [f"{s} image / pixel" for s in sets] + [
+        "mean image", "worst image", "mean pixel"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for library, method in keys:
+        cells, image, pixel = [method, library], [], []
+        for s in sets:
+            found = [r for r in rows if (r["library"], r["method"], r["set"]) == (library, method, s)]
+            if not found:
+                cells.append("")
+                continue
+            r = found[-1]
+            image.append(r["image_auroc"])
+            if np.isfinite(r["pixel_auroc"]):
+                pixel.append(r["pixel_auroc"])
+            cells.append(f"{_fmt(r['image_auroc'])} / {_fmt(r['pixel_auroc'])}")
+        complete = len(image) == len(sets)
+        cells += [_fmt(np.mean(image)) if complete else "", _fmt(min(image)) if complete else "",
+                  _fmt(np.mean(pixel)) if complete and pixel else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--methods", default="all",
+                        help="comma-separated names, 'fast' (no training loop) or 'all'")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="METHOD:step__param=value,... (an extra row)")
+    parser.add_argument("--anomalib", choices=("auto", "no"), default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="tabulate earlier result files instead of running")
+    args = parser.parse_args(argv)
+    if args.merge:
+        rows = [row for path in args.merge for row in json.loads(Path(path).read_text())["rows"]]
+        print(table(rows))
+        return
+    from skanomaly.cli import _methods
+
+    names = {"all": list(_methods()), "fast": list(FAST)}.get(
+        args.methods, [m for m in args.methods.split(",") if m])
+    jobs = [(m, {}) for m in names] + [_parse_variant(v) for v in args.variant]
+    unknown = sorted({m for m, _ in jobs} - set(_methods()))
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {list(_methods())}")
+    with_anomalib = False
+    if args.anomalib == "auto":
+        try:
+            import anomalib  # noqa: F401
+            with_anomalib = True
+        except ImportError:
+            print("anomalib not importable: skanomaly rows only", file=sys.stderr)
+    import torch
+
+    meta = {"command": " ".join(sys.argv), "torch_threads": torch.get_num_threads(),
+            "seed": args.seed}
+    if with_anomalib:
+        import anomalib
+
+        meta["anomalib"] = anomalib.__version__
+    rows = []
+    for name in args.sets.split(","):
+        root = Path(args.data) / name
+        if not (root / "train").is_dir():
+            print(f"skipping {root}: not found", file=sys.stderr)
+            continue
+        rows += run_skanomaly(root, jobs, args.seed)
+        if with_anomalib:
+            rows += run_anomalib(root, [m for m in ANOMALIB_METHODS if m in names], args.seed)
+        save_json({"meta": meta, "rows": rows}, args.out)  # after each set: nothing lost
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
