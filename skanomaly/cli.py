@@ -25,6 +25,14 @@ examples:
   skanomaly evaluate ../shared/data/mvtec_bottle --methods fastflow,stfpm
   skanomaly evaluate ../shared/data/mvtec3d_tire --methods all --out results/tire
   skanomaly evaluate ../shared/data/mvtec_bottle --model patchcore.joblib
+
+With --synthetic, no defective image is needed: a random 20% of the normal
+training images (DIR/train/good, or DIR itself when it is a plain folder of
+good images) is held out, and the methods are judged on those images and on
+copies of them with painted defects (cut-paste, scratch, blob; see
+skanomaly.defects). That ranks methods for a new product from good parts
+alone:
+  skanomaly evaluate my_product/good --synthetic --methods patchcore,padim,dfm
 """
 
 DEMO_HELP = """\
@@ -335,14 +343,46 @@ def format_table(rows):
     )
 
 
+def _synthetic_split(root, seed):
+    """Normal images to fit on, and a held-out set with painted defects."""
+    from sklearn.utils import Bunch
+
+    from .datasets import load_folder, load_mvtec
+    from .model_selection import SyntheticDefectScorer
+
+    if (Path(root) / "train").is_dir():
+        normals = load_mvtec(root, "train").images
+    else:
+        normals = load_folder(root).images
+    if len(normals) < 10:
+        raise ValueError(
+            f"--synthetic holds out 20% of the normal images; {root} has only "
+            f"{len(normals)}, at least 10 are needed."
+        )
+    order = np.random.default_rng(seed).permutation(len(normals))
+    n_held = len(normals) // 5
+    held = [normals[i] for i in sorted(order[:n_held])]
+    images, target, masks = SyntheticDefectScorer(random_state=seed).validation_set(held)
+    return [normals[i] for i in sorted(order[n_held:])], Bunch(
+        images=images, target=target, masks=masks)
+
+
 def _evaluate(args):
     import joblib
 
     from .datasets import load_mvtec
     from .evaluation import FeatureCache, evaluate_pipeline
 
-    test = load_mvtec(args.root, "test")
     factories = _methods()
+    if args.synthetic and args.model:
+        raise ValueError(
+            "--synthetic fits each method on part of the normal images and judges it "
+            "on the rest; a saved --model may have seen those images. Use one or the other."
+        )
+    if args.synthetic:
+        train_images, test = _synthetic_split(args.root, args.seed)
+    else:
+        test = load_mvtec(args.root, "test")
     if args.model:
         jobs = [(Path(args.model).name, joblib.load(args.model), False)]
         train_images = None
@@ -355,7 +395,8 @@ def _evaluate(args):
         if args.image_size:
             kwargs["image_size"] = args.image_size
         jobs = [(n, factories[n](**kwargs), True) for n in names]
-        train_images = load_mvtec(args.root, "train").images
+        if not args.synthetic:
+            train_images = load_mvtec(args.root, "train").images
     cache = FeatureCache()
     rows = []
     for name, pipe, fit in jobs:
@@ -409,6 +450,9 @@ def build_parser():
                                "dfkde, fastflow, cflow, simplenet, stfpm, "
                                "reverse_distillation, or 'all' (default patchcore)")
     evaluate.add_argument("--model", metavar="FILE", help="score a saved joblib pipeline instead")
+    evaluate.add_argument("--synthetic", action="store_true",
+                          help="judge on painted defects on held-out normal images "
+                               "(no test folder needed; see below)")
     evaluate.add_argument("--out", default="skanomaly_results",
                           help="output path without extension (default skanomaly_results)")
     evaluate.add_argument("--image-size", type=int, default=None, help="backbone input size")

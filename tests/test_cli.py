@@ -46,6 +46,19 @@ def test_evaluate_writes_one_row_per_method(mvtec_like, tmp_path, capsys):
     assert saved["results"][0]["fit_s"] > 0 and saved["results"][0]["peak_rss_mb"] > 0
 
 
+def test_evaluate_on_synthetic_defects_needs_normal_images_only(mvtec_like, tmp_path):
+    good = mvtec_like / "train" / "good"  # a plain folder of good parts
+    out = tmp_path / "syn"
+    assert main(["evaluate", str(good), "--synthetic", "--methods", "patchcore,dfm",
+                 "--image-size", "48", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert [r["method"] for r in rows] == ["patchcore", "dfm"]
+    # 22 normals: 18 to fit on, 4 held out and 4 painted copies of them.
+    assert float(rows[0]["image_auroc"]) > 0.5 and 0 < float(rows[0]["pixel_auroc"]) <= 1
+    assert main(["evaluate", str(good), "--synthetic", "--model", "m.joblib",
+                 "--out", str(out)]) == 1
+
+
 def test_evaluate_a_saved_model(mvtec_like, tmp_path, capsys):
     pipe = make_patchcore(image_size=48, random_state=0).fit(load_mvtec(mvtec_like).images)
     joblib.dump(pipe, tmp_path / "m.joblib")
