@@ -26,6 +26,8 @@ chosen on the whole panel::
         --variant "padim:gaussiandetector__regularization=0.01,gaussiandetector__regularization_scale=absolute"
 
     python benchmarks/bench_accuracy.py                # all methods, all sets
+    python benchmarks/bench_accuracy.py --methods patchcore,padim \
+        --backbone efficientnet_lite0 --backbone efficientnet_lite2
     python benchmarks/bench_accuracy.py --merge results/a.json results/b.json
 
 Writes ``benchmarks/results/accuracy.json`` (one row per set and method) and
@@ -46,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 SETS = ("mvtec_bottle", "mvtec3d_tire", "mvtec_screw", "kolektorsdd")
 FAST = ("patchcore", "softpatch", "padim", "spade", "dfm", "dfkde")
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def _parse_variant(text):
@@ -67,7 +69,7 @@ def _label(method, params):
     return method + "[" + ",".join(f"{k.split('__')[-1]}={v}" for k, v in params.items()) + "]"
 
 
-def run_skanomaly(root, jobs, seed):
+def run_skanomaly(root, jobs, seed, backbone):
     from skanomaly.cli import _methods
     from skanomaly.datasets import load_mvtec
     from skanomaly.evaluation import FeatureCache, evaluate_pipeline
@@ -76,18 +78,18 @@ def run_skanomaly(root, jobs, seed):
     train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
     masks = test.masks if any(m is not None for m in test.masks) else None
     cache = FeatureCache()
-    rows = []
     for method, params in jobs:
-        pipe = factories[method](random_state=seed)
+        pipe = factories[method](backbone, random_state=seed)
         pipe.set_params(**params)
-        print(f"{root.name} {_label(method, params)} ...", file=sys.stderr, flush=True)
+        label = _label(method, params) + ("" if backbone == DEFAULT_BACKBONE else f" ({backbone})")
+        print(f"{root.name} {label} ...", file=sys.stderr, flush=True)
         result = evaluate_pipeline(pipe, train.images, test.images, test.target, masks,
                                    cache=cache)
         result.pop("pipeline")
-        rows.append({"set": root.name, "library": "skanomaly", "method": _label(method, params),
-                     **{k: float(v) for k, v in result.items()}})
-        print(f"  {rows[-1]}", file=sys.stderr, flush=True)
-    return rows
+        row = {"set": root.name, "library": "skanomaly", "method": label,
+               **{k: float(v) for k, v in result.items()}}
+        print(f"  {row}", file=sys.stderr, flush=True)
+        yield row
 
 
 # -- anomalib ----------------------------------------------------------------
@@ -192,7 +194,6 @@ def run_anomalib(root, methods, seed):
     train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
     has_masks = any(m is not None for m in test.masks)
     shapes = [Image.open(p).size[::-1] for p in test.images]
-    rows = []
     for method in methods:
         print(f"{root.name} anomalib {method} ...", file=sys.stderr, flush=True)
         model = _anomalib_model(method, seed)
@@ -215,9 +216,8 @@ def run_anomalib(root, methods, seed):
                     for m, s in zip(maps, shapes)]
             row["pixel_auroc"] = float(pixel_roc_auc(test.masks, full))
             row["aupro"] = float(pixel_aupro(test.masks, full))
-        rows.append(row)
         print(f"  {row}", file=sys.stderr, flush=True)
-    return rows
+        yield row
 
 
 # -- table -------------------------------------------------------------------
@@ -264,6 +264,9 @@ def main(argv=None):
                         help="comma-separated names, 'fast' (no training loop) or 'all'")
     parser.add_argument("--variant", action="append", default=[],
                         help="METHOD:step__param=value,... (an extra row)")
+    parser.add_argument("--backbone", action="append", default=None,
+                        help="backbone(s) of the skanomaly rows (default efficientnet_lite0; "
+                             "repeat to compare); anomalib always runs on Lite0")
     parser.add_argument("--anomalib", choices=("auto", "no"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
@@ -303,10 +306,14 @@ def main(argv=None):
         if not (root / "train").is_dir():
             print(f"skipping {root}: not found", file=sys.stderr)
             continue
-        rows += run_skanomaly(root, jobs, args.seed)
+        runs = [run_skanomaly(root, jobs, args.seed, backbone)
+                for backbone in args.backbone or [DEFAULT_BACKBONE]]
         if with_anomalib:
-            rows += run_anomalib(root, [m for m in ANOMALIB_METHODS if m in names], args.seed)
-        save_json({"meta": meta, "rows": rows}, args.out)  # after each set: nothing lost
+            runs.append(run_anomalib(root, [m for m in ANOMALIB_METHODS if m in names], args.seed))
+        for run in runs:
+            for row in run:
+                rows.append(row)
+                save_json({"meta": meta, "rows": rows}, args.out)  # after each row: nothing lost
     print(table(rows))
 
 

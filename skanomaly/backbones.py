@@ -26,6 +26,7 @@ weights come from without a network:
 for random initialisation (tests only: random features detect nothing).
 """
 
+import numbers
 import os
 from dataclasses import dataclass, field
 
@@ -89,10 +90,23 @@ class Backbone:
         self._modules = dict(self.model.named_modules())
 
     def check_layers(self, layers):
-        """Validate layer names; return them ordered from fine to coarse."""
+        """Validate layers; return their module names ordered from fine to coarse.
+
+        A layer is a module name from ``stages`` or an int stride, which
+        stands for the last module at that stride (``(4, 8, 16)`` taps the
+        same depths on any backbone).
+        """
         layers = tuple(layers)
         if not layers:
             raise ValueError("layers must name at least one stage.")
+        by_stride = _last_at_stride(self.stages)
+        missing = [s for s in layers if isinstance(s, numbers.Integral) and s not in by_stride]
+        if missing:
+            raise ValueError(
+                f"Backbone {self.name!r} has no stage at stride(s) {missing}; its "
+                f"strides are {sorted(by_stride)}."
+            )
+        layers = tuple(by_stride[s] if isinstance(s, numbers.Integral) else s for s in layers)
         unknown = [name for name in layers if name not in self.stages]
         if unknown:
             raise ValueError(
@@ -492,11 +506,16 @@ def _read_taps(model):
     raise ValueError("Could not find the resolution stages of this model.")
 
 
-def _default_taps(stages):
-    """The taps at strides 8 and 16 (PatchCore's), else the two deepest."""
+def _last_at_stride(stages):
     by_stride = {}
     for name, stride in stages.items():
-        by_stride[stride] = name  # the last module at each stride
+        by_stride[stride] = name  # network order: the last one wins
+    return by_stride
+
+
+def _default_taps(stages):
+    """The taps at strides 8 and 16 (PatchCore's), else the two deepest."""
+    by_stride = _last_at_stride(stages)
     if 8 in by_stride and 16 in by_stride:
         return (by_stride[8], by_stride[16])
     return tuple(list(stages)[-2:])

@@ -171,10 +171,13 @@ class PatchEmbedder(_BaseEmbedder):
     Parameters
     ----------
     backbone : str, default="efficientnet_lite0"
-        Registered backbone name, see :func:`skanomaly.backbones.list_backbones`.
-    layers : tuple of str or None, default=None
-        Module names to tap; None takes the backbone's default (strides 8
-        and 16; ``("blocks.2", "blocks.4")`` for EfficientNet-Lite0).
+        Registered backbone name (:func:`skanomaly.backbones.list_backbones`),
+        or any timm / torchvision model as ``"timm/<name>"`` /
+        ``"torchvision/<name>"`` (see :mod:`skanomaly.backbones`).
+    layers : tuple of str or int, or None, default=None
+        Module names to tap, or strides (``(4, 8, 16)``: the last module at
+        each); None takes the backbone's default (strides 8 and 16;
+        ``("blocks.2", "blocks.4")`` for EfficientNet-Lite0).
     weights : "default", path or None, default="default"
         Where the weights come from, see :func:`skanomaly.backbones.load_backbone`.
     image_size : int or (int, int), default=256

@@ -26,21 +26,8 @@ __all__ = [
     "make_stfpm",
 ]
 
-# EfficientNet-Lite0 stages at strides 4, 8 and 16: PaDiM's three taps.
-_PADIM_LAYERS = {
-    "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
-    "mobilenet_v2": ("features.3", "features.6", "features.13"),
-}
-
-
-# Covariance regularisation added to each position's covariance. The
-# paper's 0.01 I suits ResNet features; EfficientNet-Lite0's linear-bottleneck
-# features are larger in scale, and with 0.01 near-singular covariances make
-# the maps noise (tire pixel AUROC 0.53; bottle 0.980). Measured with
-# EfficientNet-Lite0 at 256 px (image / pixel AUROC):
-#   bottle: 0.01 -> 0.995 / 0.980, 1 -> 0.999 / 0.985, 10 -> 0.999 / 0.986
-#   tire:   0.01 -> 0.803 / 0.529, 1 -> 0.831 / 0.923, 10 -> 0.818 / 0.968
-_PADIM_REGULARIZATION = {"efficientnet_lite0": 10.0}
+# PaDiM's taps: the stages at strides 4, 8 and 16 (ResNet layer1-3), on any backbone.
+_PADIM_STRIDES = (4, 8, 16)
 
 
 def _pipeline(*steps):
@@ -131,7 +118,8 @@ def make_padim(
     *,
     n_features=100,
     image_size=256,
-    regularization=None,
+    regularization=1.0,
+    regularization_scale="global",
     contamination=0.05,
     device="cpu",
     batch_size=16,
@@ -144,20 +132,28 @@ def make_padim(
     ``PatchEmbedder`` taps three stages (strides 4, 8 and 16), without local
     averaging, keeps a random subset of ``n_features`` channels (the paper's
     Rd), and ``GaussianDetector`` fits a Gaussian per grid position with
-    covariance ``S + regularization * I``; patch scores are Mahalanobis
+    covariance ``S + regularization * v * I``; patch scores are Mahalanobis
     distances.
 
     Parameters
     ----------
     backbone : str, default="efficientnet_lite0"
-        Registered backbone (resnets tap layer1-3).
+        Any backbone; PaDiM taps its stages at strides 4, 8 and 16 (ResNet
+        layer1-3).
     n_features : int, default=100
         Random channel subset size.
     image_size : int or (int, int), default=256
-    regularization : float or None, default=None
-        Added to each covariance's diagonal. None: the paper's 0.01 for
-        ResNets, 10 for EfficientNet-Lite0, whose features are larger in
-        scale (with 0.01 its tire maps are noise: pixel AUROC 0.53 vs 0.97).
+    regularization : float, default=1.0
+        Added to each covariance's diagonal, in units of ``v`` (see
+        ``regularization_scale``).
+    regularization_scale : {"global", "position", "absolute"}, default="global"
+        ``v``: the mean feature variance over all positions, so that the
+        regularization means the same on any backbone's features;
+        ``"absolute"`` is v = 1, the paper's ``0.01 I`` for ResNet-18 being
+        ``regularization=0.01``. The default was chosen on the four-set
+        panel by its mean and worst set (``benchmarks/bench_accuracy.py``;
+        numbers in the README): absolute 0.01 makes EfficientNet
+        covariances near-singular on tire.
     contamination : float in (0, 0.5], default=0.05
     device, batch_size, n_jobs, verbose
         As in :class:`~skanomaly.PatchEmbedder`.
@@ -178,18 +174,15 @@ def make_padim(
     >>> pipe[-1].precision_.shape
     (16, 16, 100, 100)
     """
-    layers = _PADIM_LAYERS.get(backbone, ("layer1", "layer2", "layer3"))
-    if regularization is None:
-        regularization = _PADIM_REGULARIZATION.get(backbone, 0.01)
     return _pipeline(
         PatchEmbedder(
-            backbone, layers=layers, image_size=image_size, n_features=n_features,
+            backbone, layers=_PADIM_STRIDES, image_size=image_size, n_features=n_features,
             reduction="random", aggregation_size=1, random_state=random_state,
             **_common(device, batch_size, n_jobs, verbose),
         ),
         GaussianDetector(
-            regularization=regularization, contamination=contamination,
-            random_state=random_state,
+            regularization=regularization, regularization_scale=regularization_scale,
+            contamination=contamination, random_state=random_state,
         ),
     )
 

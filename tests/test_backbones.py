@@ -163,3 +163,12 @@ def test_embedder_on_a_timm_backbone_round_trips_through_joblib(tmp_path):
     assert feats.shape == (2, 8, 8, 128 + 256)
     joblib.dump(embedder, tmp_path / "e.joblib")
     np.testing.assert_array_equal(joblib.load(tmp_path / "e.joblib").transform(images), feats)
+
+
+def test_layers_by_stride_tap_the_same_depths_on_any_backbone():
+    lite0 = load_backbone("efficientnet_lite0", weights=None)
+    assert lite0.check_layers((16, 4, 8)) == ("blocks.1", "blocks.2", "blocks.4")
+    assert load_backbone("resnet18", weights=None).check_layers((4, 8, 16)) == (
+        "layer1", "layer2", "layer3")
+    with pytest.raises(ValueError, match=r"no stage at stride\(s\) \[3\]"):
+        lite0.check_layers((3, 8))

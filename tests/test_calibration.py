@@ -13,13 +13,16 @@ def synthetic_features():
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.1, 0.2])
-def test_false_alarm_rate_on_new_normals_matches_request(synthetic_features, alpha):
+@pytest.mark.parametrize("calibration_in_bank", [False, True])
+def test_false_alarm_rate_on_new_normals_matches_request(synthetic_features, alpha,
+                                                         calibration_in_bank):
     feats = synthetic_features
     rates = []
     for seed in range(8):
         order = np.random.default_rng(seed).permutation(len(feats))
         train, new = feats[order[:300]], feats[order[300:]]
-        det = KNNDetector(contamination=alpha, calibration_size=100, random_state=seed).fit(train)
+        det = KNNDetector(contamination=alpha, calibration_size=100, random_state=seed,
+                          calibration_in_bank=calibration_in_bank).fit(train)
         flagged = det.predict(new) == -1
         p = conformal_pvalues(det, new)
         k = np.floor(alpha * 101)
@@ -29,7 +32,11 @@ def test_false_alarm_rate_on_new_normals_matches_request(synthetic_features, alp
     # test (binomial) sampling, averaged over 8 splits.
     expected = np.floor(alpha * 101) / 101
     spread = np.sqrt(expected * (1 - expected) * (1 / 102 + 1 / 300) / 8)
-    assert abs(np.mean(rates) - expected) <= 4 * spread, (np.mean(rates), expected)
+    if calibration_in_bank:
+        # The bank grew after the threshold was set: conservative, not exact.
+        assert np.mean(rates) <= expected + 4 * spread, (np.mean(rates), expected)
+    else:
+        assert abs(np.mean(rates) - expected) <= 4 * spread, (np.mean(rates), expected)
 
 
 def test_pvalues_are_uniform_ranks():

@@ -97,3 +97,14 @@ def test_cuda_request_without_cuda_is_a_clear_error():
         pytest.skip("CUDA is available here")
     with pytest.raises(ValueError, match="CUDA is not available"):
         PatchEmbedder(device="cuda").fit(None)
+
+
+def test_count_include_pad_damps_border_patches_only(images):
+    zeros_padded = PatchEmbedder(image_size=64, layers=("blocks.2",)).fit_transform(images)
+    real_only = PatchEmbedder(image_size=64, layers=("blocks.2",),
+                              count_include_pad=False).fit_transform(images)
+    interior = (slice(None), slice(1, -1), slice(1, -1))
+    np.testing.assert_allclose(zeros_padded[interior], real_only[interior], rtol=1e-4, atol=1e-5)
+    # A corner window holds 4 of 9 real cells: zero padding scales it by 4/9.
+    np.testing.assert_allclose(zeros_padded[:, 0, 0], real_only[:, 0, 0] * 4 / 9,
+                               rtol=1e-4, atol=1e-5)

@@ -1,3 +1,5 @@
+import inspect
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -14,6 +16,7 @@ from skanomaly import (
     make_softpatch,
     make_spade,
 )
+from skanomaly.cli import _methods
 from skanomaly.datasets import make_synthetic
 from skanomaly.model_selection import NormalOnlyKFold
 
@@ -52,12 +55,37 @@ def test_image_factories_have_no_maps(factory, data):
         anomaly_maps(pipe, data.images[30:32])
 
 
+def _plain_params(estimator):
+    return {key: repr(value) for key, value in estimator.get_params(deep=True).items()
+            if not hasattr(value, "get_params") and key != "steps"}
+
+
+@pytest.mark.parametrize("name", sorted(_methods()))
+def test_factory_defaults_do_not_depend_on_the_data(name):
+    """Defaults are rules, not constants read off a dataset or a backbone.
+
+    Fitting on two unlike datasets (colour texture; grey noise of another
+    size and scale) leaves every parameter as the factory set it, and the
+    head's parameters are the same whatever the backbone.
+    """
+    factory = _methods()[name]
+    quick = {"max_epochs": 1} if "max_epochs" in inspect.signature(factory).parameters else {}
+    colour = make_synthetic(10, 0, image_size=32, random_state=0).images
+    grey = np.random.default_rng(1).integers(0, 40, (10, 40, 56), dtype=np.uint8)
+    expected = _plain_params(factory(image_size=32, random_state=0, **quick))
+    for images in (colour, grey):
+        fitted = factory(image_size=32, random_state=0, **quick).fit(images)
+        assert _plain_params(fitted) == expected
+    heads = [_plain_params(factory(backbone, **quick)[-1])
+             for backbone in ("efficientnet_lite0", "efficientnet_lite2", "resnet18")]
+    assert heads[0] == heads[1] == heads[2]
+
+
 def test_factory_heads_and_defaults():
     padim = make_padim()
     assert isinstance(padim[-1], GaussianDetector)
     assert padim[0].n_features == 100 and padim[0].reduction == "random"
-    assert len(padim[0].layers) == 3 and padim[-1].regularization == 10.0
-    assert make_padim("resnet18")[-1].regularization == 0.01  # the paper's, for ResNets
+    assert len(padim[0].layers) == 3 and padim[-1].regularization_scale != "absolute"
     spade = make_spade()
     assert isinstance(spade[-1], KNNDetector) and spade[-1].mode == "spade"
     assert make_softpatch()[-1].train_patch_outlier_quantile > 0

@@ -61,7 +61,8 @@ def test_one_pass_scores_equal_the_separate_methods():
 
 def test_threshold_comes_from_images_outside_the_bank():
     X = _grids(20)
-    det = KNNDetector(coreset_ratio=1.0, calibration_size=5, random_state=0).fit(X)
+    det = KNNDetector(coreset_ratio=1.0, calibration_size=5, calibration_in_bank=False,
+                      random_state=0).fit(X)
     bank_rows = {row.tobytes() for row in det.memory_bank_}
     patches = X.reshape(20, -1, 6)
     in_bank = [all(p.tobytes() in bank_rows for p in img) for img in patches]
@@ -72,12 +73,34 @@ def test_threshold_comes_from_images_outside_the_bank():
     assert det.offset_ < 0  # in-sample scores would be exactly 0
 
 
+@pytest.mark.parametrize("mode", ["patchcore", "spade"])
+def test_calibration_images_join_the_bank_after_setting_the_threshold(mode):
+    X, new = _grids(20), _grids(6, seed=9)
+    params = dict(coreset_ratio=1.0, calibration_size=5, mode=mode, n_neighbors=3, random_state=0)
+    before = KNNDetector(calibration_in_bank=False, **params).fit(X)
+    after = KNNDetector(**params).fit(X)
+    assert len(after.memory_bank_) == len(before.memory_bank_) * 20 // 15
+    bank_rows = {row.tobytes() for row in after.memory_bank_}
+    assert all(row.tobytes() in bank_rows for row in X.reshape(-1, 6))
+    # The threshold is the one set before the bank grew ...
+    np.testing.assert_array_equal(after.calibration_scores_, before.calibration_scores_)
+    assert after.offset_ == before.offset_ < 0
+    # ... and stays conservative: patch distances to the bank (PatchCore) and
+    # to the nearest training images (SPADE's image score) can only shrink.
+    if mode == "patchcore":
+        assert (after.score_patches(new) <= before.score_patches(new) + 1e-6).all()
+    else:
+        assert (after.score_samples(new) >= before.score_samples(new) - 1e-9).all()
+        assert len(after.image_features_) == 20
+
+
 def test_fractional_calibration_is_capped_for_memory_banks():
     # 10% of 1,500 samples would be 150 held out; a memory bank holds out
     # at most 100 (their scoring costs bank-size time each), an int is obeyed.
     rng = np.random.default_rng(0)
     X = rng.normal(size=(1500, 3))
-    det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, random_state=0).fit(X)
+    det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, calibration_in_bank=False,
+                      random_state=0).fit(X)
     assert len(det.calibration_scores_) == 100
     assert len(det.memory_bank_) == 1400
     det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, calibration_size=150, random_state=0).fit(X)

@@ -25,7 +25,7 @@ def test_spade_scores_follow_the_paper():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 3, 3, 5)).astype(np.float32)
     det = KNNDetector(mode="spade", coreset_ratio=1.0, n_neighbors=4, calibration_size=5,
-                      random_state=0).fit(X)
+                      calibration_in_bank=False, random_state=0).fit(X)
     test = rng.normal(size=(2, 3, 3, 5)).astype(np.float32)
     train = det.memory_bank_.reshape(25, 9, 5)
     pooled = train.mean(1)
@@ -47,7 +47,8 @@ def test_softpatch_drops_the_planted_defect_patches():
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 4, 4, 6)).astype(np.float32) * 0.1
-    params = dict(coreset_ratio=1.0, calibration_size=1, random_state=0)
+    params = dict(coreset_ratio=1.0, calibration_size=1, calibration_in_bank=False,
+                  random_state=0)
     fit_idx, _ = KNNDetector(**params)._calibration_split(40, check_random_state(0))
     a, b = fit_idx[3], fit_idx[7]
     X[a, 1, 2] += 5.0  # defects slipped into two training images

@@ -107,7 +107,7 @@ def test_chunked_coreset_is_per_chunk_greedy():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(12, 3, 3, 5)).astype(np.float32)
     head = KNNDetector(coreset_ratio=0.25, calibration_size=2, coreset_chunk_size=4 * 9,
-                       random_state=0).fit(X)
+                       calibration_in_bank=False, random_state=0).fit(X)
     # Reproduce: the same split, then greedy on each chunk of images in turn.
     rs = np.random.RandomState(0)
     order = rs.permutation(12)

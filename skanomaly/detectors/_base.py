@@ -206,7 +206,11 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         # thresholds (skanomaly.calibration.pixel_threshold).
         self.calibration_patch_scores_ = np.sort(cal_patches.ravel().astype(np.float32))
         self.offset_ = conformal_offset(self.calibration_scores_, self.contamination)
+        self._after_calibration(X, cal_idx, rng)
         return self
+
+    def _after_calibration(self, X, cal_idx, rng):
+        """Hook run once ``offset_`` is set; ``X[cal_idx]`` are the held-out samples."""
 
     def score_samples(self, X):
         """Normality score of each sample; higher is more normal.

@@ -39,8 +39,16 @@ class KNNDetector(_BaseDetector):
         A share holds out at most 100 samples: scoring one costs time in
         proportion to the training set, so a share without a limit would make
         ``fit`` grow with the square of the training set. Pass an int for more.
-    projection_dim : int or None, default=128
-        Dimension of the random projection the coreset is selected on.
+    projection_dim : int or None, default=256
+        Dimension of the random projection the coreset is selected on, for
+        features with more dimensions than this (EfficientNet's 152-168
+        are selected on exactly).
+    calibration_in_bank : bool, default=True
+        Once ``offset_`` is set on the held-out calibration samples, add
+        them to the memory bank (coreset-subsampled and filtered as the
+        rest), so that the bank learns from every training image. The
+        threshold stays conservative: a larger bank can only bring a new
+        normal patch closer to its nearest entry.
     mode : {"patchcore", "spade"}, default="patchcore"
         ``"spade"`` (Cohen & Hoshen, 2020): the image score is the mean
         distance of the image's pooled feature (its patches' average) to
@@ -113,8 +121,8 @@ class KNNDetector(_BaseDetector):
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(200, 4))
     >>> det = KNNDetector(coreset_ratio=0.5, random_state=0).fit(X)
-    >>> det.memory_bank_.shape
-    (90, 4)
+    >>> det.memory_bank_.shape  # half of the 180 fitted rows, then of the 20 held out
+    (100, 4)
     >>> det.predict([[0.0, 0.0, 0.0, 0.0], [8.0, 8.0, 8.0, 8.0]]).tolist()
     [1, -1]
     """
@@ -128,6 +136,7 @@ class KNNDetector(_BaseDetector):
         "train_patch_outlier_quantile": [Interval(numbers.Real, 0, 1, closed="left")],
         "coreset_chunk_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "algorithm": [StrOptions({"exact", "approximate"})],
+        "calibration_in_bank": ["boolean"],
     }
 
     _calibration_cap = 100
@@ -139,7 +148,8 @@ class KNNDetector(_BaseDetector):
         *,
         contamination=0.05,
         calibration_size=0.1,
-        projection_dim=128,
+        projection_dim=256,
+        calibration_in_bank=True,
         mode="patchcore",
         train_patch_outlier_quantile=0.0,
         coreset_chunk_size=262144,
@@ -151,6 +161,7 @@ class KNNDetector(_BaseDetector):
         self.contamination = contamination
         self.calibration_size = calibration_size
         self.projection_dim = projection_dim
+        self.calibration_in_bank = calibration_in_bank
         self.mode = mode
         self.train_patch_outlier_quantile = train_patch_outlier_quantile
         self.coreset_chunk_size = coreset_chunk_size
@@ -175,8 +186,13 @@ class KNNDetector(_BaseDetector):
             self.n_filtered_patches_ = 0
             self.index_ = None
             return
+        self.memory_bank_, self.n_filtered_patches_ = self._select_bank(X, fit_idx, rng)
+        self._build_index(rng)
+
+    def _select_bank(self, X, idx, rng):
+        """SoftPatch-filtered coreset of the patches of ``X[idx]``, chunk by chunk."""
         bank, n_filtered = [], 0
-        for chunk in self._coreset_chunks(fit_idx, X.shape[1] * X.shape[2]):
+        for chunk in self._coreset_chunks(idx, X.shape[1] * X.shape[2]):
             grids = X[chunk]
             features = grids.reshape(-1, grids.shape[-1])
             keep = _soft_patch_mask(grids, self.train_patch_outlier_quantile)
@@ -193,13 +209,30 @@ class KNNDetector(_BaseDetector):
             bank.append(np.asarray(features, dtype=np.float32))
             n_filtered += n_dropped
             del grids
-        self.memory_bank_ = np.ascontiguousarray(np.concatenate(bank))
-        self.n_filtered_patches_ = n_filtered
+        return np.ascontiguousarray(np.concatenate(bank)), n_filtered
+
+    def _build_index(self, rng):
         self.index_ = None
         if self.algorithm == "approximate" and len(self.memory_bank_) > 1:
             self.index_ = ApproximateNeighbors(
                 self.memory_bank_, random_state=int(rng.randint(np.iinfo(np.int32).max)),
             )
+
+    def _after_calibration(self, X, cal_idx, rng):
+        if not self.calibration_in_bank:
+            return
+        if self.mode == "spade":
+            held = np.asarray(X[cal_idx])
+            self.image_features_ = np.concatenate([
+                self.image_features_,
+                held.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)])
+            self.memory_bank_ = np.ascontiguousarray(np.concatenate(
+                [self.memory_bank_, held.reshape(-1, held.shape[-1])]))
+            return
+        extra, n_filtered = self._select_bank(X, cal_idx, rng)
+        self.memory_bank_ = np.ascontiguousarray(np.concatenate([self.memory_bank_, extra]))
+        self.n_filtered_patches_ += n_filtered
+        self._build_index(rng)
 
     def _coreset_chunks(self, fit_idx, patches_per_image):
         """Groups of training images, each about ``coreset_chunk_size`` patches."""
