@@ -39,10 +39,8 @@ class KNNDetector(_BaseDetector):
         A share holds out at most 100 samples: scoring one costs time in
         proportion to the training set, so a share without a limit would make
         ``fit`` grow with the square of the training set. Pass an int for more.
-    projection_dim : int or None, default=256
-        Dimension of the random projection the coreset is selected on, for
-        features with more dimensions than this (EfficientNet's 152-168
-        are selected on exactly).
+    projection_dim : int or None, default=128
+        Dimension of the random projection the coreset is selected on.
     calibration_in_bank : bool, default=True
         Once ``offset_`` is set on the held-out calibration samples, add
         them to the memory bank (coreset-subsampled and filtered as the
@@ -148,7 +146,7 @@ class KNNDetector(_BaseDetector):
         *,
         contamination=0.05,
         calibration_size=0.1,
-        projection_dim=256,
+        projection_dim=128,
         calibration_in_bank=True,
         mode="patchcore",
         train_patch_outlier_quantile=0.0,
