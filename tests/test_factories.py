@@ -70,8 +70,8 @@ def test_factory_defaults_do_not_depend_on_the_data(name):
     """
     factory = _methods()[name]
     quick = {"max_epochs": 1} if "max_epochs" in inspect.signature(factory).parameters else {}
-    colour = make_synthetic(10, 0, image_size=32, random_state=0).images
-    grey = np.random.default_rng(1).integers(0, 40, (10, 40, 56), dtype=np.uint8)
+    colour = make_synthetic(8, 0, image_size=32, random_state=0).images
+    grey = np.random.default_rng(1).integers(0, 40, (8, 40, 56), dtype=np.uint8)
     expected = _plain_params(factory(image_size=32, random_state=0, **quick))
     for images in (colour, grey):
         fitted = factory(image_size=32, random_state=0, **quick).fit(images)

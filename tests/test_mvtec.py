@@ -229,3 +229,14 @@ def test_cli_fit_predict_round_trip_on_bottle(tmp_path):
     boxes = json.loads((out / "boxes.json").read_text())["images"]
     with_boxes = [bool(b["boxes"]) for b in boxes if "/broken_large/" in b["image"]]
     assert np.mean(with_boxes) >= 0.9
+
+
+def test_image_level_sets_evaluate_without_masks(cache):
+    """Screw's shared copy has image-level labels only: no masks, no pixel metrics."""
+    root = mvtec_category("mvtec_screw")
+    train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
+    assert all(mask is None for mask in test.masks) and set(test.target) == {-1, 1}
+    result = evaluate_pipeline(make_dfm(random_state=0), train.images, test.images,
+                               test.target, test.masks, cache=cache)
+    print(f"screw make_dfm: image AUROC {result['image_auroc']:.4f}")
+    assert np.isnan(result["pixel_auroc"]) and result["image_auroc"] > 0.6

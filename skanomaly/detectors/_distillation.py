@@ -76,6 +76,11 @@ class _ReverseStudent(nn.Module):
         return outputs[::-1]  # fine to coarse, as the teacher's
 
 
+# The teacher's stages at strides 4, 8 and 16 (ResNet layer1-3), as in STFPM
+# and Reverse Distillation, on any backbone.
+_DEFAULT_STRIDES = (4, 8, 16)
+
+
 class _Distillation(nn.Module):
     """Frozen teacher plus trainable student; the teacher stays in eval mode."""
 
@@ -299,10 +304,7 @@ class DistillationDetector(_TrainableDetector):
 
     def _module_params(self, X, train_idx):
         teacher = _build_architecture(self.backbone)
-        if self.layers is None:
-            layers = tuple(sorted(teacher.stages, key=teacher.stages.get))[:3]
-        else:
-            layers = teacher.check_layers(self.layers)
+        layers = teacher.check_layers(_DEFAULT_STRIDES if self.layers is None else self.layers)
         return {"backbone": self.backbone, "layers": layers, "method": self.method,
                 "width": self.width}
 
