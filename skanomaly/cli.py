@@ -343,7 +343,7 @@ def format_table(rows):
     )
 
 
-def _synthetic_split(root, seed):
+def _painted_split(root, seed):
     """Normal images to fit on, and a held-out set with painted defects."""
     from sklearn.utils import Bunch
 
@@ -380,7 +380,7 @@ def _evaluate(args):
             "on the rest; a saved --model may have seen those images. Use one or the other."
         )
     if args.synthetic:
-        train_images, test = _synthetic_split(args.root, args.seed)
+        train_images, test = _painted_split(args.root, args.seed)
     else:
         test = load_mvtec(args.root, "test")
     if args.model:
