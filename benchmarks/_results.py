@@ -9,3 +9,7 @@ def save_json(obj, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2))
+
+# The shared panel (../shared/data) and the methods without a training loop.
+SETS = ("mvtec_bottle", "mvtec3d_tire", "mvtec_screw", "kolektorsdd")
+FAST = ("patchcore", "softpatch", "padim", "spade", "dfm", "dfkde")

@@ -20,12 +20,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _results import save_json
+from _results import SETS, FAST, save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
-SETS = ("mvtec_bottle", "mvtec3d_tire", "mvtec_screw", "kolektorsdd")
-FAST = ("patchcore", "softpatch", "padim", "spade", "dfm", "dfkde")
 
 
 def main(argv=None):

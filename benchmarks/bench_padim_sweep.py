@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _results import save_json
+from _results import SETS, save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
-SETS = ("mvtec_bottle", "mvtec3d_tire", "mvtec_screw", "kolektorsdd")
 RULES = ((0.01, "absolute"), (0.1, "global"), (0.3, "global"), (1.0, "global"))
 SIGMAS = (0.0, 0.5, 1.0, 2.0)
 
