@@ -15,6 +15,13 @@ def pytest_configure(config):
     import torch
 
     torch.manual_seed(0)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # pytest-xdist runs two workers side by side (pyproject's addopts):
+        # one thread each, or the two would fight over the same 2 cores.
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(1)
+        threadpool_limits(1)
 
 
 @pytest.fixture(scope="session")

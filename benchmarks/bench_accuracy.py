@@ -67,15 +67,14 @@ def _label(method, params):
     return method + "[" + ",".join(f"{k.split('__')[-1]}={v}" for k, v in params.items()) + "]"
 
 
-def run_skanomaly(root, jobs, seed, backbone):
+def run_skanomaly(root, jobs, seed, backbone, cache):
     from skanomaly.cli import _methods
     from skanomaly.datasets import load_mvtec
-    from skanomaly.evaluation import FeatureCache, evaluate_pipeline
+    from skanomaly.evaluation import evaluate_pipeline
 
     factories = _methods()
     train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
     masks = test.masks if any(m is not None for m in test.masks) else None
-    cache = FeatureCache()
     for method, params in jobs:
         pipe = factories[method](backbone, random_state=seed)
         pipe.set_params(**params)
@@ -84,7 +83,7 @@ def run_skanomaly(root, jobs, seed, backbone):
         result = evaluate_pipeline(pipe, train.images, test.images, test.target, masks,
                                    cache=cache)
         result.pop("pipeline")
-        row = {"set": root.name, "library": "skanomaly", "method": label,
+        row = {"set": root.name, "library": "skanomaly", "method": label, "seed": seed,
                **{k: float(v) for k, v in result.items()}}
         print(f"  {row}", file=sys.stderr, flush=True)
         yield row
@@ -204,7 +203,7 @@ def run_anomalib(root, methods, seed):
         test_x, _ = _tensors(test.images)
         scores, maps = _anomalib_score(model, test_x)
         ms = 1000 * (time.perf_counter() - start) / len(test.images)
-        row = {"set": root.name, "library": "anomalib", "method": method,
+        row = {"set": root.name, "library": "anomalib", "method": method, "seed": seed,
                "image_auroc": float(roc_auc_score(test.target == -1, scores)),
                "pixel_auroc": float("nan"), "aupro": float("nan"),
                "fit_s": fit_s, "ms_per_image": ms}
@@ -242,11 +241,15 @@ def table(rows):
             if not found:
                 cells.append("")
                 continue
-            r = found[-1]
-            image.append(r["image_auroc"])
-            if np.isfinite(r["pixel_auroc"]):
-                pixel.append(r["pixel_auroc"])
-            cells.append(f"{_fmt(r['image_auroc'])} / {_fmt(r['pixel_auroc'])}")
+            # The last row of each seed, averaged over seeds.
+            by_seed = {r.get("seed", 0): r for r in found}
+            img = float(np.mean([r["image_auroc"] for r in by_seed.values()]))
+            pix = float(np.mean([r["pixel_auroc"] for r in by_seed.values()]))
+            image.append(img)
+            if np.isfinite(pix):
+                pixel.append(pix)
+            seeds = f" ({len(by_seed)} seeds)" if len(by_seed) > 1 else ""
+            cells.append(f"{_fmt(img)} / {_fmt(pix)}{seeds}")
         complete = len(image) == len(sets)
         cells += [_fmt(np.mean(image)) if complete else "", _fmt(min(image)) if complete else "",
                   _fmt(np.mean(pixel)) if complete and pixel else ""]
@@ -266,7 +269,8 @@ def main(argv=None):
                         help="backbone(s) of the skanomaly rows (default efficientnet_lite0; "
                              "repeat to compare); anomalib always runs on Lite0")
     parser.add_argument("--anomalib", choices=("auto", "no"), default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated random_state values; the table averages them")
     parser.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="tabulate earlier result files instead of running")
@@ -293,7 +297,7 @@ def main(argv=None):
     import torch
 
     meta = {"command": " ".join(sys.argv), "torch_threads": torch.get_num_threads(),
-            "seed": args.seed}
+            "seeds": args.seeds}
     if with_anomalib:
         import anomalib
 
@@ -304,10 +308,14 @@ def main(argv=None):
         if not (root / "train").is_dir():
             print(f"skipping {root}: not found", file=sys.stderr)
             continue
-        runs = [run_skanomaly(root, jobs, args.seed, backbone)
-                for backbone in args.backbone or [DEFAULT_BACKBONE]]
-        if with_anomalib:
-            runs.append(run_anomalib(root, [m for m in ANOMALIB_METHODS if m in names], args.seed))
+        from skanomaly.evaluation import FeatureCache
+
+        cache, runs = FeatureCache(), []  # embeddings shared by the seeds of a set
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            runs += [run_skanomaly(root, jobs, seed, backbone, cache)
+                     for backbone in args.backbone or [DEFAULT_BACKBONE]]
+            if with_anomalib:
+                runs.append(run_anomalib(root, [m for m in ANOMALIB_METHODS if m in names], seed))
         for run in runs:
             for row in run:
                 rows.append(row)

@@ -26,6 +26,7 @@ weights come from without a network:
 for random initialisation (tests only: random features detect nothing).
 """
 
+import contextlib
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -277,6 +278,34 @@ def _resnet_spec(name, channels):
     )
 
 
+@contextlib.contextmanager
+def _hugging_face_offline():
+    """The local Hugging Face cache only, for the duration of the block.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once, at import, so setting the
+    variable afterwards alone would leave it retrying the network for about
+    a minute before failing on a machine without one.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # timm without the hub: nothing can be downloaded anyway
+        constants = None
+    saved_env = os.environ.get("HF_HUB_OFFLINE")
+    saved = getattr(constants, "HF_HUB_OFFLINE", None)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = saved
+
+
 def _timm_spec(arch):
     """Any timm model by name; taps from its ``feature_info``."""
     import timm
@@ -296,10 +325,9 @@ def _timm_spec(arch):
             return timm.create_model(arch, pretrained=False)
 
     def weights():
-        offline = os.environ.get("HF_HUB_OFFLINE")
-        os.environ["HF_HUB_OFFLINE"] = "1"  # the local Hugging Face cache only
         try:
-            return timm.create_model(arch, pretrained=True).state_dict()
+            with _hugging_face_offline():
+                return timm.create_model(arch, pretrained=True).state_dict()
         except Exception as exc:
             raise FileNotFoundError(
                 f"Pretrained weights for timm model {arch!r} are not in the local "
@@ -307,11 +335,6 @@ def _timm_spec(arch):
                 f"weights='/path/to/{arch}.pth' (a state dict of timm's "
                 f"{arch!r}, .pth or .safetensors). Loading failed: {exc}"
             ) from None
-        finally:
-            if offline is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = offline
 
     cfg = timm.get_pretrained_cfg(arch)
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})

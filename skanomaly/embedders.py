@@ -341,20 +341,27 @@ class PatchEmbedder(_BaseEmbedder):
 class ImageEmbedder(_BaseEmbedder):
     """One pooled feature vector per image from a frozen backbone.
 
-    Each tapped stage is average-pooled over the whole image and the results
-    are concatenated: the input of image-level density models (DFM, DFKDE)
-    and of SPADE's image-level kNN.
+    Each tapped stage is average-pooled over the whole image (or, with
+    ``grid_size``, over each cell of a coarse grid) and the results are
+    concatenated: the input of image-level density models (DFM, DFKDE) and
+    of SPADE's image-level kNN.
 
     Parameters
     ----------
     backbone : str, default="efficientnet_lite0"
         Registered backbone name.
-    layers : tuple of str or None, default=None
-        Modules to pool; None takes the backbone's deepest stage (stride 32).
+    layers : tuple of str or int, or None, default=None
+        Modules to pool, or strides (as in :class:`PatchEmbedder`); None
+        takes the backbone's deepest stage (stride 32).
     weights : "default", path or None, default="default"
         Where the weights come from, see :func:`skanomaly.backbones.load_backbone`.
     image_size : int or (int, int), default=256
         Every image is resized to this before the backbone.
+    grid_size : int, default=1
+        Pool each stage over a ``grid_size x grid_size`` grid of image
+        cells instead of the whole image, and concatenate the cells (cell by
+        cell, row-major), so the vector keeps where each part of the image
+        is: ``grid_size**2`` times the channels. 1: global average pooling.
     batch_size : int, default=16
         Images per forward pass.
     device : str, default="cpu"
@@ -382,7 +389,14 @@ class ImageEmbedder(_BaseEmbedder):
     >>> images = np.random.default_rng(0).random((3, 64, 64, 3))
     >>> ImageEmbedder(image_size=64).fit_transform(images).shape
     (3, 320)
+    >>> ImageEmbedder(image_size=64, grid_size=2).fit_transform(images).shape
+    (3, 1280)
     """
+
+    _parameter_constraints = {
+        **_BaseEmbedder._parameter_constraints,
+        "grid_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    }
 
     def __init__(
         self,
@@ -391,6 +405,7 @@ class ImageEmbedder(_BaseEmbedder):
         layers=None,
         weights="default",
         image_size=256,
+        grid_size=1,
         batch_size=16,
         device="cpu",
         n_jobs=None,
@@ -400,6 +415,7 @@ class ImageEmbedder(_BaseEmbedder):
         self.layers = layers
         self.weights = weights
         self.image_size = image_size
+        self.grid_size = grid_size
         self.batch_size = batch_size
         self.device = device
         self.n_jobs = n_jobs
@@ -409,11 +425,15 @@ class ImageEmbedder(_BaseEmbedder):
         return (max(backbone.stages, key=backbone.stages.get),)
 
     def _n_features_out(self, backbone, layers):
-        return sum(backbone.channels[name] for name in layers)
+        return self.grid_size ** 2 * sum(backbone.channels[name] for name in layers)
 
     def _embed(self, batch):
         maps = self.backbone_.extract(batch, self.layers_)
-        return torch.cat([fmap.mean(dim=(2, 3)) for fmap in maps], dim=1)
+        if self.grid_size == 1:
+            return torch.cat([fmap.mean(dim=(2, 3)) for fmap in maps], dim=1)
+        cells = [F.adaptive_avg_pool2d(fmap, self.grid_size) for fmap in maps]
+        # (n, cells, channels) flattened: each cell's channels side by side.
+        return torch.cat(cells, dim=1).flatten(2).transpose(1, 2).flatten(1)
 
     def get_feature_names_out(self, input_features=None):
         """Names ``imageembedder0 ... imageembedder{d-1}``."""

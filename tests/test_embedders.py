@@ -57,6 +57,26 @@ def test_image_embedder_pools_deepest_stage(images):
     np.testing.assert_allclose(two[:, 40:], out, rtol=1e-4, atol=1e-5)
 
 
+def test_image_embedder_grid_keeps_each_cell_in_place():
+    """Cell by cell, row-major: the grid cells average to the global vector."""
+    images = np.random.default_rng(1).random((3, 128, 128, 3)).astype(np.float32)
+    flat = ImageEmbedder(image_size=128, layers=(8, 32)).fit_transform(images)
+    emb = ImageEmbedder(image_size=128, layers=(8, 32), grid_size=2).fit(None)
+    grid = emb.transform(images)
+    assert grid.shape == (3, 4 * 360) and emb.n_features_out_ == 4 * 360
+    cells = grid.reshape(3, 2, 2, 360)
+    # Lite0 at 128 px: stride 8 is 16 x 16 and stride 32 is 4 x 4, both split evenly.
+    np.testing.assert_allclose(cells.mean(axis=(1, 2)), flat, rtol=1e-4, atol=1e-5)
+    # The top cells at stride 8 (receptive field 67 px) do not see the last rows.
+    changed = images.copy()
+    changed[:, 104:, :] = 0.0
+    moved = emb.transform(changed).reshape(3, 2, 2, 360)
+    assert not np.allclose(moved[:, 1], cells[:, 1])
+    np.testing.assert_allclose(moved[:, 0, :, :40], cells[:, 0, :, :40], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="grid_size"):
+        ImageEmbedder(grid_size=0).fit(None)
+
+
 def test_pickle_round_trip_gives_identical_features(images):
     emb = PatchEmbedder(image_size=64).fit(images)
     restored = pickle.loads(pickle.dumps(emb))

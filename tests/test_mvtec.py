@@ -65,7 +65,8 @@ def test_patchcore_defaults_on_bottle(bottle, cache):
     "factory, min_image, min_pixel",
     [
         (make_spade, 0.95, 0.95),
-        (make_softpatch, 0.99, 0.95),
+        # make_softpatch: fitted and bounded (image and pixel) in the
+        # contamination test below, on bottle's training images plus a few defects.
         (make_dfm, 0.95, None),
         (make_dfkde, 0.90, None),
     ],
@@ -83,8 +84,9 @@ def test_method_defaults_on_bottle(bottle, cache, factory, min_image, min_pixel)
 
 
 # Trainable heads with fewer epochs than their defaults (which train to
-# convergence with early stopping), to keep the suite short; each still has
-# to clear the bar. Full-default figures: README and benchmarks.
+# convergence with early stopping) and on every other training image, to keep
+# the suite short; each still has to clear the bar. Full-default
+# figures: README and benchmarks.
 @pytest.mark.parametrize(
     "factory, max_epochs, min_image",
     [
@@ -99,7 +101,7 @@ def test_method_defaults_on_bottle(bottle, cache, factory, min_image, min_pixel)
 def test_trainable_heads_on_bottle(bottle, cache, factory, max_epochs, min_image):
     _, train, test = bottle
     pipe = factory(max_epochs=max_epochs, random_state=0)
-    result = evaluate_pipeline(pipe, train.images, test.images, test.target, test.masks, cache=cache)
+    result = evaluate_pipeline(pipe, train.images[::2], test.images, test.target, test.masks, cache=cache)
     print(f"bottle {factory.__name__} ({max_epochs} epochs): {result['image_auroc']:.4f} / "
           f"{result['pixel_auroc']:.4f}, fit {result['fit_s']:.0f} s")
     assert result["image_auroc"] >= min_image
@@ -117,12 +119,16 @@ def test_softpatch_keeps_slipped_in_defects_out_of_the_bank(bottle, cache):
     for factory in (make_patchcore, make_softpatch):
         results[factory.__name__] = evaluate_pipeline(
             factory(random_state=0), train_images, [test.images[i] for i in rest],
-            test.target[rest], cache=cache,
+            test.target[rest], [test.masks[i] for i in rest], cache=cache,
         )
     plain, soft = results["make_patchcore"], results["make_softpatch"]
-    print(f"contaminated bottle image AUROC: patchcore {plain['image_auroc']:.4f}, "
-          f"softpatch {soft['image_auroc']:.4f}")
+    print(f"contaminated bottle image / pixel AUROC: patchcore {plain['image_auroc']:.4f} / "
+          f"{plain['pixel_auroc']:.4f}, softpatch {soft['image_auroc']:.4f} / "
+          f"{soft['pixel_auroc']:.4f}")
+    # SoftPatch's defaults on bottle (the clean-set bars of the other methods)
+    # and its point: at least as good as PatchCore when defects slip in.
     assert soft["image_auroc"] >= plain["image_auroc"] and soft["image_auroc"] >= 0.99
+    assert soft["pixel_auroc"] >= 0.95
     # Which bank holds the defect patches of the slipped-in images?
     embedder = plain["pipeline"][0]
     feats = cache.transform(embedder, [test.images[i] for i in slipped])
@@ -236,7 +242,8 @@ def test_image_level_sets_evaluate_without_masks(cache):
     root = mvtec_category("mvtec_screw")
     train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
     assert all(mask is None for mask in test.masks) and set(test.target) == {-1, 1}
-    result = evaluate_pipeline(make_dfm(random_state=0), train.images, test.images,
+    # A quarter of the training images: what is tested is the mask-less path.
+    result = evaluate_pipeline(make_dfm(random_state=0), train.images[::4], test.images,
                                test.target, test.masks, cache=cache)
     print(f"screw make_dfm: image AUROC {result['image_auroc']:.4f}")
     assert np.isnan(result["pixel_auroc"]) and result["image_auroc"] > 0.6
