@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import SETS, FAST, save_json
+from _results import FAST, SETS, save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"

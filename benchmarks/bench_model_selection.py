@@ -19,8 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-from _results import SETS, FAST, save_json
+from _results import FAST, SETS, save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
@@ -36,6 +35,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from scipy.stats import spearmanr
+    from sklearn.model_selection import train_test_split
 
     from skanomaly.cli import _methods
     from skanomaly.datasets import load_mvtec
@@ -52,10 +52,8 @@ def main(argv=None):
             print(f"skipping {root}: not found", file=sys.stderr)
             continue
         train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
-        order = np.random.default_rng(args.seed).permutation(len(train.images))
-        n_held = len(order) // 5
-        held = [train.images[i] for i in sorted(order[:n_held])]
-        fit_images = [train.images[i] for i in sorted(order[n_held:])]
+        # The split of `skanomaly evaluate --synthetic`: 20% held out to paint on.
+        fit_images, held = train_test_split(train.images, test_size=0.2, random_state=args.seed)
         cache = FeatureCache()
         rows = {}
         for method in methods:

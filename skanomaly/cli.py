@@ -345,6 +345,7 @@ def format_table(rows):
 
 def _painted_split(root, seed):
     """Normal images to fit on, and a held-out set with painted defects."""
+    from sklearn.model_selection import train_test_split
     from sklearn.utils import Bunch
 
     from .datasets import load_folder, load_mvtec
@@ -359,12 +360,9 @@ def _painted_split(root, seed):
             f"--synthetic holds out 20% of the normal images; {root} has only "
             f"{len(normals)}, at least 10 are needed."
         )
-    order = np.random.default_rng(seed).permutation(len(normals))
-    n_held = len(normals) // 5
-    held = [normals[i] for i in sorted(order[:n_held])]
+    fit_images, held = train_test_split(normals, test_size=0.2, random_state=seed)
     images, target, masks = SyntheticDefectScorer(random_state=seed).validation_set(held)
-    return [normals[i] for i in sorted(order[n_held:])], Bunch(
-        images=images, target=target, masks=masks)
+    return fit_images, Bunch(images=images, target=target, masks=masks)
 
 
 def _evaluate(args):
