@@ -251,7 +251,7 @@ def _predict(args):
     from .calibration import _pvalues_of_scores, pixel_threshold
     from .embedders import PatchEmbedder
     from .images import load_image
-    from .maps import _maps_and_scores, anomaly_boxes, anomaly_masks
+    from .maps import anomaly_boxes, anomaly_maps, anomaly_masks
     from .plotting import overlay_heatmap
 
     model = Path(args.model)
@@ -264,7 +264,7 @@ def _predict(args):
     pictures = None
     # Everything is computed, each image embedded once, before anything is written.
     if any(isinstance(step, PatchEmbedder) for _, step in pipe.steps[:-1]):
-        maps, scores = _maps_and_scores(pipe, paths)
+        maps, scores = anomaly_maps(pipe, paths, return_scores=True)
         threshold = pixel_threshold(pipe)
         masks = anomaly_masks(pipe, paths, maps=maps, threshold=threshold)
         masks = list(masks) if isinstance(masks, np.ndarray) else masks

@@ -72,13 +72,15 @@ def upsample_patch_scores(patch_scores, image_shapes, *, model_shape=None, sigma
     return maps
 
 
-def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
+def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32, return_scores=False):
     """Per-pixel anomaly maps, each at its input image's size.
 
     The head's patch scores are upsampled (bilinear) to the resolution the
     backbone saw (the embedder's ``image_size``), smoothed with a Gaussian of
     standard deviation ``sigma`` pixels there, as in the PatchCore paper, and
-    resized to each input image's own height and width.
+    resized to each input image's own height and width. With
+    ``return_scores=True`` the image scores come from the same pass: each
+    image is decoded and embedded once for both.
 
     Parameters
     ----------
@@ -92,12 +94,17 @@ def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
         Gaussian smoothing at the model's input resolution; 0 disables it.
     batch_size : int, default=32
         Images decoded and scored at a time (bounds memory).
+    return_scores : bool, default=False
+        Also return ``estimator.score_samples(X)``, computed in the same pass.
 
     Returns
     -------
     maps : ndarray of shape (n, H, W) or list of ndarray
         float32, higher = more anomalous. A list of ``(H_i, W_i)`` arrays when
         the images differ in size.
+    scores : ndarray of shape (n,)
+        Only with ``return_scores=True``: the image scores, as
+        ``score_samples`` gives them (higher = more normal).
 
     Examples
     --------
@@ -108,11 +115,14 @@ def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32):
     >>> pipe = make_patchcore(image_size=64, random_state=0).fit(train)
     >>> anomaly_maps(pipe, rng.random((2, 80, 96, 3))).shape
     (2, 80, 96)
+    >>> maps, scores = anomaly_maps(pipe, rng.random((2, 64, 64, 3)), return_scores=True)
+    >>> maps.shape, scores.shape
+    ((2, 64, 64), (2,))
     """
-    maps, _ = _maps_and_scores(estimator, X, sigma=sigma, batch_size=batch_size)
+    maps, scores = _maps_and_scores(estimator, X, sigma=sigma, batch_size=batch_size)
     if len({m.shape for m in maps}) == 1:
-        return np.stack(maps)
-    return maps
+        maps = np.stack(maps)
+    return (maps, scores) if return_scores else maps
 
 
 def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):

@@ -53,6 +53,14 @@ def test_anomaly_maps_localise_defects(data, fitted):
     assert roc_auc_score(masks.ravel(), maps.ravel()) >= 0.9
 
 
+def test_one_pass_gives_the_scores_of_score_samples(data, fitted):
+    test = data.images[24:]
+    maps, scores = anomaly_maps(fitted, test, batch_size=5, return_scores=True)
+    np.testing.assert_array_equal(maps, anomaly_maps(fitted, test))
+    np.testing.assert_allclose(scores, fitted.score_samples(test), rtol=1e-6)
+    assert scores.shape == (18,)
+
+
 def test_anomaly_maps_match_each_input_size(data, fitted):
     big = np.kron(data.images[-1], np.ones((2, 3, 1), dtype=np.uint8))  # 128 x 192
     maps = anomaly_maps(fitted, [data.images[0], big], batch_size=1)
