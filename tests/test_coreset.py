@@ -54,6 +54,22 @@ def test_projected_selection_covers_almost_as_well_and_beats_random():
     assert np.median(random) > 2 * projected
 
 
+def test_auto_projection_follows_the_johnson_lindenstrauss_dimension():
+    from sklearn.random_projection import johnson_lindenstrauss_min_dim
+
+    rng = np.random.default_rng(0)
+    narrow = rng.normal(size=(1000, 16))  # JL dimension of 1000 points: ~170 > 16
+    np.testing.assert_array_equal(
+        kcenter_greedy(narrow, 50, random_state=0),
+        kcenter_greedy(narrow, 50, projection_dim=None, random_state=0))
+    wide = rng.normal(size=(200, 400))
+    dim = johnson_lindenstrauss_min_dim(200, eps=0.9)
+    assert dim < 400
+    auto = kcenter_greedy(wide, 20, random_state=0)
+    np.testing.assert_array_equal(auto, kcenter_greedy(wide, 20, projection_dim=dim, random_state=0))
+    assert not np.array_equal(auto, kcenter_greedy(wide, 20, projection_dim=None, random_state=0))
+
+
 @pytest.mark.parametrize("k", [0, 11, 2.5, True])
 def test_bad_n_centers(k):
     with pytest.raises(ValueError, match="n_centers"):

@@ -39,8 +39,14 @@ class KNNDetector(_BaseDetector):
         A share holds out at most 100 samples: scoring one costs time in
         proportion to the training set, so a share without a limit would make
         ``fit`` grow with the square of the training set. Pass an int for more.
-    projection_dim : int or None, default=128
-        Dimension of the random projection the coreset is selected on.
+    projection_dim : "auto", int or None, default="auto"
+        Dimension of the random projection the coreset is selected on (see
+        :func:`~skanomaly.coreset.kcenter_greedy`); ``"auto"`` projects only
+        features wider than the Johnson-Lindenstrauss dimension of the
+        training patches, None never. Chosen on the four-set panel: at
+        Lite0's 152 features, selecting without a projection raised
+        PatchCore's image AUROC on tire, screw and KolektorSDD over a
+        128-dimensional one (three seeds each).
     calibration_in_bank : bool, default=True
         Once ``offset_`` is set on the held-out calibration samples, add
         them to the memory bank (coreset-subsampled and filtered as the
@@ -129,7 +135,8 @@ class KNNDetector(_BaseDetector):
         **_BaseDetector._parameter_constraints,
         "coreset_ratio": [Interval(numbers.Real, 0, 1, closed="right")],
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
-        "projection_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "projection_dim": [Interval(numbers.Integral, 1, None, closed="left"),
+                           StrOptions({"auto"}), None],
         "mode": [StrOptions({"patchcore", "spade"})],
         "train_patch_outlier_quantile": [Interval(numbers.Real, 0, 1, closed="left")],
         "coreset_chunk_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
@@ -146,7 +153,7 @@ class KNNDetector(_BaseDetector):
         *,
         contamination=0.05,
         calibration_size=0.1,
-        projection_dim=128,
+        projection_dim="auto",
         calibration_in_bank=True,
         mode="patchcore",
         train_patch_outlier_quantile=0.0,
