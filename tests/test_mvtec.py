@@ -50,10 +50,12 @@ def test_patchcore_defaults_on_bottle(bottle, cache):
     _, train, test = bottle
     pipe = make_patchcore(random_state=0)
     # The training features come from the cache shared with the other tests
-    # (the same as pipe.fit(train.images)); scoring and maps then go through
-    # the fitted Pipeline from image paths, as a user's script does.
+    # (the same as pipe.fit(...)); scoring and maps then go through the
+    # fitted Pipeline from image paths, as a user's script does. Every other
+    # training image: the coreset costs patches x centres, so half the images
+    # take a quarter of the time, and the bars hold (full set: README).
     pipe[:-1].fit(None)
-    pipe[-1].fit(cache.transform(pipe[:-1], train.images))
+    pipe[-1].fit(cache.transform(pipe[:-1], train.images[::2]))
     image_auroc = roc_auc_score(test.target, pipe.decision_function(test.images))
     pixel_auroc = pixel_roc_auc(test.masks, anomaly_maps(pipe, test.images))
     print(f"bottle patchcore: image AUROC {image_auroc:.4f}, pixel AUROC {pixel_auroc:.4f}")
@@ -114,7 +116,8 @@ def test_softpatch_keeps_slipped_in_defects_out_of_the_bank(bottle, cache):
     defective = np.flatnonzero(test.target == -1)
     slipped = sorted(rng.choice(defective, round(0.1 * len(defective)), replace=False))
     rest = [i for i in range(len(test.images)) if i not in slipped]
-    train_images = train.images + [test.images[i] for i in slipped]
+    # Every other training image (as above) plus the slipped-in defects.
+    train_images = train.images[::2] + [test.images[i] for i in slipped]
     results = {}
     for factory in (make_patchcore, make_softpatch):
         results[factory.__name__] = evaluate_pipeline(
@@ -139,9 +142,11 @@ def test_softpatch_keeps_slipped_in_defects_out_of_the_bank(bottle, cache):
     defect_feats = feats[defect]
 
     def n_in_bank(pipe):
-        # Bank rows are copies of training features: in the bank = distance 0.
+        # Bank rows are copies of training features: in the bank = distance ~0
+        # (not exactly 0: the fit may embed the images in other batches, and
+        # convolutions round differently with the batch and thread count).
         distances, _ = kneighbors(defect_feats, pipe[-1].memory_bank_, 1)
-        return int((distances[:, 0] == 0).sum())
+        return int((distances[:, 0] <= 1e-4 * np.linalg.norm(defect_feats, axis=1)).sum())
 
     in_plain, in_soft = n_in_bank(plain["pipeline"]), n_in_bank(soft["pipeline"])
     print(f"defect patches in the bank: patchcore {in_plain}, softpatch {in_soft} of {len(defect_feats)}")
@@ -158,7 +163,7 @@ def test_padim_on_bottle_accuracy_and_memory():
         from skanomaly.datasets import load_mvtec
         from skanomaly.evaluation import evaluate_pipeline
         train, test = load_mvtec({str(root)!r}, "train"), load_mvtec({str(root)!r}, "test")
-        pipe = make_padim(random_state=0).fit(train.images)
+        pipe = make_padim(random_state=0).fit(train.images[::2])
         assert pipe[-1].precision_.shape == (64, 64, 100, 100)
         kb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
         r = evaluate_pipeline(pipe, None, test.images, test.target, test.masks, fit=False)

@@ -5,6 +5,7 @@ import textwrap
 import joblib
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
@@ -79,8 +80,10 @@ def test_joblib_round_trip_in_a_fresh_process(data, fitted, tmp_path):
     path = tmp_path / "model.joblib"
     joblib.dump(fitted, path)
     np.save(tmp_path / "test.npy", data.images[24:])
+    # Same torch thread count as here: convolutions round differently with another.
     code = textwrap.dedent(f"""
-        import joblib, numpy as np
+        import joblib, numpy as np, torch
+        torch.set_num_threads({torch.get_num_threads()})
         pipe = joblib.load({str(path)!r})
         np.save({str(tmp_path / "scores.npy")!r}, pipe.score_samples(np.load({str(tmp_path / "test.npy")!r})))
     """)
