@@ -296,6 +296,8 @@ def main(argv=None):
             print("anomalib not importable: skanomaly rows only", file=sys.stderr)
     import torch
 
+    from skanomaly.evaluation import FeatureCache
+
     meta = {"command": " ".join(sys.argv), "torch_threads": torch.get_num_threads(),
             "seeds": args.seeds}
     if with_anomalib:
@@ -308,8 +310,6 @@ def main(argv=None):
         if not (root / "train").is_dir():
             print(f"skipping {root}: not found", file=sys.stderr)
             continue
-        from skanomaly.evaluation import FeatureCache
-
         cache, runs = FeatureCache(), []  # embeddings shared by the seeds of a set
         for seed in [int(s) for s in args.seeds.split(",")]:
             runs += [run_skanomaly(root, jobs, seed, backbone, cache)

@@ -57,7 +57,8 @@ def test_anomaly_maps_localise_defects(data, fitted):
 def test_one_pass_gives_the_scores_of_score_samples(data, fitted):
     test = data.images[24:]
     maps, scores = anomaly_maps(fitted, test, batch_size=5, return_scores=True)
-    np.testing.assert_array_equal(maps, anomaly_maps(fitted, test))
+    # Same batches as above: convolutions round differently with other batch shapes.
+    np.testing.assert_array_equal(maps, anomaly_maps(fitted, test, batch_size=5))
     np.testing.assert_allclose(scores, fitted.score_samples(test), rtol=1e-6)
     assert scores.shape == (18,)
 
