@@ -1,4 +1,4 @@
-"""Exact vs approximate (pynndescent) memory-bank search for PatchCore on bottle.
+"""Exact vs approximate (inverted file) memory-bank search for PatchCore on bottle.
 
 One fit of the default PatchCore (the bank is the same for both); the test
 images are embedded once, then scored with each search. Reports image and
@@ -45,8 +45,7 @@ def main(argv=None):
     result = {"bank": list(head.memory_bank_.shape), "test_patches": len(queries)}
     start = time.perf_counter()
     index = ApproximateNeighbors(head.memory_bank_, random_state=0)
-    result["index_build_s_with_compilation"] = time.perf_counter() - start
-    index.kneighbors(queries[:10], 1)  # compiled now
+    result["index_build_s"] = time.perf_counter() - start
     _, exact_idx = kneighbors(queries, head.memory_bank_, 1)
     _, approx_idx = index.kneighbors(queries, 1)
     result["recall_at_1"] = float((exact_idx[:, 0] == approx_idx[:, 0]).mean())

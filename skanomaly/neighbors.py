@@ -216,24 +216,58 @@ def _kneighbors_float32(q, r, n_neighbors=1, block_bytes=_BLOCK_BYTES):
     return distances, indices
 
 
-class ApproximateNeighbors:
-    """Approximate nearest-neighbour index (NN-descent graph, via pynndescent).
+# Inverted file: cells per reference row count (n_cells = _CELLS_PER_SQRT *
+# sqrt(m)) balance the two costs of a query, comparing it with every cell
+# centre (~ n_cells) and with the rows of its probed cells (~ m / n_cells).
+_CELLS_PER_SQRT = 2
+# k-means: Lloyd iterations, on at most this many sampled rows per cell.
+_KMEANS_ITERATIONS = 10
+_KMEANS_ROWS_PER_CELL = 64
 
-    For memory banks too large for exact search at the needed speed: the
-    graph proposes ``n_candidates`` neighbours per query, whose distances are
-    then computed exactly, so returned distances are true distances (to
-    possibly not the nearest rows). Building costs a few seconds per 100k
-    rows plus, once per process, numba's compilation (~30 s); it pays off
-    for banks of hundreds of thousands of rows.
+
+def _kmeans(points, n_cells, generator):
+    """Centres of a Lloyd k-means on ``points`` (torch float32), seeded rows."""
+    centres = points[torch.randperm(len(points), generator=generator)[:n_cells]].clone()
+    for _ in range(_KMEANS_ITERATIONS):
+        _, label = _kneighbors_float32(points, centres, 1)
+        label = torch.from_numpy(label[:, 0])
+        counts = torch.bincount(label, minlength=n_cells).to(points.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, label, points)
+        filled = counts > 0
+        # An empty cell keeps its centre (a data row): it may fill later.
+        centres[filled] = sums[filled] / counts[filled, None]
+    return centres
+
+
+class ApproximateNeighbors:
+    """Approximate nearest-neighbour index: an inverted file over k-means cells.
+
+    For memory banks too large for exact search at the needed speed. The
+    reference rows are grouped into ``n_cells`` cells by a k-means (a few
+    Lloyd iterations on a sample); a query is compared with every cell centre
+    and then, exactly, with the rows of its ``n_probe`` nearest cells. The
+    returned distances are true distances (to possibly not the nearest rows),
+    so an approximation can only overestimate a distance. Plain torch matrix
+    products: no compilation step, the first query is as fast as the next.
 
     Parameters
     ----------
     reference : array-like of shape (m, d)
         Points to search among.
-    n_candidates : int, default=10
-        Neighbours asked of the graph per query (more: better recall, slower).
-    random_state : int or None, default=None
-        Seeds the graph construction.
+    n_cells : int or "auto", default="auto"
+        Number of k-means cells; ``"auto"`` takes ``2 * sqrt(m)``, which
+        balances comparing a query with the centres and with the probed rows.
+    n_probe : int, default=8
+        Cells searched per query (more: better recall, slower).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the k-means initialisation and sample.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_cells, d)
+        The cell centres.
+    cell_sizes_ : ndarray of shape (n_cells,)
+        Reference rows per cell.
 
     Examples
     --------
@@ -246,21 +280,43 @@ class ApproximateNeighbors:
     [0, 1, 2]
     """
 
-    def __init__(self, reference, *, n_candidates=10, random_state=None):
-        from pynndescent import NNDescent
+    def __init__(self, reference, *, n_cells="auto", n_probe=8, random_state=None):
+        from sklearn.utils import check_random_state
 
-        self.reference = np.ascontiguousarray(reference, dtype=np.float32)
-        if self.reference.ndim != 2 or len(self.reference) < 2:
+        reference = np.ascontiguousarray(reference, dtype=np.float32)
+        if reference.ndim != 2 or len(reference) < 2:
             raise ValueError(
-                f"reference must be 2D with at least 2 rows, got shape {self.reference.shape}."
+                f"reference must be 2D with at least 2 rows, got shape {reference.shape}."
             )
-        self.n_candidates = min(int(n_candidates), len(self.reference))
-        self._index = NNDescent(
-            self.reference, metric="euclidean",
-            n_neighbors=min(30, len(self.reference) - 1),
-            random_state=random_state, low_memory=True, n_jobs=1,
-        )
-        self._index.prepare()
+        m = len(reference)
+        if n_cells == "auto":
+            n_cells = round(_CELLS_PER_SQRT * np.sqrt(m))
+        if not (isinstance(n_cells, (int, np.integer)) and 1 <= n_cells <= m):
+            raise ValueError(f"n_cells must be 'auto' or an int in [1, {m}], got {n_cells!r}.")
+        if not (isinstance(n_probe, (int, np.integer)) and n_probe >= 1):
+            raise ValueError(f"n_probe must be a positive int, got {n_probe!r}.")
+        seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
+        generator = torch.Generator().manual_seed(int(seed))
+        points = torch.from_numpy(reference)
+        sample = points
+        if m > _KMEANS_ROWS_PER_CELL * n_cells:
+            sample = points[torch.randperm(m, generator=generator)[:_KMEANS_ROWS_PER_CELL * n_cells]]
+        with torch.inference_mode():
+            centres = _kmeans(sample, int(n_cells), generator)
+            _, label = _kneighbors_float32(points, centres, 1)
+        label = label[:, 0]
+        # Rows sorted by cell, so each cell is one contiguous block.
+        order = np.argsort(label, kind="stable")
+        sizes = np.bincount(label, minlength=len(centres))
+        filled = sizes > 0
+        self.cluster_centers_ = centres.numpy()[filled]
+        self.cell_sizes_ = sizes[filled]
+        self.n_probe = min(int(n_probe), len(self.cluster_centers_))
+        self._offsets = np.r_[0, np.cumsum(self.cell_sizes_)]
+        self._order = order
+        self._sorted = reference[order]
+        # Any query's probed cells hold at least this many rows.
+        self._min_candidates = int(np.sort(self.cell_sizes_)[:self.n_probe].sum())
 
     def kneighbors(self, queries, n_neighbors=1):
         """Distances and indices of (approximately) nearest reference rows.
@@ -269,7 +325,7 @@ class ApproximateNeighbors:
         ----------
         queries : array-like of shape (n, d)
         n_neighbors : int, default=1
-            At most ``n_candidates``.
+            At most the number of rows the ``n_probe`` smallest cells hold.
 
         Returns
         -------
@@ -277,19 +333,38 @@ class ApproximateNeighbors:
             Exact distances to the returned rows, ascending.
         indices : ndarray of shape (n, n_neighbors), int64
         """
+        d = self._sorted.shape[1]
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        if q.ndim != 2 or q.shape[1] != self.reference.shape[1]:
+        if q.ndim != 2 or q.shape[1] != d:
+            raise ValueError(f"queries must be 2D with {d} columns, got {q.shape}.")
+        if not 1 <= n_neighbors <= self._min_candidates:
             raise ValueError(
-                f"queries must be 2D with {self.reference.shape[1]} columns, got {q.shape}."
+                f"n_neighbors must be in [1, {self._min_candidates}] (the rows of the "
+                f"n_probe={self.n_probe} smallest cells), got {n_neighbors}."
             )
-        if not 1 <= n_neighbors <= self.n_candidates:
-            raise ValueError(f"n_neighbors must be in [1, {self.n_candidates}], got {n_neighbors}.")
-        candidates, _ = self._index.query(q, k=self.n_candidates)
-        candidates = candidates.astype(np.int64)
-        # As in kneighbors: exact distances, independent of batching.
         with torch.inference_mode():
-            exact = _pair_distances(torch.from_numpy(q)[:, None, :],
-                                    torch.from_numpy(self.reference)[candidates])
+            qt, ref = torch.from_numpy(q), torch.from_numpy(self._sorted)
+            _, probe = _kneighbors_float32(q, self.cluster_centers_, self.n_probe)
+            # (query, cell) pairs grouped by cell: one matrix product per cell.
+            cells = probe.ravel()
+            pairs = np.argsort(cells, kind="stable")
+            owner = torch.from_numpy(pairs // self.n_probe)
+            bounds = np.searchsorted(cells[pairs], np.arange(len(self.cell_sizes_) + 1))
+            best = torch.full((len(q), n_neighbors), float("inf"))
+            best_idx = torch.zeros((len(q), n_neighbors), dtype=torch.int64)
+            for cell in np.flatnonzero(np.diff(bounds)):
+                who = owner[bounds[cell]:bounds[cell + 1]]
+                lo, hi = int(self._offsets[cell]), int(self._offsets[cell + 1])
+                rows = ref[lo:hi]
+                rank = _ranking_distances(qt[who], rows, (rows * rows).sum(1))
+                k = min(n_neighbors, hi - lo)
+                value, where = rank.topk(k, dim=1, largest=False)
+                value = torch.cat([best[who], value], 1)
+                where = torch.cat([best_idx[who], where + lo], 1)
+                value, pick = value.topk(n_neighbors, dim=1, largest=False)
+                best[who], best_idx[who] = value, torch.gather(where, 1, pick)
+            # As in kneighbors: exact distances, independent of batching.
+            exact = _pair_distances(qt[:, None, :], ref[best_idx])
             exact, order = exact.sort(dim=1)
-        order = order.numpy()[:, :n_neighbors]
-        return exact.numpy()[:, :n_neighbors], np.take_along_axis(candidates, order, 1)
+            found = torch.gather(best_idx, 1, order).numpy()
+        return exact.numpy(), self._order[found]

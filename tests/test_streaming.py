@@ -128,19 +128,33 @@ def test_chunked_coreset_is_per_chunk_greedy():
 
 def test_approximate_search_matches_exact_on_most_queries(data):
     rng = np.random.default_rng(0)
-    ref = rng.normal(size=(3000, 16)).astype(np.float32)
-    queries = rng.normal(size=(400, 16)).astype(np.float32)
+    # Clustered, as patch features are (parts, background, texture).
+    modes = 3 * rng.normal(size=(20, 16))
+    ref = (modes[rng.integers(20, size=3000)] + rng.normal(size=(3000, 16))).astype(np.float32)
+    queries = (modes[rng.integers(20, size=400)] + rng.normal(size=(400, 16))).astype(np.float32)
     index = ApproximateNeighbors(ref, random_state=0)
+    assert len(index.cluster_centers_) == round(2 * np.sqrt(3000)) and index.cell_sizes_.sum() == 3000
     dist, idx = index.kneighbors(queries, 3)
     exact_dist, exact_idx = kneighbors(queries, ref, 3)
     assert (idx[:, 0] == exact_idx[:, 0]).mean() >= 0.9
     # Distances are exact distances to the returned rows, never below the truth.
     np.testing.assert_allclose(dist, np.linalg.norm(queries[:, None] - ref[idx], axis=2), rtol=1e-5)
     assert (dist[:, 0] >= exact_dist[:, 0] - 1e-5).all()
+    assert (np.diff(dist, axis=1) >= 0).all() and (idx[:, :1] != idx[:, 1:]).all()
+    # Probing every cell is an exact search.
+    full = ApproximateNeighbors(ref, n_cells=30, n_probe=30, random_state=0)
+    full_dist, full_idx = full.kneighbors(queries, 3)
+    np.testing.assert_array_equal(full_idx, exact_idx)
+    np.testing.assert_allclose(full_dist, exact_dist, rtol=1e-6)
     with pytest.raises(ValueError, match="n_neighbors"):
-        index.kneighbors(queries, 20)
+        index.kneighbors(queries, len(ref) + 1)
     with pytest.raises(ValueError, match="columns"):
         index.kneighbors(queries[:, :3], 1)
+    for bad in ({"n_cells": 0}, {"n_cells": 3001}, {"n_cells": 2.5}, {"n_probe": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ApproximateNeighbors(ref, **bad)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        ApproximateNeighbors(ref[:1])
     # The pipeline option: same decisions as exact search here, and it pickles.
     exact = make_patchcore(image_size=SIZE, random_state=0).fit(data.images[:24])
     approx = make_patchcore(image_size=SIZE, random_state=0, algorithm="approximate")

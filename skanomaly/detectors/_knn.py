@@ -77,10 +77,11 @@ class KNNDetector(_BaseDetector):
         one chunk (plain greedy k-center). None: always one chunk.
     algorithm : {"exact", "approximate"}, default="exact"
         Nearest-bank-entry search when scoring patches. ``"exact"``: chunked
-        matrix products. ``"approximate"``: an NN-descent graph
-        (:class:`~skanomaly.neighbors.ApproximateNeighbors`, pynndescent),
-        worth it for banks of hundreds of thousands of entries; its build
-        and numba compilation cost tens of seconds. The 32 highest-scoring
+        matrix products. ``"approximate"``: an inverted file over k-means
+        cells (:class:`~skanomaly.neighbors.ApproximateNeighbors`), each
+        patch compared with the bank rows of its 8 nearest cells only,
+        worth it for banks of hundreds of thousands of entries; building it
+        costs a k-means on the bank at fit time. The 32 highest-scoring
         patches of each image are then searched exactly, so image scores
         (a maximum, which one missed neighbour would inflate) stay exact in
         practice. PatchCore mode only.
