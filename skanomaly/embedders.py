@@ -362,6 +362,11 @@ class ImageEmbedder(_BaseEmbedder):
         cells instead of the whole image, and concatenate the cells (cell by
         cell, row-major), so the vector keeps where each part of the image
         is: ``grid_size**2`` times the channels. 1: global average pooling.
+    keep_grid : bool, default=False
+        Return the cells as a ``(n, grid_size, grid_size, d)`` grid instead
+        of flattening them (the same numbers: the vector is this grid
+        flattened row-major), so a head can score each cell and draw a
+        coarse anomaly map (DFM's).
     batch_size : int, default=16
         Images per forward pass.
     device : str, default="cpu"
@@ -380,7 +385,7 @@ class ImageEmbedder(_BaseEmbedder):
     image_shape_ : (int, int)
         The (height, width) every image is resized to.
     n_features_out_ : int
-        Length ``d`` of each vector.
+        Length ``d`` of each vector (of each cell's vector with ``keep_grid``).
 
     Examples
     --------
@@ -391,11 +396,14 @@ class ImageEmbedder(_BaseEmbedder):
     (3, 320)
     >>> ImageEmbedder(image_size=64, grid_size=2).fit_transform(images).shape
     (3, 1280)
+    >>> ImageEmbedder(image_size=64, grid_size=2, keep_grid=True).fit_transform(images).shape
+    (3, 2, 2, 320)
     """
 
     _parameter_constraints = {
         **_BaseEmbedder._parameter_constraints,
         "grid_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "keep_grid": ["boolean"],
     }
 
     def __init__(
@@ -406,6 +414,7 @@ class ImageEmbedder(_BaseEmbedder):
         weights="default",
         image_size=256,
         grid_size=1,
+        keep_grid=False,
         batch_size=16,
         device="cpu",
         n_jobs=None,
@@ -416,6 +425,7 @@ class ImageEmbedder(_BaseEmbedder):
         self.weights = weights
         self.image_size = image_size
         self.grid_size = grid_size
+        self.keep_grid = keep_grid
         self.batch_size = batch_size
         self.device = device
         self.n_jobs = n_jobs
@@ -425,18 +435,20 @@ class ImageEmbedder(_BaseEmbedder):
         return (max(backbone.stages, key=backbone.stages.get),)
 
     def _n_features_out(self, backbone, layers):
-        return self.grid_size ** 2 * sum(backbone.channels[name] for name in layers)
+        cells = 1 if self.keep_grid else self.grid_size ** 2
+        return cells * sum(backbone.channels[name] for name in layers)
 
     def _embed(self, batch):
         maps = self.backbone_.extract(batch, self.layers_)
-        if self.grid_size == 1:
+        if self.grid_size == 1 and not self.keep_grid:
             return torch.cat([fmap.mean(dim=(2, 3)) for fmap in maps], dim=1)
         cells = [F.adaptive_avg_pool2d(fmap, self.grid_size) for fmap in maps]
-        # (n, cells, channels) flattened: each cell's channels side by side.
-        return torch.cat(cells, dim=1).flatten(2).transpose(1, 2).flatten(1)
+        # (n, g, g, channels): each cell's channels side by side.
+        grid = torch.cat(cells, dim=1).permute(0, 2, 3, 1)
+        return grid if self.keep_grid else grid.flatten(1)
 
     def get_feature_names_out(self, input_features=None):
-        """Names ``imageembedder0 ... imageembedder{d-1}``."""
+        """Names ``imageembedder0 ... imageembedder{d-1}`` (of the cell axis with ``keep_grid``)."""
         check_is_fitted(self, "n_features_out_")
         return np.asarray(
             [f"imageembedder{i}" for i in range(self.n_features_out_)], dtype=object

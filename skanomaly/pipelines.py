@@ -333,7 +333,9 @@ def make_dfm(
     image cells (so the vector keeps where each part of the image is, as
     anomalib pools its DFM features), PCA keeps ``n_components`` of their
     variance, and an image's score is how badly that subspace reconstructs
-    its vector (or its Gaussian likelihood in the subspace).
+    its vector (or its Gaussian likelihood in the subspace). The embedder
+    keeps the cells as a grid, so each cell's share of the reconstruction
+    error is a patch score: ``anomaly_maps`` draws DFM's coarse 4 x 4 map.
 
     Parameters
     ----------
@@ -362,15 +364,17 @@ def make_dfm(
     Examples
     --------
     >>> import numpy as np
-    >>> from skanomaly import make_dfm
+    >>> from skanomaly import anomaly_maps, make_dfm
     >>> rng = np.random.default_rng(0)
     >>> pipe = make_dfm(image_size=64, random_state=0).fit(rng.random((12, 64, 64, 3)))
     >>> pipe.predict(rng.random((2, 64, 64, 3))).shape
     (2,)
+    >>> anomaly_maps(pipe, rng.random((2, 64, 64, 3))).shape
+    (2, 64, 64)
     """
     return _pipeline(
-        ImageEmbedder(backbone, layers=layers, grid_size=grid_size, image_size=image_size,
-                      **_common(device, batch_size, n_jobs, verbose)),
+        ImageEmbedder(backbone, layers=layers, grid_size=grid_size, keep_grid=True,
+                      image_size=image_size, **_common(device, batch_size, n_jobs, verbose)),
         GaussianDetector(
             n_components=n_components, score_type=score_type,
             contamination=contamination, random_state=random_state,

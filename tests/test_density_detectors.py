@@ -88,13 +88,43 @@ def test_density_heads_refuse_what_they_cannot_model():
     grids = np.random.default_rng(0).normal(size=(10, 2, 2, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="one vector per image"):
         KDEDetector().fit(grids)
-    with pytest.raises(ValueError, match="per position"):
-        GaussianDetector(n_components=0.9).fit(grids)
     with pytest.raises(ValueError, match="needs n_components"):
         GaussianDetector(score_type="reconstruction").fit(np.zeros((10, 3)) + np.arange(10)[:, None])
+    with pytest.raises(ValueError, match="needs n_components"):
+        GaussianDetector(score_type="reconstruction").fit(grids)
     det = KDEDetector(random_state=0).fit(np.random.default_rng(0).normal(size=(20, 3)))
     with pytest.raises(ValueError, match="score_patches needs 4D"):
         det.score_patches(np.zeros((2, 3)))
+
+
+def test_dfm_on_grids_scores_each_cell_and_the_image_as_on_vectors():
+    rng = np.random.default_rng(3)
+    mixing = rng.normal(size=(24, 24))
+    X = (rng.normal(size=(150, 24)) @ mixing).astype(np.float32)
+    test = (rng.normal(size=(6, 24)) @ mixing).astype(np.float32)
+    test[0, 19:22] += 25.0  # a defect in the last cell of a 2 x 2 grid of 6 features
+    grids, test_grids = X.reshape(150, 2, 2, 6), test.reshape(6, 2, 2, 6)
+    for score_type in ("reconstruction", "nll"):
+        flat = GaussianDetector(n_components=5, score_type=score_type, random_state=0).fit(X)
+        grid = GaussianDetector(n_components=5, score_type=score_type, random_state=0).fit(grids)
+        # One PCA of the whole grid: the image scores are the vectors' own.
+        np.testing.assert_allclose(grid.score_samples(test_grids), flat.score_samples(test),
+                                   rtol=1e-5)
+        scores, cells = grid.score_samples_and_patches(test_grids)
+        np.testing.assert_array_equal(scores, grid.score_samples(test_grids))
+        if score_type == "nll":  # no per-cell share: a one-cell map
+            assert cells.shape == (6, 1, 1)
+            continue
+        # Each cell's share of the reconstruction error, summing to the image's.
+        assert cells.shape == (6, 2, 2)
+        np.testing.assert_allclose(cells.reshape(6, -1).sum(1), -scores, rtol=1e-5)
+        pca = grid.pca_
+        residual = (test - pca.inverse_transform(pca.transform(test))) ** 2
+        np.testing.assert_allclose(cells.reshape(6, 4), residual.reshape(6, 4, 6).sum(2),
+                                   rtol=1e-4)
+        assert np.unravel_index(cells[0].argmax(), (2, 2)) == (1, 1)
+    with pytest.raises(ValueError, match="fitted on 2 x 2 grids"):
+        grid.score_samples(test.reshape(6, 1, 4, 6))
 
 
 def test_kde_caps_fractional_calibration_but_gaussian_does_not():

@@ -73,8 +73,13 @@ def test_image_embedder_grid_keeps_each_cell_in_place():
     moved = emb.transform(changed).reshape(3, 2, 2, 360)
     assert not np.allclose(moved[:, 1], cells[:, 1])
     np.testing.assert_allclose(moved[:, 0, :, :40], cells[:, 0, :, :40], rtol=1e-4, atol=1e-5)
+    kept = ImageEmbedder(image_size=128, layers=(8, 32), grid_size=2, keep_grid=True).fit(None)
+    assert kept.n_features_out_ == 360 and len(kept.get_feature_names_out()) == 360
+    np.testing.assert_array_equal(kept.transform(images), cells)
     with pytest.raises(ValueError, match="grid_size"):
         ImageEmbedder(grid_size=0).fit(None)
+    with pytest.raises(ValueError, match="keep_grid"):
+        ImageEmbedder(keep_grid="yes").fit(None)
 
 
 def test_pickle_round_trip_gives_identical_features(images):

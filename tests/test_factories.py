@@ -21,8 +21,8 @@ from skanomaly.datasets import make_synthetic
 from skanomaly.model_selection import NormalOnlyKFold
 
 SIZE = 64
-PATCH_FACTORIES = [make_padim, make_spade, make_softpatch]
-IMAGE_FACTORIES = [make_dfm, make_dfkde]
+PATCH_FACTORIES = [make_padim, make_spade, make_softpatch, make_dfm]
+IMAGE_FACTORIES = [make_dfkde]
 
 
 @pytest.fixture(scope="module")

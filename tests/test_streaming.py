@@ -98,7 +98,10 @@ def test_batched_scoring_equals_one_batch(data):
     pipe = make_patchcore(image_size=SIZE, random_state=0).fit(data.images[:24])
     one = pipe.set_params(batch_size=100).decision_function(data.images)
     many = pipe.set_params(batch_size=3).decision_function(data.images)
-    np.testing.assert_array_equal(one, many)
+    # Equal to float32 rounding, not bit for bit: oneDNN's convolutions may
+    # block their sums differently with the batch's size and alignment (seen:
+    # 5e-6 relative once in a CI run). A batching bug moves scores far more.
+    np.testing.assert_allclose(one, many, rtol=1e-5)
     with pytest.raises(ValueError, match="batch_size"):
         pipe.set_params(batch_size=0).fit(data.images[:24])
 

@@ -64,18 +64,26 @@ class GaussianDetector(_BaseDetector):
     Gaussian, an image's the largest of its patches'. On vectors
     ``(n, d)`` (DFM, Ahuja et al., 2019) one Gaussian is fitted to all rows,
     optionally after PCA; the score is the Mahalanobis distance, the Gaussian
-    negative log-likelihood, or the PCA feature-reconstruction error.
+    negative log-likelihood, or the PCA feature-reconstruction error. With
+    ``score_type="reconstruction"`` on a grid (e.g. ``ImageEmbedder(grid_size=4,
+    keep_grid=True)``), the PCA is fitted to each image's whole grid
+    flattened, as on vectors, and each cell's share of the reconstruction
+    error is its patch score: the image score is their sum, and the cells
+    make DFM's coarse anomaly map. (The likelihood scores after a PCA of
+    the whole grid have no per-cell share: their map is one cell.)
 
     Parameters
     ----------
     n_components : int, float in (0, 1) or None, default=None
-        PCA before the Gaussian (vectors only): a number of components, or the
-        fraction of variance to keep (DFM uses 0.97). None: no PCA.
+        PCA before the Gaussian, of each sample's whole features (a grid
+        flattened): a number of components, or the fraction of variance to
+        keep (DFM uses 0.97). None: no PCA (on grids: one Gaussian per
+        position).
     score_type : {"mahalanobis", "nll", "reconstruction"}, default="mahalanobis"
         ``"nll"``: negative log-likelihood under the Gaussian (ranks like the
         Mahalanobis distance for one Gaussian, but comparable across
         positions). ``"reconstruction"``: squared error of the PCA
-        reconstruction (needs ``n_components``; vectors only).
+        reconstruction (needs ``n_components``), per cell on grids.
     regularization : float, default=0.01
         Added to the covariance diagonal, in the unit ``regularization_scale``
         says (PaDiM's ``0.01 I`` is ``regularization=0.01`` with
@@ -159,20 +167,15 @@ class GaussianDetector(_BaseDetector):
     def _fit_normal(self, X, fit_idx, rng):
         _, h, w, d = X.shape
         n = len(fit_idx)
-        grid = h * w > 1
-        if grid and (self.n_components is not None or self.score_type == "reconstruction"):
-            raise ValueError(
-                "On patch grids GaussianDetector fits one Gaussian per position "
-                "without PCA: use n_components=None and score_type 'mahalanobis' "
-                "or 'nll'."
-            )
         if self.score_type == "reconstruction" and self.n_components is None:
             raise ValueError("score_type='reconstruction' needs n_components (PCA).")
+        # With PCA, a grid is one sample: one PCA of the flattened grids.
+        grid = h * w > 1 and self.n_components is None
         pca = None
         if grid:
             mean, precision, logdet = self._grid_statistics(X, fit_idx)
         else:
-            feats = X[fit_idx].reshape(n, d).astype(np.float64)
+            feats = X[fit_idx].reshape(n, h * w * d).astype(np.float64)
             if self.n_components is not None:
                 n_components = self.n_components
                 if isinstance(n_components, numbers.Integral):
@@ -190,6 +193,7 @@ class GaussianDetector(_BaseDetector):
         dim = mean.shape[-1]
         shape = (h, w) if grid else ()
         self.pca_ = pca
+        self._grid_shape = (h, w)
         self.mean_ = mean.astype(np.float32).reshape(shape + (dim,))
         self.precision_ = precision.reshape(shape + (dim, dim))
         self._logdet = logdet
@@ -236,12 +240,20 @@ class GaussianDetector(_BaseDetector):
     def _patch_and_image_scores(self, X):
         n, h, w, d = X.shape
         if self.pca_ is not None:
-            flat = X.reshape(n, d).astype(np.float64)
+            fitted = getattr(self, "_grid_shape", (1, 1))
+            if (h, w) != fitted:
+                raise ValueError(
+                    f"X has {h} x {w} grids, but {type(self).__name__} was fitted "
+                    f"on {fitted[0]} x {fitted[1]} grids (one PCA of the whole grid)."
+                )
+            flat = X.reshape(n, h * w * d).astype(np.float64)
             projected = self.pca_.transform(flat)
             if self.score_type == "reconstruction":
-                error = ((flat - self.pca_.inverse_transform(projected)) ** 2).sum(1)
-                return error.reshape(n, 1, 1).astype(np.float32), error
+                residual = (flat - self.pca_.inverse_transform(projected)) ** 2
+                cells = residual.reshape(n, h, w, d).sum(-1)
+                return cells.astype(np.float32), cells.reshape(n, -1).sum(1)
             feats = projected.reshape(n, 1, -1)
+            h = w = 1  # one joint score: a one-cell map
         else:
             feats = X.reshape(n, h * w, d)
         positions = feats.shape[1]
