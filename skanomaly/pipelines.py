@@ -45,7 +45,7 @@ def make_patchcore(
     coreset_ratio=0.1,
     n_neighbors=9,
     image_size=256,
-    algorithm="exact",
+    algorithm="auto",
     contamination=0.05,
     device="cpu",
     batch_size=16,
@@ -75,8 +75,9 @@ def make_patchcore(
         Neighbourhood of the image-score re-weighting.
     image_size : int or (int, int), default=256
         Input resolution of the backbone.
-    algorithm : {"exact", "approximate"}, default="exact"
-        Nearest-neighbour search of the memory bank, see
+    algorithm : {"auto", "exact", "approximate"}, default="auto"
+        Nearest-neighbour search of the memory bank (``"auto"``: exact up to
+        100,000 bank rows, approximate beyond), see
         :class:`~skanomaly.KNNDetector`.
     contamination : float in (0, 0.5], default=0.05
         Target false-alarm rate of ``predict`` on new normal images.

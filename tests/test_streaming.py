@@ -173,6 +173,23 @@ def test_approximate_search_matches_exact_on_most_queries(data):
             rng.normal(size=(6, 2, 2, 3)))
 
 
+def test_auto_search_turns_approximate_past_a_bank_size(monkeypatch):
+    from skanomaly.detectors import _knn
+
+    X = np.random.default_rng(0).normal(size=(20, 4, 4, 8)).astype(np.float32)
+    small = KNNDetector(coreset_ratio=1.0, calibration_size=4, random_state=0).fit(X)
+    assert small.algorithm == "auto" and small.index_ is None  # 256 rows: exact
+    monkeypatch.setattr(_knn, "_APPROXIMATE_FROM_ROWS", 100)
+    large = KNNDetector(coreset_ratio=1.0, calibration_size=4, random_state=0).fit(X)
+    assert isinstance(large.index_, ApproximateNeighbors)
+    assert len(large.index_.cell_sizes_) >= 2 and large.index_.cell_sizes_.sum() == 320
+    # Exact on each image's top patches: the maximum, hence the image score, is kept.
+    np.testing.assert_allclose(large.score_samples(X[:3] + 1.0), small.score_samples(X[:3] + 1.0),
+                               rtol=1e-6)
+    spade = KNNDetector(mode="spade", coreset_ratio=1.0, calibration_size=4).fit(X)
+    assert spade.index_ is None
+
+
 def test_dask_cluster_scores_equal_local_scores(data):
     distributed = pytest.importorskip("distributed")
     # One torch thread, as on the workers (dask pins them to one): convolutions
