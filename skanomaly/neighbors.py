@@ -315,6 +315,8 @@ class ApproximateNeighbors:
         self._offsets = np.r_[0, np.cumsum(self.cell_sizes_)]
         self._order = order
         self._sorted = reference[order]
+        # Squared row norms of the ranking GEMM, once: every query reads them.
+        self._sorted_sq = np.einsum("ij,ij->i", self._sorted, self._sorted)
         # Any query's probed cells hold at least this many rows.
         self._min_candidates = int(np.sort(self.cell_sizes_)[:self.n_probe].sum())
 
@@ -344,6 +346,7 @@ class ApproximateNeighbors:
             )
         with torch.inference_mode():
             qt, ref = torch.from_numpy(q), torch.from_numpy(self._sorted)
+            ref_sq = torch.from_numpy(self._sorted_sq)
             _, probe = _kneighbors_float32(q, self.cluster_centers_, self.n_probe)
             # (query, cell) pairs grouped by cell: one matrix product per cell.
             cells = probe.ravel()
@@ -355,8 +358,7 @@ class ApproximateNeighbors:
             for cell in np.flatnonzero(np.diff(bounds)):
                 who = owner[bounds[cell]:bounds[cell + 1]]
                 lo, hi = int(self._offsets[cell]), int(self._offsets[cell + 1])
-                rows = ref[lo:hi]
-                rank = _ranking_distances(qt[who], rows, (rows * rows).sum(1))
+                rank = _ranking_distances(qt[who], ref[lo:hi], ref_sq[lo:hi])
                 k = min(n_neighbors, hi - lo)
                 value, where = rank.topk(k, dim=1, largest=False)
                 value = torch.cat([best[who], value], 1)
