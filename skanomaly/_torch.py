@@ -1,6 +1,7 @@
 """Torch plumbing shared by embedders and trainable heads: device, threads, progress."""
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -58,16 +59,48 @@ def _progress(total, enabled, desc):
         yield bar.update
 
 
-def _load_resized(images, start, shape):
-    """Decode images to one (n, 3, H, W) float tensor in [0, 1], each resized
-    (antialiased bilinear) to ``shape``; ``start`` numbers them in errors."""
+def _decode(images, start):
+    """Decoded RGB arrays of ``images``; ``start`` numbers them in errors."""
+    return [load_image(item, index=start + offset) for offset, item in enumerate(images)]
+
+
+def _resize(arrays, shape):
+    """One (n, 3, H, W) float tensor of RGB arrays, each resized (antialiased
+    bilinear) to ``shape``."""
     height, width = shape
     tensors = []
-    for offset, item in enumerate(images):
-        rgb = torch.from_numpy(load_image(item, index=start + offset)).permute(2, 0, 1)[None]
+    for array in arrays:
+        rgb = torch.from_numpy(array).permute(2, 0, 1)[None]
         if rgb.shape[-2:] != (height, width):
             rgb = F.interpolate(
                 rgb, size=(height, width), mode="bilinear", align_corners=False, antialias=True,
             )
         tensors.append(rgb)
     return torch.cat(tensors)
+
+
+def _load_resized(images, start, shape):
+    """Decode images to one (n, 3, H, W) float tensor in [0, 1], each resized
+    (antialiased bilinear) to ``shape``; ``start`` numbers them in errors."""
+    return _resize(_decode(images, start), shape)
+
+
+def _resized_batches(images, batch_size, shape):
+    """``(start, batch)`` for consecutive batches of ``images``, as ``_load_resized``.
+
+    The next batch is decoded in a background thread while the caller works
+    on this one (file decoding releases the GIL), so decoding is off the
+    backbone's critical path. Resizing stays on the calling thread: torch ops
+    from two threads would each start a full team of intra-op threads.
+    A decoding error is raised at the batch it belongs to.
+    """
+    if not len(images):
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_decode, images[:batch_size], 0)
+        for start in range(0, len(images), batch_size):
+            arrays = pending.result()
+            following = start + batch_size
+            if following < len(images):
+                pending = pool.submit(_decode, images[following:following + batch_size], following)
+            yield start, _resize(arrays, shape)

@@ -47,15 +47,16 @@ def _projected_dim(projection_dim, n_samples, n_features):
     return min(int(projection_dim), n_features)
 
 
-def _project(X, projection_dim, rng):
+def _project(X, projection_dim, rng, *others):
+    """``X`` (and ``others``, by the same matrix) in the selection's space."""
     projection_dim = _projected_dim(projection_dim, X.shape[0], X.shape[1])
     if projection_dim >= X.shape[1]:
-        return X
+        return (X, *others)
     # Johnson-Lindenstrauss: Gaussian projection preserves distances up to a
     # small distortion, and all later work scales with the dimension.
     R = rng.standard_normal((X.shape[1], projection_dim)).astype(np.float32)
     R /= np.sqrt(projection_dim, dtype=np.float32)
-    return X @ R
+    return tuple(A @ R for A in (X, *others))
 
 
 def _apply_centres(Z, sq, centres, min_d):
@@ -77,6 +78,7 @@ def kcenter_greedy(
     block_size=512,
     n_candidates=8192,
     initial_center=None,
+    covered=None,
     random_state=None,
 ):
     """Indices of a greedy k-center coreset of the rows of ``X``.
@@ -101,6 +103,13 @@ def kcenter_greedy(
         Length of the list of largest-bound points checked between GEMMs.
     initial_center : int or None, default=None
         Row of the first centre; None draws it from ``random_state``.
+    covered : array-like of shape (n_covered, n_features) or None, default=None
+        Centres chosen before (e.g. the memory bank built from earlier
+        images): the greedy continues from them, so the first row chosen is
+        the one farthest from ``covered`` and no row close to it is chosen
+        twice. Selecting ``X`` in chunks this way gives the sequence the
+        plain greedy loop would give on all chunks with the earlier chunks'
+        selections fixed. Excludes ``initial_center``.
     random_state : int, RandomState instance or None, default=None
         Seeds the first centre and the projection.
 
@@ -117,6 +126,11 @@ def kcenter_greedy(
     >>> X = np.array([[0.0], [0.1], [5.0], [10.0]])
     >>> kcenter_greedy(X, 3, random_state=0).tolist()
     [0, 3, 2]
+
+    Continuing from centres already chosen: the row farthest from them first.
+
+    >>> kcenter_greedy(X, 2, covered=[[0.0], [10.0]]).tolist()
+    [2, 1]
     """
     X = check_array(X, dtype=np.float32, order="C")
     n_samples = X.shape[0]
@@ -133,22 +147,35 @@ def kcenter_greedy(
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     rng = check_random_state(random_state)
     first = int(rng.randint(n_samples))
+    if covered is not None:
+        if initial_center is not None:
+            raise ValueError("Give initial_center or covered, not both: with covered "
+                             "the first centre is the row farthest from it.")
+        covered = check_array(covered, dtype=np.float32, order="C", input_name="covered")
+        if covered.shape[1] != X.shape[1]:
+            raise ValueError(f"covered has {covered.shape[1]} features, X has {X.shape[1]}.")
     if initial_center is not None:
         if not isinstance(initial_center, numbers.Integral) or not 0 <= initial_center < n_samples:
             raise ValueError(
                 f"initial_center must be a row index in [0, {n_samples}), got {initial_center!r}."
             )
         first = int(initial_center)
-    Z = _as_tensor(_project(X, projection_dim, rng))
+    Z, *C = map(_as_tensor, _project(X, projection_dim, rng,
+                                      *([] if covered is None else [covered])))
     sq = (Z * Z).sum(1)
-    chosen = [first]
-    pending = [first]
+    chosen = [] if C else [first]
+    pending = list(chosen)
     min_d = torch.full((n_samples,), float("inf"))
     n_cand = min(n_candidates, n_samples)
     with torch.inference_mode():
+        if C:
+            # One nearest-neighbour search (bfloat16-ranked where the CPU has
+            # it, distances exact): the squared distance to the covered rows.
+            min_d = torch.from_numpy(kneighbors(Z, C[0], 1)[0][:, 0].astype(np.float32)) ** 2
         while True:
-            _apply_centres(Z, sq, pending, min_d)
-            min_d[pending] = -1.0  # chosen points are never chosen again
+            if pending:
+                _apply_centres(Z, sq, pending, min_d)
+                min_d[pending] = -1.0  # chosen points are never chosen again
             pending = []
             if len(chosen) == n_centers:
                 break

@@ -20,8 +20,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._torch import (
     _device_or_cpu,
-    _load_resized,
     _progress,
+    _resized_batches,
     _resolve_device,
     _torch_threads,
 )
@@ -126,9 +126,6 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
             self._device_ = _device_or_cpu(self.device)
             self.backbone_.model.to(self._device_)
 
-    def _load_batch(self, images, start):
-        return _load_resized(images, start, self.image_shape_).to(self._device_)
-
     def transform(self, X):
         """Embed images.
 
@@ -149,8 +146,8 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
         with _torch_threads(self.n_jobs), torch.inference_mode(), _progress(
             len(images), self.verbose, type(self).__name__
         ) as advance:
-            for start in range(0, len(images), self.batch_size):
-                batch = self._load_batch(images[start:start + self.batch_size], start)
+            for start, batch in _resized_batches(images, self.batch_size, self.image_shape_):
+                batch = batch.to(self._device_)
                 feats = self._embed(self.backbone_.normalize(batch))
                 feats = feats.float().cpu().numpy()
                 if out is None:

@@ -7,7 +7,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ._torch import _load_resized, _progress
+from ._torch import _progress, _resized_batches
 from .backbones import _spec
 from .embedders import _image_shape
 from .images import check_images
@@ -99,8 +99,7 @@ class ImagePreprocessor(TransformerMixin, BaseEstimator):
         images = check_images(X)
         out = np.empty((len(images), *self.image_shape_, 3), dtype=np.float32)
         with _progress(len(images), self.verbose, type(self).__name__) as advance:
-            for start in range(0, len(images), 32):
-                batch = _load_resized(images[start:start + 32], start, self.image_shape_)
+            for start, batch in _resized_batches(images, 32, self.image_shape_):
                 out[start:start + len(batch)] = batch.permute(0, 2, 3, 1).numpy()
                 advance(len(batch))
         out -= self.mean_

@@ -89,3 +89,37 @@ def test_initial_center_starts_the_sequence():
     for bad in (-1, 300, 2.0):
         with pytest.raises(ValueError, match="initial_center"):
             kcenter_greedy(X, 4, initial_center=bad)
+
+
+def test_covered_continues_the_plain_greedy_from_those_centres():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(400, 5)).astype(np.float32)
+    covered = rng.normal(size=(30, 5)).astype(np.float32)
+    got = kcenter_greedy(X, 50, projection_dim=None, covered=covered,
+                         block_size=8, n_candidates=20)
+    X64 = X.astype(np.float64)
+    min_d = ((X64[:, None, :] - covered[None].astype(np.float64)) ** 2).sum(-1).min(1)
+    expected = []
+    for _ in range(50):
+        nxt = int(np.argmax(min_d))
+        expected.append(nxt)
+        min_d = np.minimum(min_d, ((X64 - X64[nxt]) ** 2).sum(1))
+    assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("n_features", [3, 400])  # 400: projected, with covered alike
+def test_covered_rows_are_not_chosen_again(n_features):
+    # Half of X duplicates the covered centres: those rows are covered already.
+    rng = np.random.default_rng(5)
+    covered = rng.normal(size=(20, n_features))
+    fresh = rng.normal(8, 1, size=(20, n_features))
+    got = kcenter_greedy(np.concatenate([covered, fresh]), 20, covered=covered)
+    assert sorted(got.tolist()) == list(range(20, 40))
+
+
+def test_bad_covered():
+    X = np.zeros((10, 2))
+    with pytest.raises(ValueError, match="covered has 3 features"):
+        kcenter_greedy(X, 2, covered=np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="initial_center or covered"):
+        kcenter_greedy(X, 2, covered=np.zeros((4, 2)), initial_center=0)

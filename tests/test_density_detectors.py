@@ -28,17 +28,22 @@ def test_sklearn_estimator_checks(estimator, check):
 
 
 def _fit_part(det, X):
-    """The samples the head was fitted on (the calibration split's complement)."""
+    """The samples the head's model holds: all of them when the calibration
+    samples join it, else the calibration split's complement."""
     from sklearn.utils import check_random_state
 
+    if getattr(det, "calibration_in_model", False):
+        return X
     fit_idx, _ = det._calibration_split(len(X), check_random_state(det.random_state))
     return X[fit_idx]
 
 
-def test_per_position_mahalanobis_matches_scipy():
+@pytest.mark.parametrize("calibration_in_model", [True, False])
+def test_per_position_mahalanobis_matches_scipy(calibration_in_model):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 2, 3, 4)).astype(np.float32)
-    det = GaussianDetector(regularization=0.01, random_state=0).fit(X)
+    det = GaussianDetector(regularization=0.01, calibration_in_model=calibration_in_model,
+                           random_state=0).fit(X)
     part = _fit_part(det, X).astype(np.float64)
     test = rng.normal(size=(2, 2, 3, 4)).astype(np.float32)
     got = det.score_patches(test)
@@ -51,15 +56,18 @@ def test_per_position_mahalanobis_matches_scipy():
     np.testing.assert_allclose(-det.score_samples(test), got.reshape(2, -1).max(1), rtol=1e-5)
 
 
-def test_dfm_scores_match_their_definitions():
+@pytest.mark.parametrize("calibration_in_model", [True, False])
+def test_dfm_scores_match_their_definitions(calibration_in_model):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(120, 6)) @ rng.normal(size=(6, 6))
     test = rng.normal(size=(5, 6))
-    fre = GaussianDetector(n_components=3, score_type="reconstruction", random_state=0).fit(X)
+    fre = GaussianDetector(n_components=3, score_type="reconstruction",
+                           calibration_in_model=calibration_in_model, random_state=0).fit(X)
     pca = PCA(3, svd_solver="full").fit(_fit_part(fre, X))
     expected = ((test - pca.inverse_transform(pca.transform(test))) ** 2).sum(1)
     np.testing.assert_allclose(-fre.score_samples(test), expected, rtol=1e-6)
-    nll = GaussianDetector(n_components=3, score_type="nll", regularization=0, random_state=0).fit(X)
+    nll = GaussianDetector(n_components=3, score_type="nll", regularization=0,
+                           calibration_in_model=calibration_in_model, random_state=0).fit(X)
     z = pca.transform(test)
     var = np.var(pca.transform(_fit_part(nll, X)), axis=0, ddof=1)
     expected = 0.5 * ((z ** 2 / var).sum(1) + np.log(var).sum() + 3 * np.log(2 * np.pi))
@@ -131,3 +139,46 @@ def test_kde_caps_fractional_calibration_but_gaussian_does_not():
     X = np.random.default_rng(0).normal(size=(1500, 4))
     assert len(KDEDetector(random_state=0).fit(X).calibration_scores_) == 100
     assert len(GaussianDetector(random_state=0).fit(X).calibration_scores_) == 150
+
+
+class _CountingGrids:
+    """Patch grids computed on demand, as StreamingPipeline hands them to heads."""
+
+    def __init__(self, X):
+        self.X, self.shape, self.rows_read = X, X.shape, 0
+
+    def __getitem__(self, idx):
+        self.rows_read += len(idx)
+        return self.X[idx]
+
+
+@pytest.mark.parametrize("n_components", [None, 3])
+def test_calibration_samples_join_the_model_after_setting_the_threshold(n_components):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(60, 2, 2, 3)).astype(np.float32)
+    params = dict(n_components=n_components, random_state=0)
+    if n_components is not None:
+        params["score_type"] = "reconstruction"
+    joined = GaussianDetector(**params).fit(X)
+    held_out = GaussianDetector(calibration_in_model=False, **params).fit(X)
+    # The threshold comes from samples the model had not seen, either way ...
+    np.testing.assert_array_equal(joined.calibration_scores_, held_out.calibration_scores_)
+    assert joined.offset_ == held_out.offset_
+    # ... and the model then holds every sample: the mean is the whole set's.
+    if n_components is None:
+        np.testing.assert_allclose(joined.mean_, X.mean(0), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(held_out.mean_, X.mean(0), rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_allclose(joined.pca_.mean_, X.reshape(60, -1).mean(0), atol=1e-6)
+    assert not hasattr(joined, "_sums")
+
+
+def test_lazy_grids_are_read_once_when_calibration_joins_the_model():
+    X = np.random.default_rng(5).normal(size=(50, 2, 2, 3)).astype(np.float32)
+    lazy = _CountingGrids(X)
+    det = GaussianDetector(random_state=0)
+    det._fit_lazy(lazy)
+    # 45 fit rows once, the 5 calibration rows scored and then summed (a refit
+    # would read all 50 again).
+    assert lazy.rows_read == 45 + 5 + 5
+    np.testing.assert_allclose(det.mean_, GaussianDetector(random_state=0).fit(X).mean_)

@@ -133,3 +133,35 @@ def test_count_include_pad_damps_border_patches_only(images):
     # A corner window holds 4 of 9 real cells: zero padding scales it by 4/9.
     np.testing.assert_allclose(zeros_padded[:, 0, 0], real_only[:, 0, 0] * 4 / 9,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_decoding_ahead_gives_the_same_batches_and_names_a_bad_file(tmp_path, images):
+    from PIL import Image
+
+    from skanomaly._torch import _load_resized, _resized_batches
+
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray((image * 255).astype(np.uint8)).save(paths[-1])
+    batches = list(_resized_batches(paths, 2, (32, 48)))
+    assert [start for start, _ in batches] == [0, 2, 4]
+    np.testing.assert_array_equal(_cat_numpy([b for _, b in batches]),
+                                  _load_resized(paths, 0, (32, 48)).numpy())
+    # A broken file in a later batch (decoded in the background) is reported
+    # at that batch, by its position and path; earlier batches were delivered.
+    (tmp_path / "3.png").write_bytes(b"not an image")
+    delivered = []
+    with pytest.raises(ValueError, match=r"image 3.*3\.png"):
+        for start, _ in _resized_batches(paths, 2, (32, 48)):
+            delivered.append(start)
+    assert delivered == [0]
+    emb = PatchEmbedder(image_size=64, batch_size=2).fit(None)
+    with pytest.raises(ValueError, match="image 3"):
+        emb.transform(paths)
+
+
+def _cat_numpy(tensors):
+    import torch
+
+    return torch.cat(tensors).numpy()

@@ -141,6 +141,7 @@ class GaussianDetector(_BaseDetector):
         "regularization": [Interval(numbers.Real, 0, None, closed="left")],
         "regularization_scale": [StrOptions({"absolute", "position", "global"})],
         "image_score_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "calibration_in_model": ["boolean"],
     }
 
     def __init__(
@@ -151,6 +152,7 @@ class GaussianDetector(_BaseDetector):
         regularization=0.01,
         regularization_scale="absolute",
         image_score_sigma=0.0,
+        calibration_in_model=True,
         contamination=0.05,
         calibration_size=0.1,
         random_state=None,
@@ -160,66 +162,98 @@ class GaussianDetector(_BaseDetector):
         self.regularization = regularization
         self.regularization_scale = regularization_scale
         self.image_score_sigma = image_score_sigma
+        self.calibration_in_model = calibration_in_model
         self.contamination = contamination
         self.calibration_size = calibration_size
         self.random_state = random_state
 
     def _fit_normal(self, X, fit_idx, rng):
         _, h, w, d = X.shape
-        n = len(fit_idx)
         if self.score_type == "reconstruction" and self.n_components is None:
             raise ValueError("score_type='reconstruction' needs n_components (PCA).")
         # With PCA, a grid is one sample: one PCA of the flattened grids.
-        grid = h * w > 1 and self.n_components is None
-        pca = None
-        if grid:
-            mean, precision, logdet = self._grid_statistics(X, fit_idx)
+        if h * w > 1 and self.n_components is None:
+            self._sums = self._grid_sums(X, fit_idx)
+            mean, precision, logdet = self._grid_statistics(*self._sums)
+            self.pca_ = None
         else:
-            feats = X[fit_idx].reshape(n, h * w * d).astype(np.float64)
-            if self.n_components is not None:
-                n_components = self.n_components
-                if isinstance(n_components, numbers.Integral):
-                    n_components = min(n_components, n, d)
-                pca = PCA(n_components=n_components, svd_solver="full").fit(feats)
-                feats = pca.transform(feats)
-            with torch.inference_mode():
-                block = torch.from_numpy(np.ascontiguousarray(feats))[None]
-                mean = block.mean(dim=1).numpy()
-                block = block - block.mean(dim=1, keepdim=True)
-                cov = block.transpose(1, 2) @ block / max(n - 1, 1)
-                scale = "position" if self.regularization_scale != "absolute" else "absolute"
-                prec, ld = _regularised_precision(cov, self.regularization, scale)
-            precision, logdet = prec.numpy().astype(np.float32), ld.numpy()
+            mean, precision, logdet = self._vector_statistics(X, fit_idx)
+        self._set_statistics(mean, precision, logdet, grid=self.pca_ is None and h * w > 1,
+                             grid_shape=(h, w))
+
+    def _after_calibration(self, X, cal_idx, rng):
+        sums = self.__dict__.pop("_sums", None)
+        if not self.calibration_in_model:
+            return
+        _, h, w, _ = X.shape
+        if sums is not None:
+            # The grid statistics are sums: the held-out images' are added to
+            # them, so a lazily computed X is not read a second time.
+            cal = self._grid_sums(X, cal_idx)
+            mean, precision, logdet = self._grid_statistics(*(a + b for a, b in zip(sums, cal)))
+            self._set_statistics(mean, precision, logdet, grid=True, grid_shape=(h, w))
+        else:
+            mean, precision, logdet = self._vector_statistics(X, np.arange(X.shape[0]))
+            self._set_statistics(mean, precision, logdet, grid=False, grid_shape=(h, w))
+
+    def _set_statistics(self, mean, precision, logdet, *, grid, grid_shape):
         dim = mean.shape[-1]
-        shape = (h, w) if grid else ()
-        self.pca_ = pca
-        self._grid_shape = (h, w)
+        shape = grid_shape if grid else ()
+        self._grid_shape = grid_shape
         self.mean_ = mean.astype(np.float32).reshape(shape + (dim,))
         self.precision_ = precision.reshape(shape + (dim, dim))
         self._logdet = logdet
 
+    def _vector_statistics(self, X, idx):
+        """One Gaussian of the samples ``X[idx]`` flattened (after PCA if any); sets ``pca_``."""
+        _, h, w, d = X.shape
+        n = len(idx)
+        feats = np.asarray(X[idx]).reshape(n, h * w * d).astype(np.float64)
+        pca = None
+        if self.n_components is not None:
+            n_components = self.n_components
+            if isinstance(n_components, numbers.Integral):
+                n_components = min(n_components, n, d)
+            pca = PCA(n_components=n_components, svd_solver="full").fit(feats)
+            feats = pca.transform(feats)
+        with torch.inference_mode():
+            block = torch.from_numpy(np.ascontiguousarray(feats))[None]
+            mean = block.mean(dim=1).numpy()
+            block = block - block.mean(dim=1, keepdim=True)
+            cov = block.transpose(1, 2) @ block / max(n - 1, 1)
+            scale = "position" if self.regularization_scale != "absolute" else "absolute"
+            prec, ld = _regularised_precision(cov, self.regularization, scale)
+        self.pca_ = pca
+        return mean, prec.numpy().astype(np.float32), ld.numpy()
+
     def _reads_in_chunks(self):
         return self.n_components is None and self.score_type != "reconstruction"
 
-    def _grid_statistics(self, X, fit_idx):
-        """Per-position mean, regularised precision and log-determinant.
+    @staticmethod
+    def _grid_sums(X, idx):
+        """Per-position sum and sum of outer products of ``X[idx]`` (float64), and n.
 
-        One pass over chunks of images accumulates each position's sum and
-        sum of outer products (float64), so a lazily computed ``X`` is read
-        once, a chunk at a time, and never held whole.
+        Read a chunk of images at a time, so a lazily computed ``X`` is read
+        once and never held whole.
         """
         _, h, w, d = X.shape
-        positions, n = h * w, len(fit_idx)
+        positions = h * w
         total = torch.zeros((positions, d), dtype=torch.float64)
         outer = torch.zeros((positions, d, d), dtype=torch.float64)
         with torch.inference_mode():
-            for start in range(0, n, _IMAGE_CHUNK):
-                chunk = np.asarray(X[fit_idx[start:start + _IMAGE_CHUNK]])
+            for start in range(0, len(idx), _IMAGE_CHUNK):
+                chunk = np.asarray(X[idx[start:start + _IMAGE_CHUNK]])
                 block = torch.from_numpy(np.ascontiguousarray(
                     chunk.reshape(len(chunk), positions, d).transpose(1, 0, 2), dtype=np.float64
                 ))
                 total += block.sum(dim=1)
                 outer.baddbmm_(block.transpose(1, 2), block)
+        return total, outer, len(idx)
+
+    def _grid_statistics(self, total, outer, n):
+        """Per-position mean, regularised precision and log-determinant from the sums."""
+        positions, d = total.shape
+        with torch.inference_mode():
             mean = total / n
             precision = np.empty((positions, d, d), dtype=np.float32)
             logdet = np.empty(positions, dtype=np.float64)
