@@ -320,6 +320,13 @@ class ApproximateNeighbors:
         # Any query's probed cells hold at least this many rows.
         self._min_candidates = int(np.sort(self.cell_sizes_)[:self.n_probe].sum())
 
+    def _share_rows(self):
+        """The reference rows in the index's cell order, and from now on the
+        index's answers as rows of that array: a caller that keeps it instead
+        of its own copy holds the rows once."""
+        self._order = np.arange(len(self._sorted))
+        return self._sorted
+
     def kneighbors(self, queries, n_neighbors=1):
         """Distances and indices of (approximately) nearest reference rows.
 

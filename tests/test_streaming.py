@@ -204,3 +204,25 @@ def test_dask_cluster_scores_equal_local_scores(data):
         remote_fit = clone(pipe).fit(data.images[:24])  # embedding batches on the workers
     np.testing.assert_array_equal(remote, local)
     np.testing.assert_array_equal(remote_fit[-1].memory_bank_, local_fit[-1].memory_bank_)
+
+
+def test_an_approximate_index_shares_the_bank_in_memory_and_in_files(tmp_path):
+    import joblib
+
+    X = np.random.default_rng(1).normal(size=(40, 8, 8, 16)).astype(np.float32)
+    det = KNNDetector(coreset_ratio=0.5, algorithm="approximate", random_state=0).fit(X)
+    test = X[:4] + 0.5
+    expected = det.score_samples(test)
+    assert det.index_._sorted is det.memory_bank_
+    path = tmp_path / "model.joblib"
+    joblib.dump(det, path)
+    # One copy of the bank in the file (plus centres and small arrays); a
+    # second copy would make it more than twice the bank.
+    assert path.stat().st_size < 1.5 * det.memory_bank_.nbytes
+    assert det.index_._sorted is det.memory_bank_  # dumping leaves the model whole
+    for loaded in (joblib.load(path), pickle.loads(pickle.dumps(det))):
+        assert loaded.index_._sorted is loaded.memory_bank_
+        np.testing.assert_array_equal(loaded.score_samples(test), expected)
+    # Nearest rows are rows of memory_bank_ itself.
+    d, i = det.index_.kneighbors(det.memory_bank_[:5], 1)
+    np.testing.assert_array_equal(i[:, 0], np.arange(5))

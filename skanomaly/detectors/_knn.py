@@ -1,5 +1,6 @@
 """Memory-bank nearest-neighbour detector (PatchCore)."""
 
+import copy
 import numbers
 
 import numpy as np
@@ -229,6 +230,25 @@ class KNNDetector(_BaseDetector):
             self.index_ = ApproximateNeighbors(
                 self.memory_bank_, random_state=int(rng.randint(np.iinfo(np.int32).max)),
             )
+            # The bank's row order means nothing: keep it in the index's cell
+            # order, one array shared with the index, so a fitted model holds
+            # (and a file stores, see __getstate__) the bank once.
+            self.memory_bank_ = self.index_._share_rows()
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        index = state.get("index_")
+        if index is not None and index._sorted is state.get("memory_bank_"):
+            index = copy.copy(index)
+            index._sorted = None  # restored from memory_bank_ on load
+            state["index_"] = index
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        index = getattr(self, "index_", None)
+        if index is not None and index._sorted is None:
+            index._sorted = self.memory_bank_
 
     def _after_calibration(self, X, cal_idx, rng):
         if not self.calibration_in_bank:
