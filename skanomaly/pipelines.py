@@ -134,7 +134,8 @@ def make_padim(
     averaging, keeps a random subset of ``n_features`` channels (the paper's
     Rd), and ``GaussianDetector`` fits a Gaussian per grid position with
     covariance ``S + regularization * v * I``; patch scores are Mahalanobis
-    distances.
+    distances. The threshold is set on held-out training images, which then
+    join the statistics (``GaussianDetector(calibration_in_model=True)``).
 
     Parameters
     ----------
@@ -337,6 +338,9 @@ def make_dfm(
     its vector (or its Gaussian likelihood in the subspace). The embedder
     keeps the cells as a grid, so each cell's share of the reconstruction
     error is a patch score: ``anomaly_maps`` draws DFM's coarse 4 x 4 map.
+    The threshold is set on held-out training images, which then join the
+    PCA (``GaussianDetector(calibration_in_model=True)``), so the subspace
+    is learnt from every normal image.
 
     Parameters
     ----------
