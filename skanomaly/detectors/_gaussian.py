@@ -188,9 +188,11 @@ class GaussianDetector(_BaseDetector):
         _, h, w, _ = X.shape
         if sums is not None:
             # The grid statistics are sums: the held-out images' are added to
-            # them, so a lazily computed X is not read a second time.
-            cal = self._grid_sums(X, cal_idx)
-            mean, precision, logdet = self._grid_statistics(*(a + b for a, b in zip(sums, cal)))
+            # them in place, so a lazily computed X is not read a second time
+            # and no second set of (positions, d, d) buffers is made.
+            sums = self._grid_sums(X, cal_idx, into=sums)
+            self.precision_ = None  # freed before its replacement is built
+            mean, precision, logdet = self._grid_statistics(*sums)
             self._set_statistics(mean, precision, logdet, grid=True, grid_shape=(h, w))
         else:
             mean, precision, logdet = self._vector_statistics(X, np.arange(X.shape[0]))
@@ -230,16 +232,20 @@ class GaussianDetector(_BaseDetector):
         return self.n_components is None and self.score_type != "reconstruction"
 
     @staticmethod
-    def _grid_sums(X, idx):
+    def _grid_sums(X, idx, into=None):
         """Per-position sum and sum of outer products of ``X[idx]`` (float64), and n.
 
         Read a chunk of images at a time, so a lazily computed ``X`` is read
-        once and never held whole.
+        once and never held whole. ``into``: earlier sums, added to in place.
         """
         _, h, w, d = X.shape
         positions = h * w
-        total = torch.zeros((positions, d), dtype=torch.float64)
-        outer = torch.zeros((positions, d, d), dtype=torch.float64)
+        if into is None:
+            total = torch.zeros((positions, d), dtype=torch.float64)
+            outer = torch.zeros((positions, d, d), dtype=torch.float64)
+            n_before = 0
+        else:
+            total, outer, n_before = into
         with torch.inference_mode():
             for start in range(0, len(idx), _IMAGE_CHUNK):
                 chunk = np.asarray(X[idx[start:start + _IMAGE_CHUNK]])
@@ -248,7 +254,7 @@ class GaussianDetector(_BaseDetector):
                 ))
                 total += block.sum(dim=1)
                 outer.baddbmm_(block.transpose(1, 2), block)
-        return total, outer, len(idx)
+        return total, outer, n_before + len(idx)
 
     def _grid_statistics(self, total, outer, n):
         """Per-position mean, regularised precision and log-determinant from the sums."""
