@@ -75,10 +75,12 @@ def test_dfm_scores_match_their_definitions(calibration_in_model):
 
 
 @pytest.mark.parametrize("whiten", [True, False])
-def test_kde_matches_sklearn_on_whitened_or_scaled_pca(whiten):
+@pytest.mark.parametrize("calibration_in_model", [True, False])
+def test_kde_matches_sklearn_on_whitened_or_scaled_pca(whiten, calibration_in_model):
     rng = np.random.default_rng(2)
     X = rng.normal(size=(100, 8)) * np.arange(1, 9)  # unequal variances
-    det = KDEDetector(n_components=4, whiten=whiten, random_state=0).fit(X)
+    det = KDEDetector(n_components=4, whiten=whiten, calibration_in_model=calibration_in_model,
+                      random_state=0).fit(X)
     part = _fit_part(det, X)
     pca = PCA(4, whiten=whiten, svd_solver="full").fit(part)
     z = pca.transform(part)
@@ -182,3 +184,12 @@ def test_lazy_grids_are_read_once_when_calibration_joins_the_model():
     # would read all 50 again).
     assert lazy.rows_read == 45 + 5 + 5
     np.testing.assert_allclose(det.mean_, GaussianDetector(random_state=0).fit(X).mean_)
+
+
+def test_kde_calibration_samples_join_the_density_after_the_threshold():
+    X = np.random.default_rng(6).normal(size=(80, 5))
+    joined = KDEDetector(n_components=3, random_state=0).fit(X)
+    held_out = KDEDetector(n_components=3, calibration_in_model=False, random_state=0).fit(X)
+    np.testing.assert_array_equal(joined.calibration_scores_, held_out.calibration_scores_)
+    assert joined.offset_ == held_out.offset_
+    assert joined.kde_.tree_.data.shape[0] == 80 and held_out.kde_.tree_.data.shape[0] == 72

@@ -35,6 +35,11 @@ class KDEDetector(_BaseDetector):
         whitened; panel figures in ``benchmarks/bench_accuracy.py``).
     kernel : str, default="gaussian"
         Any kernel of :class:`~sklearn.neighbors.KernelDensity`.
+    calibration_in_model : bool, default=True
+        Once ``offset_`` is set on the held-out calibration samples, fit the
+        PCA and the density again on every training sample (as
+        :class:`GaussianDetector` does), so the model learns from all of
+        them while the threshold comes from samples it had not seen.
     contamination : float in (0, 0.5], default=0.05
         Largest fraction of new normal samples that ``predict`` may flag.
     calibration_size : float in (0, 1) or int, default=0.1
@@ -76,6 +81,7 @@ class KDEDetector(_BaseDetector):
         "whiten": ["boolean"],
         "kernel": [StrOptions({"gaussian", "tophat", "epanechnikov",
                                "exponential", "linear", "cosine"})],
+        "calibration_in_model": ["boolean"],
     }
 
     def __init__(
@@ -85,6 +91,7 @@ class KDEDetector(_BaseDetector):
         bandwidth="scott",
         whiten=True,
         kernel="gaussian",
+        calibration_in_model=True,
         contamination=0.05,
         calibration_size=0.1,
         random_state=None,
@@ -93,6 +100,7 @@ class KDEDetector(_BaseDetector):
         self.bandwidth = bandwidth
         self.whiten = whiten
         self.kernel = kernel
+        self.calibration_in_model = calibration_in_model
         self.contamination = contamination
         self.calibration_size = calibration_size
         self.random_state = random_state
@@ -111,6 +119,10 @@ class KDEDetector(_BaseDetector):
         self.kde_ = KernelDensity(bandwidth=self.bandwidth, kernel=self.kernel).fit(
             projected / self.scale_
         )
+
+    def _after_calibration(self, X, cal_idx, rng):
+        if self.calibration_in_model:
+            self._fit_normal(X, np.arange(X.shape[0]), rng)
 
     def _patch_and_image_scores(self, X):
         anomaly = -self.kde_.score_samples(self._project(X))
