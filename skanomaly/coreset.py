@@ -47,16 +47,16 @@ def _projected_dim(projection_dim, n_samples, n_features):
     return min(int(projection_dim), n_features)
 
 
-def _project(X, projection_dim, rng, *others):
-    """``X`` (and ``others``, by the same matrix) in the selection's space."""
+def _project(X, projection_dim, rng, covered=None):
+    """``X`` and ``covered`` (None stays None), by one matrix, in the selection's space."""
     projection_dim = _projected_dim(projection_dim, X.shape[0], X.shape[1])
     if projection_dim >= X.shape[1]:
-        return (X, *others)
+        return X, covered
     # Johnson-Lindenstrauss: Gaussian projection preserves distances up to a
     # small distortion, and all later work scales with the dimension.
     R = rng.standard_normal((X.shape[1], projection_dim)).astype(np.float32)
     R /= np.sqrt(projection_dim, dtype=np.float32)
-    return tuple(A @ R for A in (X, *others))
+    return X @ R, (None if covered is None else covered @ R)
 
 
 def _apply_centres(Z, sq, centres, min_d):
@@ -160,18 +160,19 @@ def kcenter_greedy(
                 f"initial_center must be a row index in [0, {n_samples}), got {initial_center!r}."
             )
         first = int(initial_center)
-    Z, *C = map(_as_tensor, _project(X, projection_dim, rng,
-                                      *([] if covered is None else [covered])))
+    Z, covered = _project(X, projection_dim, rng, covered)
+    Z = _as_tensor(Z)
     sq = (Z * Z).sum(1)
-    chosen = [] if C else [first]
+    chosen = [] if covered is not None else [first]
     pending = list(chosen)
-    min_d = torch.full((n_samples,), float("inf"))
     n_cand = min(n_candidates, n_samples)
     with torch.inference_mode():
-        if C:
+        if covered is None:
+            min_d = torch.full((n_samples,), float("inf"))
+        else:
             # One nearest-neighbour search (bfloat16-ranked where the CPU has
             # it, distances exact): the squared distance to the covered rows.
-            min_d = torch.from_numpy(kneighbors(Z, C[0], 1)[0][:, 0].astype(np.float32)) ** 2
+            min_d = torch.from_numpy(kneighbors(Z, covered, 1)[0][:, 0]) ** 2
         while True:
             if pending:
                 _apply_centres(Z, sq, pending, min_d)

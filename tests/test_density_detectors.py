@@ -175,8 +175,9 @@ def test_calibration_samples_join_the_model_after_setting_the_threshold(n_compon
     assert not hasattr(joined, "_sums")
 
 
-def test_lazy_grids_are_read_once_when_calibration_joins_the_model():
-    X = np.random.default_rng(5).normal(size=(50, 2, 2, 3)).astype(np.float32)
+@pytest.mark.parametrize("grid", [(2, 2), (1, 1)])  # (1, 1): vectors, one Gaussian
+def test_lazy_grids_are_read_once_when_calibration_joins_the_model(grid):
+    X = np.random.default_rng(5).normal(size=(50, *grid, 3)).astype(np.float32)
     lazy = _CountingGrids(X)
     det = GaussianDetector(random_state=0)
     det._fit_lazy(lazy)

@@ -210,7 +210,14 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         return self
 
     def _after_calibration(self, X, cal_idx, rng):
-        """Hook run once ``offset_`` is set; ``X[cal_idx]`` are the held-out samples."""
+        """Hook run once ``offset_`` is set; ``X[cal_idx]`` are the held-out samples.
+
+        Heads with ``calibration_in_model=True`` are fitted again on every
+        sample: the threshold came from samples the model had not seen, and
+        the model then learns from all of them.
+        """
+        if getattr(self, "calibration_in_model", False):
+            self._fit_normal(X, np.arange(X.shape[0]), rng)
 
     def score_samples(self, X):
         """Normality score of each sample; higher is more normal.

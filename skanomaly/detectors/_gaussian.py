@@ -168,56 +168,50 @@ class GaussianDetector(_BaseDetector):
         self.random_state = random_state
 
     def _fit_normal(self, X, fit_idx, rng):
-        _, h, w, d = X.shape
+        _, h, w, _ = X.shape
         if self.score_type == "reconstruction" and self.n_components is None:
             raise ValueError("score_type='reconstruction' needs n_components (PCA).")
-        # With PCA, a grid is one sample: one PCA of the flattened grids.
-        if h * w > 1 and self.n_components is None:
+        # Without PCA: a Gaussian per position (one on vectors), from sums
+        # that the held-out samples are later added to. With PCA a grid is one
+        # sample: one PCA of the flattened grids.
+        if self.n_components is None:
             self._sums = self._grid_sums(X, fit_idx)
-            mean, precision, logdet = self._grid_statistics(*self._sums)
-            self.pca_ = None
+            self._set_grid_statistics(self._sums, (h, w))
         else:
-            mean, precision, logdet = self._vector_statistics(X, fit_idx)
-        self._set_statistics(mean, precision, logdet, grid=self.pca_ is None and h * w > 1,
-                             grid_shape=(h, w))
+            self._set_pca_statistics(X, fit_idx)
 
     def _after_calibration(self, X, cal_idx, rng):
         sums = self.__dict__.pop("_sums", None)
-        if not self.calibration_in_model:
-            return
-        _, h, w, _ = X.shape
-        if sums is not None:
-            # The grid statistics are sums: the held-out images' are added to
-            # them in place, so a lazily computed X is not read a second time
-            # and no second set of (positions, d, d) buffers is made.
-            sums = self._grid_sums(X, cal_idx, into=sums)
-            self.precision_ = None  # freed before its replacement is built
-            mean, precision, logdet = self._grid_statistics(*sums)
-            self._set_statistics(mean, precision, logdet, grid=True, grid_shape=(h, w))
-        else:
-            mean, precision, logdet = self._vector_statistics(X, np.arange(X.shape[0]))
-            self._set_statistics(mean, precision, logdet, grid=False, grid_shape=(h, w))
+        if sums is None or not self.calibration_in_model:
+            return super()._after_calibration(X, cal_idx, rng)
+        # The grid statistics are sums: the held-out images' are added to
+        # them in place, so a lazily computed X is not read a second time
+        # and no second set of (positions, d, d) buffers is made.
+        sums = self._grid_sums(X, cal_idx, into=sums)
+        self.precision_ = None  # freed before its replacement is built
+        self._set_grid_statistics(sums, X.shape[1:3])
 
-    def _set_statistics(self, mean, precision, logdet, *, grid, grid_shape):
-        dim = mean.shape[-1]
-        shape = grid_shape if grid else ()
-        self._grid_shape = grid_shape
-        self.mean_ = mean.astype(np.float32).reshape(shape + (dim,))
-        self.precision_ = precision.reshape(shape + (dim, dim))
+    def _set_grid_statistics(self, sums, grid_shape):
+        """Per-position Gaussians (no PCA) from the sums of ``_grid_sums``."""
+        mean, precision, logdet = self._grid_statistics(*sums)
+        d = mean.shape[-1]
+        self.pca_ = None
+        self._grid_shape = tuple(grid_shape)
+        shape = self._grid_shape if np.prod(grid_shape) > 1 else ()  # vectors: (d,)
+        self.mean_ = mean.astype(np.float32).reshape(shape + (d,))
+        self.precision_ = precision.reshape(shape + (d, d))
         self._logdet = logdet
 
-    def _vector_statistics(self, X, idx):
-        """One Gaussian of the samples ``X[idx]`` flattened (after PCA if any); sets ``pca_``."""
+    def _set_pca_statistics(self, X, idx):
+        """PCA of the samples ``X[idx]`` flattened, and one Gaussian in its space."""
         _, h, w, d = X.shape
         n = len(idx)
         feats = np.asarray(X[idx]).reshape(n, h * w * d).astype(np.float64)
-        pca = None
-        if self.n_components is not None:
-            n_components = self.n_components
-            if isinstance(n_components, numbers.Integral):
-                n_components = min(n_components, n, d)
-            pca = PCA(n_components=n_components, svd_solver="full").fit(feats)
-            feats = pca.transform(feats)
+        n_components = self.n_components
+        if isinstance(n_components, numbers.Integral):
+            n_components = min(n_components, n, d)
+        self.pca_ = PCA(n_components=n_components, svd_solver="full").fit(feats)
+        feats = self.pca_.transform(feats)
         with torch.inference_mode():
             block = torch.from_numpy(np.ascontiguousarray(feats))[None]
             mean = block.mean(dim=1).numpy()
@@ -225,8 +219,11 @@ class GaussianDetector(_BaseDetector):
             cov = block.transpose(1, 2) @ block / max(n - 1, 1)
             scale = "position" if self.regularization_scale != "absolute" else "absolute"
             prec, ld = _regularised_precision(cov, self.regularization, scale)
-        self.pca_ = pca
-        return mean, prec.numpy().astype(np.float32), ld.numpy()
+        dim = mean.shape[-1]
+        self._grid_shape = (h, w)
+        self.mean_ = mean.astype(np.float32).reshape(dim)
+        self.precision_ = prec.numpy().astype(np.float32).reshape(dim, dim)
+        self._logdet = ld.numpy()
 
     def _reads_in_chunks(self):
         return self.n_components is None and self.score_type != "reconstruction"

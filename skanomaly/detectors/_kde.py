@@ -120,10 +120,6 @@ class KDEDetector(_BaseDetector):
             projected / self.scale_
         )
 
-    def _after_calibration(self, X, cal_idx, rng):
-        if self.calibration_in_model:
-            self._fit_normal(X, np.arange(X.shape[0]), rng)
-
     def _patch_and_image_scores(self, X):
         anomaly = -self.kde_.score_samples(self._project(X))
         return anomaly.reshape(-1, 1, 1).astype(np.float32), anomaly
