@@ -194,3 +194,10 @@ def test_kde_calibration_samples_join_the_density_after_the_threshold():
     np.testing.assert_array_equal(joined.calibration_scores_, held_out.calibration_scores_)
     assert joined.offset_ == held_out.offset_
     assert joined.kde_.tree_.data.shape[0] == 80 and held_out.kde_.tree_.data.shape[0] == 72
+
+
+def test_integer_n_components_on_grids_is_capped_by_the_whole_grid_width():
+    X = np.random.default_rng(7).normal(size=(40, 2, 2, 3)).astype(np.float32)
+    det = GaussianDetector(n_components=10, score_type="reconstruction", random_state=0).fit(X)
+    assert det.pca_.n_components_ == 10  # of 2 x 2 x 3 = 12, not capped at 3
+    assert GaussianDetector(n_components=50, random_state=0).fit(X).pca_.n_components_ == 12

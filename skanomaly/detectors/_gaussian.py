@@ -209,7 +209,7 @@ class GaussianDetector(_BaseDetector):
         feats = np.asarray(X[idx]).reshape(n, h * w * d).astype(np.float64)
         n_components = self.n_components
         if isinstance(n_components, numbers.Integral):
-            n_components = min(n_components, n, d)
+            n_components = min(n_components, *feats.shape)  # a grid's whole width
         self.pca_ = PCA(n_components=n_components, svd_solver="full").fit(feats)
         feats = self.pca_.transform(feats)
         with torch.inference_mode():
