@@ -9,10 +9,12 @@ milliseconds per test image (reading, embedding and scoring).
 
 When anomalib 2.7 is importable (optional: ``pip install anomalib``, in its
 own environment), anomalib's torch model of the same method (PatchCore,
-PaDiM, DFM, DFKDE) runs in the same process on the same decoded 256 px
+PaDiM, DFM, DFKDE, STFPM, FastFlow) runs in the same process on the same decoded 256 px
 tensors, with the same EfficientNet-Lite0 weights and the layers anomalib
 uses for that method (PatchCore: strides 8 + 16; PaDiM: strides 4 + 8 + 16,
-100 random channels; DFM: stride 16 pooled 4x4; DFKDE: stride 32), and
+100 random channels; DFM: stride 16 pooled 4x4; DFKDE: stride 32; STFPM and
+FastFlow: strides 4 + 8 + 16, trained for our head's ``max_epochs`` with
+anomalib's loss, optimizer and batch size 32), and
 anomalib's own scoring and map post-processing. anomalib's PatchCore bank is
 its k-center greedy selection on its own random projection, computed with
 skanomaly's exact blocked greedy (the same sequence, see
@@ -91,7 +93,11 @@ def run_skanomaly(root, jobs, seed, backbone, cache):
 
 # -- anomalib ----------------------------------------------------------------
 
-ANOMALIB_METHODS = ("patchcore", "padim", "dfm", "dfkde")
+ANOMALIB_METHODS = ("patchcore", "padim", "dfm", "dfkde", "stfpm", "fastflow")
+# anomalib's trainable models learn on the same tensors for the same number of
+# epochs as our default head (anomalib leaves the epoch count to its Engine),
+# with anomalib's own loss, optimizer and datamodule batch size.
+ANOMALIB_TRAIN_BATCH = 32
 
 
 def _tensors(paths, shape=(256, 256)):
@@ -132,17 +138,96 @@ def _anomalib_model(method, seed):
         from anomalib.models.image.dfm.torch_model import DFMModel
 
         model = DFMModel(backbone=arch, layer="blocks.4", pre_trained=False)
-    else:
+    elif method == "dfkde":
         from anomalib.models.image.dfkde.torch_model import DfkdeModel
 
         model = DfkdeModel(backbone=arch, layers=["blocks.6"], pre_trained=False)
+    elif method == "stfpm":
+        return _anomalib_stfpm(arch)
+    else:
+        return _anomalib_fastflow(arch)
     _load_lite0(model.feature_extractor)
     return model
 
 
-def _anomalib_fit(method, model, images, seed):
+def _anomalib_stfpm(arch):
+    """anomalib's STFPMModel on Lite0's stride 4 / 8 / 16 stages (ResNet's
+    layer1-3, as in the paper); its teacher asks timm for downloaded weights,
+    so it is built without them and given Lite0's."""
+    import anomalib.models.image.stfpm.torch_model as stfpm
+    from anomalib.models.components import TimmFeatureExtractor
+
+    original = stfpm.TimmFeatureExtractor
+    stfpm.TimmFeatureExtractor = lambda *a, **k: TimmFeatureExtractor(*a, **{**k, "pre_trained": False})
+    try:
+        model = stfpm.STFPMModel(layers=["blocks.1", "blocks.2", "blocks.4"], backbone=arch)
+    finally:
+        stfpm.TimmFeatureExtractor = original
+    _load_lite0(model.teacher_model)
+    return model
+
+
+def _anomalib_fastflow(arch):
+    """anomalib's FastflowModel (its flow blocks, norms and map) on Lite0's
+    stride 4 / 8 / 16 stages; its constructor accepts ResNet / CaiT / DeiT
+    names only, so it is built for resnet18 and its extractor, norms and
+    flows are then rebuilt for Lite0's channels, as its ResNet branch does."""
+    import timm
+    from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fast_flow_block
+    from torch import nn
+
+    size = (256, 256)
+    model = FastflowModel(input_size=size, backbone="resnet18", pre_trained=False)
+    model.feature_extractor = timm.create_model(arch, pretrained=False, features_only=True,
+                                                out_indices=[1, 2, 3])
+    for parameter in model.feature_extractor.parameters():
+        parameter.requires_grad = False
+    _load_lite0(type("Extractor", (), {"feature_extractor": model.feature_extractor}))
+    info = model.feature_extractor.feature_info
+    dims = [[c, size[0] // r, size[1] // r] for c, r in zip(info.channels(), info.reduction())]
+    model.norms = nn.ModuleList(nn.LayerNorm(d, elementwise_affine=True) for d in dims)
+    model.fast_flow_blocks = nn.ModuleList(
+        create_fast_flow_block(input_dimensions=d, conv3x3_only=False, hidden_ratio=1.0,
+                               flow_steps=8) for d in dims)
+    return model
+
+
+def _anomalib_train(method, model, images, seed, epochs):
+    """anomalib's training step for STFPM / FastFlow (loss and optimizer from
+    its Lightning module), in a plain loop."""
+    import torch
+    from torch import optim
+
+    if method == "stfpm":
+        from anomalib.models.image.stfpm.loss import STFPMLoss
+
+        loss_fn = STFPMLoss()
+        optimizer = optim.SGD(model.student_model.parameters(), lr=0.4, momentum=0.9,
+                              dampening=0.0, weight_decay=0.001)
+    else:
+        from anomalib.models.image.fastflow.loss import FastflowLoss
+
+        loss_fn = FastflowLoss()
+        optimizer = optim.Adam(model.parameters(), lr=0.001, weight_decay=0.00001)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=generator)
+        for start in range(0, len(images), ANOMALIB_TRAIN_BATCH):
+            batch = images[order[start:start + ANOMALIB_TRAIN_BATCH]]
+            optimizer.zero_grad()
+            loss = loss_fn(*model(batch))
+            loss.backward()
+            optimizer.step()
+    model.eval()
+
+
+def _anomalib_fit(method, model, images, seed, epochs=None):
     import torch
 
+    if method in ("stfpm", "fastflow"):
+        _anomalib_train(method, model, images, seed, epochs)
+        return
     model.train()
     model.feature_extractor.eval()  # frozen, as anomalib's training_step keeps it
     with torch.no_grad():
@@ -180,6 +265,13 @@ def _anomalib_score(model, images):
     return torch.cat(scores).numpy(), (torch.cat(maps).numpy() if maps else None)
 
 
+def _our_epochs(method):
+    from skanomaly.cli import _methods
+
+    head = _methods()[method]()[-1]
+    return getattr(head, "max_epochs", None)
+
+
 def run_anomalib(root, methods, seed):
     import torch
     from PIL import Image
@@ -196,7 +288,7 @@ def run_anomalib(root, methods, seed):
         model = _anomalib_model(method, seed)
         start = time.perf_counter()
         train_x, _ = _tensors(train.images)
-        _anomalib_fit(method, model, train_x, seed)
+        _anomalib_fit(method, model, train_x, seed, _our_epochs(method))
         fit_s = time.perf_counter() - start
         del train_x
         start = time.perf_counter()
@@ -268,7 +360,9 @@ def main(argv=None):
     parser.add_argument("--backbone", action="append", default=None,
                         help="backbone(s) of the skanomaly rows (default efficientnet_lite0; "
                              "repeat to compare); anomalib always runs on Lite0")
-    parser.add_argument("--anomalib", choices=("auto", "no"), default="auto")
+    parser.add_argument("--anomalib", choices=("auto", "no", "only"), default="auto",
+                        help="anomalib's rows when it is importable (auto), never (no), "
+                             "or alone, without skanomaly's (only)")
     parser.add_argument("--seeds", default="0",
                         help="comma-separated random_state values; the table averages them")
     parser.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
@@ -288,11 +382,13 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {list(_methods())}")
     with_anomalib = False
-    if args.anomalib == "auto":
+    if args.anomalib != "no":
         try:
             import anomalib  # noqa: F401
             with_anomalib = True
         except ImportError:
+            if args.anomalib == "only":
+                raise SystemExit("--anomalib only: anomalib is not importable")
             print("anomalib not importable: skanomaly rows only", file=sys.stderr)
     import torch
 
@@ -312,8 +408,9 @@ def main(argv=None):
             continue
         cache, runs = FeatureCache(), []  # embeddings shared by the seeds of a set
         for seed in [int(s) for s in args.seeds.split(",")]:
-            runs += [run_skanomaly(root, jobs, seed, backbone, cache)
-                     for backbone in args.backbone or [DEFAULT_BACKBONE]]
+            if args.anomalib != "only":
+                runs += [run_skanomaly(root, jobs, seed, backbone, cache)
+                         for backbone in args.backbone or [DEFAULT_BACKBONE]]
             if with_anomalib:
                 runs.append(run_anomalib(root, [m for m in ANOMALIB_METHODS if m in names], seed))
         for run in runs:

@@ -25,11 +25,9 @@ from sklearn.random_projection import johnson_lindenstrauss_min_dim
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array
 
-from .neighbors import _as_tensor, kneighbors
+from .neighbors import _as_tensor, _rows_per_block, kneighbors
 
 __all__ = ["covering_radius", "kcenter_greedy"]
-
-_ROW_CHUNK = 65536
 
 
 # Distortion allowed by projection_dim="auto": the Johnson-Lindenstrauss
@@ -63,11 +61,19 @@ def _apply_centres(Z, sq, centres, min_d):
     """min_d <- min(min_d, squared distance to the given centres), in place."""
     C = Z[centres]
     c_sq = sq[centres]
-    for start in range(0, Z.shape[0], _ROW_CHUNK):
-        rows = slice(start, start + _ROW_CHUNK)
-        d2 = torch.addmm(c_sq[None, :], Z[rows], C.T, beta=1.0, alpha=-2.0)
-        d2 += sq[rows, None]
-        torch.minimum(min_d[rows], d2.min(dim=1).values, out=min_d[rows])
+    chunk = min(_rows_per_block(len(centres)), Z.shape[0])
+    # One cache-sized block, reused: the GEMM writes it and the row minimum
+    # reads it while it is still in cache.
+    block = torch.empty((chunk, len(centres)))
+    for start in range(0, Z.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        d2 = block[: min(chunk, Z.shape[0] - start)]
+        torch.addmm(c_sq[None, :], Z[rows], C.T, beta=1.0, alpha=-2.0, out=d2)
+        # Adding the row's ||z||^2 after the minimum gives the same float32
+        # value as adding it first (rounding is monotone), one pass fewer.
+        nearest = d2.amin(1)
+        nearest += sq[rows]
+        torch.minimum(min_d[rows], nearest, out=min_d[rows])
 
 
 def kcenter_greedy(

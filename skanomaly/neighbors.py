@@ -25,6 +25,11 @@ _BLOCK_BYTES = 16 * 2**20
 _MIN_CHUNK = 64
 
 
+def _rows_per_block(width, block_bytes=_BLOCK_BYTES):
+    """Rows of a ``(rows, width)`` float32 block that fit in ``block_bytes``."""
+    return max(_MIN_CHUNK, block_bytes // (4 * width))
+
+
 def _as_tensor(X):
     """float32 tensor sharing memory with X where possible (read-only X is copied)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
@@ -81,7 +86,7 @@ def _nearest_bfloat16(q, r, block_bytes):
     # ranks at least (its computed - bound); bound = 2 * error of q.r.
     margin = (4 * _BF16_DOT_ERROR * float(r_sq.max().sqrt())) * torch.linalg.vector_norm(
         q_centred, dim=1)
-    chunk = max(_MIN_CHUNK, block_bytes // (4 * m))
+    chunk = _rows_per_block(m, block_bytes)
     rows_in_chunk = min(chunk, q.shape[0])
     # Buffers reused across chunks: fresh (chunk, m) blocks would cost page
     # faults comparable to the GEMM itself.
@@ -197,7 +202,7 @@ def _kneighbors_float32(q, r, n_neighbors=1, block_bytes=_BLOCK_BYTES):
     mean = r.mean(0)
     q_centred, r_centred = q - mean, r - mean
     r_sq = (r_centred * r_centred).sum(1)
-    chunk = max(_MIN_CHUNK, block_bytes // (4 * m))
+    chunk = _rows_per_block(m, block_bytes)
     distances = np.empty((q.shape[0], n_neighbors), dtype=np.float32)
     indices = np.empty((q.shape[0], n_neighbors), dtype=np.int64)
     for start in range(0, q.shape[0], chunk):
