@@ -15,6 +15,12 @@ farthest point found there is the true argmax as long as its exact distance
 is at least the largest bound outside the list; otherwise (or when the
 pending block is full) all pending centres are applied to all points with one
 GEMM and the list is rebuilt.
+
+Where the CPU has native bfloat16 dot products, that GEMM first runs in
+bfloat16 as a screen: a row whose estimate, minus a proven rounding bound,
+is not below its current bound cannot move, and only the other rows get
+float32 distances, so the bounds and the sequence are those of the float32
+update.
 """
 
 import numbers
@@ -25,7 +31,14 @@ from sklearn.random_projection import johnson_lindenstrauss_min_dim
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array
 
-from .neighbors import _as_tensor, _rows_per_block, kneighbors
+from .neighbors import (
+    _BF16_DOT_ERROR,
+    _BF16_MAX_FEATURES,
+    _as_tensor,
+    _native_bfloat16,
+    _rows_per_block,
+    kneighbors,
+)
 
 __all__ = ["covering_radius", "kcenter_greedy"]
 
@@ -57,23 +70,85 @@ def _project(X, projection_dim, rng, covered=None):
     return X @ R, (None if covered is None else covered @ R)
 
 
-def _apply_centres(Z, sq, centres, min_d):
-    """min_d <- min(min_d, squared distance to the given centres), in place."""
+def _nearest_float32(Z, sq, rows, C, c_sq, out=None):
+    """Squared distance of ``Z[rows]`` to its nearest row of ``C`` (float32)."""
+    d2 = torch.addmm(c_sq[None, :], Z[rows], C.T, beta=1.0, alpha=-2.0, out=out)
+    # Adding the row's ||z||^2 after the minimum gives the same float32
+    # value as adding it first (rounding is monotone), one pass fewer.
+    nearest = d2.amin(1)
+    nearest += sq[rows]
+    return nearest
+
+
+# Below this many pending centres the float32 GEMM is cheap and most rows
+# move anyway, so the bfloat16 screen would not pay.
+_SCREEN_MIN_CENTRES = 64
+
+
+class _BFloat16Screen:
+    """A bfloat16 copy of the points that rules rows out of an update.
+
+    Rows are centred (distances do not change, the rounding bound shrinks
+    with the norms). For a row z and centre c the bfloat16 estimate of
+    ``||z - c||^2`` is within ``2 e |z| |c|`` of the true value (``e``:
+    :data:`~skanomaly.neighbors._BF16_DOT_ERROR`), and the float32 formula
+    the update uses is within ``gamma (|z| + |c|)^2`` of it; a row whose
+    estimate minus both bounds is not below its current bound cannot
+    change, so only the other rows get float32 distances. The result is
+    the float32 update's, value for value.
+    """
+
+    def __init__(self, Z, sq):
+        centred = Z - Z.mean(0)
+        self.low = centred.bfloat16()
+        self.sq = (centred * centred).sum(1)
+        norm, norm32 = self.sq.sqrt(), sq.sqrt()
+        # Any centre is a row, so the largest norms bound |c|; the margin of
+        # each row is then fixed for the whole selection.
+        c_norm, c_norm32 = float(norm.max()), float(norm32.max())
+        gamma = (Z.shape[1] + 4) * 2.0**-24  # float32 rounding over d terms
+        self.margin = (2 * _BF16_DOT_ERROR * c_norm) * norm + gamma * (
+            (norm32 + c_norm32) ** 2 + (norm + c_norm) ** 2)
+
+    def candidates(self, rows, centres, min_d, product, block):
+        """Indices (into ``rows``) of the rows the centres may bring closer."""
+        torch.mm(self.low[rows], self.low[centres].T, out=product)
+        block.copy_(product)
+        torch.add(self.sq[centres][None, :], block, alpha=-2.0, out=block)
+        estimate = block.amin(1)
+        estimate += self.sq[rows]
+        estimate -= self.margin[rows]
+        return torch.nonzero(estimate < min_d[rows]).flatten()
+
+
+def _apply_centres(Z, sq, centres, min_d, screen=None):
+    """min_d <- min(min_d, squared distance to the given centres), in place.
+
+    With a :class:`_BFloat16Screen`, only the rows it cannot rule out get
+    float32 distances (the same values as without it).
+    """
     C = Z[centres]
     c_sq = sq[centres]
-    chunk = min(_rows_per_block(len(centres)), Z.shape[0])
-    # One cache-sized block, reused: the GEMM writes it and the row minimum
+    n = Z.shape[0]
+    chunk = min(_rows_per_block(len(centres)), n)
+    if screen is not None and len(centres) < _SCREEN_MIN_CENTRES:
+        screen = None
+    # Cache-sized blocks, reused: a GEMM writes each and the row minimum
     # reads it while it is still in cache.
     block = torch.empty((chunk, len(centres)))
-    for start in range(0, Z.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        d2 = block[: min(chunk, Z.shape[0] - start)]
-        torch.addmm(c_sq[None, :], Z[rows], C.T, beta=1.0, alpha=-2.0, out=d2)
-        # Adding the row's ||z||^2 after the minimum gives the same float32
-        # value as adding it first (rounding is monotone), one pass fewer.
-        nearest = d2.amin(1)
-        nearest += sq[rows]
-        torch.minimum(min_d[rows], nearest, out=min_d[rows])
+    product = None if screen is None else torch.empty((chunk, len(centres)), dtype=torch.bfloat16)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        if screen is None:
+            rows = slice(start, stop)
+            nearest = _nearest_float32(Z, sq, rows, C, c_sq, out=block[: stop - start])
+        else:
+            rows = start + screen.candidates(slice(start, stop), centres, min_d,
+                                             product[: stop - start], block[: stop - start])
+            if not len(rows):
+                continue
+            nearest = _nearest_float32(Z, sq, rows, C, c_sq)
+        min_d[rows] = torch.minimum(min_d[rows], nearest)
 
 
 def kcenter_greedy(
@@ -82,7 +157,7 @@ def kcenter_greedy(
     *,
     projection_dim="auto",
     block_size=512,
-    n_candidates=8192,
+    n_candidates=2048,
     initial_center=None,
     covered=None,
     random_state=None,
@@ -105,8 +180,10 @@ def kcenter_greedy(
         1,536) are.
     block_size : int, default=512
         Pending centres applied to all points at once (one GEMM).
-    n_candidates : int, default=8192
-        Length of the list of largest-bound points checked between GEMMs.
+    n_candidates : int, default=2048
+        Length of the list of largest-bound points checked between GEMMs
+        (each new centre costs one pass over the list; a list too short
+        for a block ends it early).
     initial_center : int or None, default=None
         Row of the first centre; None draws it from ``random_state``.
     covered : array-like of shape (n_covered, n_features) or None, default=None
@@ -169,6 +246,8 @@ def kcenter_greedy(
     Z, covered = _project(X, projection_dim, rng, covered)
     Z = _as_tensor(Z)
     sq = (Z * Z).sum(1)
+    screen = (_BFloat16Screen(Z, sq)
+              if _native_bfloat16() and Z.shape[1] <= _BF16_MAX_FEATURES else None)
     chosen = [] if covered is not None else [first]
     pending = list(chosen)
     n_cand = min(n_candidates, n_samples)
@@ -181,7 +260,7 @@ def kcenter_greedy(
             min_d = torch.from_numpy(kneighbors(Z, covered, 1)[0][:, 0]) ** 2
         while True:
             if pending:
-                _apply_centres(Z, sq, pending, min_d)
+                _apply_centres(Z, sq, pending, min_d, screen)
                 min_d[pending] = -1.0  # chosen points are never chosen again
             pending = []
             if len(chosen) == n_centers:

@@ -123,3 +123,47 @@ def test_bad_covered():
         kcenter_greedy(X, 2, covered=np.zeros((4, 3)))
     with pytest.raises(ValueError, match="initial_center or covered"):
         kcenter_greedy(X, 2, covered=np.zeros((4, 2)), initial_center=0)
+
+
+def _feature_like(n, d, seed):
+    """Non-negative, offset rows as a CNN's pooled features: norms far above
+    the distances between neighbours, where bfloat16 rounding matters."""
+    rng = np.random.default_rng(seed)
+    centres = rng.gamma(2.0, 1.0, size=(20, d))
+    return (centres[rng.integers(20, size=n)] + rng.normal(0, 0.3, size=(n, d))).astype(np.float32)
+
+
+def test_bfloat16_screen_never_rules_out_a_row_that_moves():
+    import torch
+
+    from skanomaly.coreset import _BFloat16Screen, _nearest_float32
+
+    Z = torch.from_numpy(_feature_like(3000, 24, 0))
+    sq = (Z * Z).sum(1)
+    screen = _BFloat16Screen(Z, sq)
+    centres = list(range(0, 3000, 37))
+    exact = _nearest_float32(Z, sq, slice(None), Z[centres], sq[centres])
+    # Bounds just above and below each row's true distance, and far above.
+    for min_d in (exact * 1.001, exact * 0.999, exact + 1e-3, torch.full_like(exact, 1e9)):
+        product = torch.empty((3000, len(centres)), dtype=torch.bfloat16)
+        kept = screen.candidates(slice(None), centres, min_d, product, torch.empty(product.shape))
+        moves = torch.nonzero(exact < min_d).flatten()
+        assert set(moves.tolist()) <= set(kept.tolist())
+    # It rules out something: rows already much closer than any new centre.
+    kept = screen.candidates(slice(None), centres, exact * 0.5, product, torch.empty(product.shape))
+    assert len(kept) < 3000
+
+
+def test_bfloat16_screen_gives_the_float32_sequence(monkeypatch):
+    import skanomaly.coreset as coreset
+
+    X = _feature_like(6000, 32, 1)
+    runs = {}
+    for native in (False, True):
+        # Forced on: bfloat16 GEMMs run (slowly) on any CPU, so the screen is
+        # checked here whatever this machine has.
+        monkeypatch.setattr(coreset, "_native_bfloat16", lambda native=native: native)
+        runs[native] = kcenter_greedy(X, 900, random_state=0, block_size=128, n_candidates=256)
+    # Value for value the float32 update's, so the very same sequence (the
+    # float64 textbook loop may break this data's near-ties otherwise).
+    np.testing.assert_array_equal(runs[True], runs[False])
