@@ -173,7 +173,10 @@ def _anomalib_fastflow(arch):
     names only, so it is built for resnet18 and its extractor, norms and
     flows are then rebuilt for Lite0's channels, as its ResNet branch does."""
     import timm
-    from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fast_flow_block
+    from anomalib.models.image.fastflow.torch_model import (
+        FastflowModel,
+        create_fast_flow_block,
+    )
     from torch import nn
 
     size = (256, 256)
