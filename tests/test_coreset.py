@@ -155,7 +155,7 @@ def test_bfloat16_screen_never_rules_out_a_row_that_moves():
 
 
 def test_bfloat16_screen_gives_the_float32_sequence(monkeypatch):
-    import skanomaly.coreset as coreset
+    from skanomaly import coreset
 
     X = _feature_like(6000, 32, 1)
     runs = {}
