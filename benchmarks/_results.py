@@ -10,6 +10,12 @@ def save_json(obj, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2))
 
-# The shared panel (../shared/data) and the methods without a training loop.
+# The shared panel (../shared/data).
 SETS = ("mvtec_bottle", "mvtec3d_tire", "mvtec_screw", "kolektorsdd")
-FAST = ("patchcore", "softpatch", "padim", "spade", "dfm", "dfkde")
+
+
+def factories(trained=None):
+    """Registered method names -> factories (``trained=False``: no training loop)."""
+    from skanomaly import available_methods
+
+    return {name: info.factory for name, info in available_methods(trained=trained).items()}

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import FAST, SETS, save_json
+from _results import SETS, factories, save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
@@ -70,15 +70,13 @@ def _label(method, params):
 
 
 def run_skanomaly(root, jobs, seed, backbone, cache):
-    from skanomaly.cli import _methods
     from skanomaly.datasets import load_mvtec
     from skanomaly.evaluation import evaluate_pipeline
 
-    factories = _methods()
     train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
     masks = test.masks if any(m is not None for m in test.masks) else None
     for method, params in jobs:
-        pipe = factories[method](backbone, random_state=seed)
+        pipe = factories()[method](backbone, random_state=seed)
         pipe.set_params(**params)
         label = _label(method, params) + ("" if backbone == DEFAULT_BACKBONE else f" ({backbone})")
         print(f"{root.name} {label} ...", file=sys.stderr, flush=True)
@@ -269,9 +267,7 @@ def _anomalib_score(model, images):
 
 
 def _our_epochs(method):
-    from skanomaly.cli import _methods
-
-    head = _methods()[method]()[-1]
+    head = factories()[method]()[-1]
     return getattr(head, "max_epochs", None)
 
 
@@ -376,14 +372,12 @@ def main(argv=None):
         rows = [row for path in args.merge for row in json.loads(Path(path).read_text())["rows"]]
         print(table(rows))
         return
-    from skanomaly.cli import _methods
-
-    names = {"all": list(_methods()), "fast": list(FAST)}.get(
+    names = {"all": list(factories()), "fast": list(factories(trained=False))}.get(
         args.methods, [m for m in args.methods.split(",") if m])
     jobs = [(m, {}) for m in names] + [_parse_variant(v) for v in args.variant]
-    unknown = sorted({m for m, _ in jobs} - set(_methods()))
+    unknown = sorted({m for m, _ in jobs} - set(factories()))
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; choose from {list(_methods())}")
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {list(factories())}")
     with_anomalib = False
     if args.anomalib != "no":
         try:

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _results import FAST, SETS, save_json
+from _results import SETS, factories, save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
@@ -29,7 +29,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--sets", default=",".join(SETS))
-    parser.add_argument("--methods", default=",".join(FAST))
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated (default: every method without a training loop)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(HERE / "results" / "model_selection.json"))
     args = parser.parse_args(argv)
@@ -37,13 +38,11 @@ def main(argv=None):
     from scipy.stats import spearmanr
     from sklearn.model_selection import train_test_split
 
-    from skanomaly.cli import _methods
     from skanomaly.datasets import load_mvtec
     from skanomaly.evaluation import FeatureCache, evaluate_pipeline
     from skanomaly.model_selection import SyntheticDefectScorer
 
-    factories = _methods()
-    methods = args.methods.split(",")
+    methods = args.methods.split(",") if args.methods else list(factories(trained=False))
     scorer = SyntheticDefectScorer(random_state=args.seed)
     report = {"command": " ".join(sys.argv), "sets": {}}
     for name in args.sets.split(","):
@@ -57,7 +56,7 @@ def main(argv=None):
         cache = FeatureCache()
         rows = {}
         for method in methods:
-            pipe = factories[method](random_state=args.seed)
+            pipe = factories()[method](random_state=args.seed)
             real = evaluate_pipeline(pipe, fit_images, test.images, test.target, cache=cache)
             synthetic = scorer(real["pipeline"], held)
             rows[method] = {"synthetic": synthetic, "real": real["image_auroc"]}

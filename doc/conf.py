@@ -18,3 +18,16 @@ napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 html_theme = "alabaster"
 suppress_warnings = ["myst.header"]
+
+# The method tables come from the one registry (skanomaly.registry): written
+# here at every build, included by index.md and api.rst.
+from pathlib import Path as _Path
+
+from skanomaly.registry import _markdown_table, available_methods
+
+_generated = _Path(__file__).resolve().parent / "_generated"
+_generated.mkdir(exist_ok=True)
+(_generated / "methods.md").write_text(_markdown_table())
+(_generated / "factories.rst").write_text("".join(
+    f".. autofunction:: skanomaly.{info.factory.__name__}\n" for info in available_methods().values()))
+exclude_patterns.append("_generated")

@@ -11,6 +11,7 @@ images, draw pixel-level anomaly maps and flag defects::
 
 __version__ = "0.1.0"
 
+from . import pipelines as _pipelines
 from .detectors import (
     DistillationDetector,
     FlowDetector,
@@ -21,20 +22,9 @@ from .detectors import (
 )
 from .embedders import ImageEmbedder, PatchEmbedder
 from .maps import anomaly_boxes, anomaly_maps, anomaly_masks
-from .pipelines import (
-    make_cflow,
-    make_dfkde,
-    make_dfm,
-    make_fastflow,
-    make_padim,
-    make_patchcore,
-    make_reverse_distillation,
-    make_simplenet,
-    make_softpatch,
-    make_spade,
-    make_stfpm,
-)
+from .pipelines import *  # every registered factory: make_patchcore, ...
 from .preprocessing import ImagePreprocessor
+from .registry import available_methods
 
 __all__ = [
     "DistillationDetector",
@@ -49,15 +39,6 @@ __all__ = [
     "anomaly_boxes",
     "anomaly_maps",
     "anomaly_masks",
-    "make_cflow",
-    "make_dfkde",
-    "make_dfm",
-    "make_fastflow",
-    "make_padim",
-    "make_patchcore",
-    "make_reverse_distillation",
-    "make_simplenet",
-    "make_softpatch",
-    "make_spade",
-    "make_stfpm",
+    "available_methods",
 ]
+__all__ += _pipelines.__all__

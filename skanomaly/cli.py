@@ -206,14 +206,14 @@ def _training_images(folder):
 def _fit(args):
     import joblib
 
-    factories = _methods()
-    if args.method not in factories:
-        raise ValueError(f"Unknown method {args.method!r}; choose from {list(factories)}.")
+    from .registry import get_method
+
+    factory = get_method(args.method).factory
     images = _training_images(args.train)
     kwargs = {"random_state": args.seed, "verbose": 1, "contamination": args.contamination}
     if args.image_size:
         kwargs["image_size"] = args.image_size
-    pipe = factories[args.method](**kwargs)
+    pipe = factory(**kwargs)
     start = time.perf_counter()
     pipe.fit(images)
     out = Path(args.output)
@@ -298,24 +298,6 @@ def _predict(args):
     return 0
 
 
-def _methods():
-    from . import pipelines
-
-    return {
-        "patchcore": pipelines.make_patchcore,
-        "padim": pipelines.make_padim,
-        "spade": pipelines.make_spade,
-        "softpatch": pipelines.make_softpatch,
-        "dfm": pipelines.make_dfm,
-        "dfkde": pipelines.make_dfkde,
-        "fastflow": pipelines.make_fastflow,
-        "cflow": pipelines.make_cflow,
-        "simplenet": pipelines.make_simplenet,
-        "stfpm": pipelines.make_stfpm,
-        "reverse_distillation": pipelines.make_reverse_distillation,
-    }
-
-
 _COLUMNS = [
     ("method", "method", "{}"),
     ("image_auroc", "image AUROC", "{:.4f}"),
@@ -370,8 +352,9 @@ def _evaluate(args):
 
     from .datasets import load_mvtec
     from .evaluation import FeatureCache, evaluate_pipeline
+    from .registry import available_methods
 
-    factories = _methods()
+    factories = {name: info.factory for name, info in available_methods().items()}
     if args.synthetic and args.model:
         raise ValueError(
             "--synthetic fits each method on part of the normal images and judges it "
@@ -421,6 +404,8 @@ def _evaluate(args):
 
 
 def build_parser():
+    from .registry import available_methods
+
     parser = argparse.ArgumentParser(
         prog="skanomaly",
         description="Visual anomaly detection with scikit-learn estimators.",
@@ -444,9 +429,8 @@ def build_parser():
     )
     evaluate.add_argument("root", metavar="DIR", help="category folder in MVTec AD layout")
     evaluate.add_argument("--methods", default="patchcore",
-                          help="comma-separated: patchcore, padim, spade, softpatch, dfm, "
-                               "dfkde, fastflow, cflow, simplenet, stfpm, "
-                               "reverse_distillation, or 'all' (default patchcore)")
+                          help=f"comma-separated: {', '.join(available_methods())}, or 'all' "
+                               "(default patchcore)")
     evaluate.add_argument("--model", metavar="FILE", help="score a saved joblib pipeline instead")
     evaluate.add_argument("--synthetic", action="store_true",
                           help="judge on painted defects on held-out normal images "
@@ -461,8 +445,7 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fit.add_argument("--method", default="patchcore",
-                     help="patchcore, padim, spade, softpatch, dfm, dfkde, fastflow, cflow, "
-                          "simplenet, stfpm or reverse_distillation (default patchcore)")
+                     help=f"one of {', '.join(available_methods())} (default patchcore)")
     fit.add_argument("--train", required=True, metavar="DIR", help="normal images")
     fit.add_argument("-o", "--output", required=True, metavar="FILE", help="joblib file to write")
     fit.add_argument("--contamination", type=float, default=0.05,

@@ -10,21 +10,8 @@ from .detectors import (
 )
 from .embedders import ImageEmbedder, PatchEmbedder
 from .preprocessing import ImagePreprocessor
+from .registry import _REGISTRY, _register
 from .streaming import StreamingPipeline
-
-__all__ = [
-    "make_cflow",
-    "make_dfkde",
-    "make_dfm",
-    "make_fastflow",
-    "make_padim",
-    "make_patchcore",
-    "make_reverse_distillation",
-    "make_simplenet",
-    "make_softpatch",
-    "make_spade",
-    "make_stfpm",
-]
 
 # PaDiM's taps: the stages at strides 4, 8 and 16 (ResNet layer1-3), on any backbone.
 _PADIM_STRIDES = (4, 8, 16)
@@ -39,6 +26,15 @@ def _common(device, batch_size, n_jobs, verbose):
     return {"device": device, "batch_size": batch_size, "n_jobs": n_jobs, "verbose": verbose}
 
 
+@_register(
+    'patchcore',
+    family='memory bank',
+    maps=True,
+    trained=False,
+    reference='Roth et al., 2022',
+    pipeline='`PatchEmbedder` + `KNNDetector` (coreset 10%)',
+    good_for='the default: best image and pixel accuracy',
+)
 def make_patchcore(
     backbone="efficientnet_lite0",
     *,
@@ -114,6 +110,15 @@ def make_patchcore(
     )
 
 
+@_register(
+    'padim',
+    family='Gaussian',
+    maps=True,
+    trained=False,
+    reference='Defard et al., 2021',
+    pipeline='3-stage `PatchEmbedder` (random 100 channels) + per-position `GaussianDetector`',
+    good_for='aligned parts; fast scoring',
+)
 def make_padim(
     backbone="efficientnet_lite0",
     *,
@@ -195,6 +200,15 @@ def make_padim(
     )
 
 
+@_register(
+    'spade',
+    family='memory bank',
+    maps=True,
+    trained=False,
+    reference='Cohen & Hoshen, 2020',
+    pipeline='`PatchEmbedder` + `KNNDetector(mode="spade")`',
+    good_for='small training sets; no coreset',
+)
 def make_spade(
     backbone="efficientnet_lite0",
     *,
@@ -248,6 +262,15 @@ def make_spade(
     )
 
 
+@_register(
+    'softpatch',
+    family='memory bank',
+    maps=True,
+    trained=False,
+    reference='Jiang et al., 2022',
+    pipeline='as PatchCore, plus bank filtering',
+    good_for='training sets that may hold a few bad parts',
+)
 def make_softpatch(
     backbone="efficientnet_lite0",
     *,
@@ -314,6 +337,15 @@ _DFM_STRIDES = (16, 32)
 _DFM_GRID = 4
 
 
+@_register(
+    'dfm',
+    family='Gaussian',
+    maps=True,
+    trained=False,
+    reference='Ahuja et al., 2019',
+    pipeline="`ImageEmbedder(grid_size=4, keep_grid=True)` (strides 16 + 32 pooled on a 4 x 4 grid) + `GaussianDetector` PCA reconstruction error (97% variance), each cell's share of it as a 4 x 4 map",
+    good_for='fast screening, coarse maps',
+)
 def make_dfm(
     backbone="efficientnet_lite0",
     *,
@@ -387,6 +419,15 @@ def make_dfm(
     )
 
 
+@_register(
+    'dfkde',
+    family='kernel density',
+    maps=False,
+    trained=False,
+    reference="anomalib's DFKDE",
+    pipeline='`ImageEmbedder` + `KDEDetector` (16 PCA components)',
+    good_for='image-level, tiny models',
+)
 def make_dfkde(
     backbone="efficientnet_lite0",
     *,
@@ -444,6 +485,15 @@ def _training(max_epochs, batch_size, learning_rate, device, random_state, verbo
     return params
 
 
+@_register(
+    'fastflow',
+    family='normalizing flow',
+    maps=True,
+    trained=True,
+    reference='Yu et al., 2021',
+    pipeline='`PatchEmbedder` + `FlowDetector` (3x3 / 1x1 coupling convs)',
+    good_for='trained density model; small model, fast scoring',
+)
 def make_fastflow(
     backbone="efficientnet_lite0",
     *,
@@ -507,6 +557,15 @@ def make_fastflow(
     )
 
 
+@_register(
+    'cflow',
+    family='normalizing flow',
+    maps=True,
+    trained=True,
+    reference='Gudovskiy et al., 2022',
+    pipeline='`PatchEmbedder` + `FlowDetector(kernel_size=1, positional_encoding=128)`',
+    good_for='per-patch flow conditioned on position',
+)
 def make_cflow(
     backbone="efficientnet_lite0",
     *,
@@ -570,6 +629,15 @@ def make_cflow(
     )
 
 
+@_register(
+    'simplenet',
+    family='discriminator',
+    maps=True,
+    trained=True,
+    reference='Liu et al., 2023',
+    pipeline='`PatchEmbedder` + `SimpleNetDetector`',
+    good_for='discriminator against noisy features; small head',
+)
 def make_simplenet(
     backbone="efficientnet_lite0",
     *,
@@ -643,6 +711,15 @@ def _make_distillation(method, backbone, image_size, max_epochs, batch_size, lea
     )
 
 
+@_register(
+    'stfpm',
+    family='distillation',
+    maps=True,
+    trained=True,
+    reference='Wang et al., 2021',
+    pipeline='`ImagePreprocessor` + `DistillationDetector(method="stfpm")`',
+    good_for='student-teacher; fine (stride-4) maps',
+)
 def make_stfpm(
     backbone="efficientnet_lite0",
     *,
@@ -692,6 +769,15 @@ def make_stfpm(
                               learning_rate, contamination, device, random_state, verbose)
 
 
+@_register(
+    'reverse_distillation',
+    family='distillation',
+    maps=True,
+    trained=True,
+    reference='Deng & Li, 2022',
+    pipeline='`ImagePreprocessor` + `DistillationDetector(method="reverse_distillation")`',
+    good_for='decoder student through a bottleneck; fine maps',
+)
 def make_reverse_distillation(
     backbone="efficientnet_lite0",
     *,
@@ -740,3 +826,7 @@ def make_reverse_distillation(
     return _make_distillation("reverse_distillation", backbone, image_size, max_epochs,
                               batch_size, learning_rate, contamination, device, random_state,
                               verbose)
+
+
+# Every registered factory, in the registry's order.
+__all__ = [info.factory.__name__ for info in _REGISTRY.values()]

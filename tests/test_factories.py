@@ -16,9 +16,9 @@ from skanomaly import (
     make_softpatch,
     make_spade,
 )
-from skanomaly.cli import _methods
 from skanomaly.datasets import make_synthetic
 from skanomaly.model_selection import NormalOnlyKFold
+from skanomaly.registry import available_methods
 
 SIZE = 64
 PATCH_FACTORIES = [make_padim, make_spade, make_softpatch, make_dfm]
@@ -60,7 +60,7 @@ def _plain_params(estimator):
             if not hasattr(value, "get_params") and key != "steps"}
 
 
-@pytest.mark.parametrize("name", sorted(_methods()))
+@pytest.mark.parametrize("name", sorted(available_methods()))
 def test_factory_defaults_do_not_depend_on_the_data(name):
     """Defaults are rules, not constants read off a dataset or a backbone.
 
@@ -68,7 +68,7 @@ def test_factory_defaults_do_not_depend_on_the_data(name):
     size and scale) leaves every parameter as the factory set it, and the
     head's parameters are the same whatever the backbone.
     """
-    factory = _methods()[name]
+    factory = available_methods()[name].factory
     quick = {"max_epochs": 1} if "max_epochs" in inspect.signature(factory).parameters else {}
     colour = make_synthetic(8, 0, image_size=32, random_state=0).images
     grey = np.random.default_rng(1).integers(0, 40, (8, 40, 56), dtype=np.uint8)
@@ -114,3 +114,52 @@ def test_grid_search_runs(factory, grid, data):
     ).fit(list(data.images[:36:2]) + list(data.images[36:]), np.r_[np.ones(18, int), -np.ones(12, int)])
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
     assert next(iter(search.best_params_.values())) in next(iter(grid.values()))
+
+
+def test_registry_is_the_one_list_of_methods():
+    import skanomaly
+    from skanomaly import pipelines
+
+    methods = available_methods()
+    factories = [info.factory.__name__ for info in methods.values()]
+    # Every public factory of the package is registered, and only those.
+    public = sorted(n for n in dir(skanomaly) if n.startswith("make_"))
+    assert sorted(factories) == public == sorted(pipelines.__all__)
+    assert set(factories) <= set(skanomaly.__all__)
+    for name, info in methods.items():
+        assert info.factory is getattr(skanomaly, info.factory.__name__)
+        assert info.family in {"memory bank", "Gaussian", "kernel density", "normalizing flow",
+                               "discriminator", "distillation"}, name
+    trained = available_methods(trained=True)
+    assert set(trained) | set(available_methods(trained=False)) == set(methods)
+    assert "stfpm" in trained and "patchcore" not in trained
+
+
+def test_get_method_names_the_choices():
+    from skanomaly.registry import get_method
+
+    assert get_method("dfm").factory is make_dfm
+    with pytest.raises(ValueError, match="Unknown method 'patchkore'; choose from patchcore, "):
+        get_method("patchkore")
+
+
+def test_a_registered_method_reaches_the_cli_and_the_docs(monkeypatch):
+    from skanomaly import registry
+    from skanomaly.cli import build_parser
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @registry._register("toymethod", family="memory bank", maps=True, trained=False,
+                        reference="nobody", pipeline="`PatchEmbedder` + toy", good_for="tests")
+    def make_toymethod(**kwargs):
+        return make_spade(**kwargs)
+
+    assert "toymethod" in available_methods()
+    assert registry.get_method("toymethod").factory is make_toymethod
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command in ("fit", "evaluate"):
+        assert "toymethod" in commands[command].format_help(), command
+    assert "make_toymethod()" in registry._markdown_table()
+    with pytest.raises(ValueError, match="registered twice"):
+        registry._register("toymethod", family="memory bank", maps=True, trained=False,
+                           reference="", pipeline="", good_for="")(make_toymethod)
