@@ -10,6 +10,7 @@ from skanomaly import (
     KDEDetector,
     KNNDetector,
     anomaly_maps,
+    make_anomalydino,
     make_dfkde,
     make_dfm,
     make_padim,
@@ -21,7 +22,7 @@ from skanomaly.model_selection import NormalOnlyKFold
 from skanomaly.registry import available_methods
 
 SIZE = 64
-PATCH_FACTORIES = [make_padim, make_spade, make_softpatch, make_dfm]
+PATCH_FACTORIES = [make_padim, make_spade, make_softpatch, make_dfm, make_anomalydino]
 IMAGE_FACTORIES = [make_dfkde]
 
 
@@ -94,6 +95,8 @@ def test_factory_heads_and_defaults():
     dfm = make_dfm()
     assert dfm[-1].n_components == 0.97 and dfm[-1].score_type in ("nll", "reconstruction")
     assert isinstance(make_dfkde()[-1], KDEDetector) and make_dfkde()[-1].n_components == 16
+    dino = make_anomalydino()[-1]
+    assert dino.metric == "cosine" and dino.top_fraction == 0.01 and dino.mode == "patchcore"
 
 
 @pytest.mark.parametrize(

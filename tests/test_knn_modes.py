@@ -14,7 +14,8 @@ _NOVELTY_ONLY = {
 
 
 @parametrize_with_checks(
-    [KNNDetector(mode="spade", coreset_ratio=1.0), KNNDetector(train_patch_outlier_quantile=0.1)],
+    [KNNDetector(mode="spade", coreset_ratio=1.0), KNNDetector(train_patch_outlier_quantile=0.1),
+     KNNDetector(metric="cosine", top_fraction=0.5, coreset_ratio=1.0)],
     expected_failed_checks=lambda est: _NOVELTY_ONLY,
 )
 def test_sklearn_estimator_checks(estimator, check):
@@ -82,3 +83,47 @@ def test_softpatch_localises_better_than_patchcore_with_defects_in_training():
         det = KNNDetector(train_patch_outlier_quantile=q, random_state=0).fit(feats[train])
         patch_auroc[q] = roc_auc_score(cells, det.score_patches(feats[test]).ravel())
     assert patch_auroc[0.01] > patch_auroc[0.0] + 0.03, patch_auroc
+
+
+def test_anomalydino_scores_follow_the_paper():
+    """Patch: cosine distance to the nearest bank patch; image: mean of the
+    highest floor(1% of patches) (at least one), checked against scipy."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 6, 6, 4)).astype(np.float32) + 1.0
+    test = rng.normal(size=(3, 6, 6, 4)).astype(np.float32) + 1.0
+    for fraction, n_top in ((0.01, 1), (0.1, 3), (1.0, 36)):
+        det = KNNDetector(coreset_ratio=1.0, metric="cosine", top_fraction=fraction,
+                          random_state=0).fit(X)
+        bank = det.memory_bank_
+        # The bank holds every training patch (calibration images joined it).
+        assert len(bank) == 20 * 36
+        for i in range(3):
+            expected = cdist(test[i].reshape(-1, 4), X.reshape(-1, 4), "cosine").min(1)
+            np.testing.assert_allclose(det.score_patches(test[i:i + 1]).ravel(), expected,
+                                       rtol=1e-4, atol=1e-6)
+            highest = np.sort(expected)[::-1][:n_top].mean()
+            assert -det.score_samples(test[i:i + 1])[0] == pytest.approx(highest, rel=1e-4)
+    # Cosine distance ignores each feature vector's length.
+    np.testing.assert_allclose(det.score_samples(test * 3.0), det.score_samples(test), rtol=1e-5)
+
+
+def test_top_fraction_survives_an_approximate_search():
+    """With an approximate index the patches that can enter the top share are
+    searched exactly, even when the share is more than 32 patches."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 8, 8, 6)).astype(np.float32)
+    test = rng.normal(size=(4, 8, 8, 6)).astype(np.float32)
+    kw = {"coreset_ratio": 1.0, "top_fraction": 0.75, "random_state": 0}
+    exact = KNNDetector(algorithm="exact", **kw).fit(X)
+    approximate = KNNDetector(algorithm="approximate", **kw).fit(X)
+    np.testing.assert_allclose(approximate.score_samples(test), exact.score_samples(test), rtol=1e-5)
+
+
+def test_cosine_and_top_fraction_are_patchcore_mode_options():
+    X = np.random.default_rng(0).normal(size=(10, 2, 2, 3)).astype(np.float32)
+    for params in ({"metric": "cosine"}, {"top_fraction": 0.1}):
+        with pytest.raises(ValueError, match="PatchCore-mode options"):
+            KNNDetector(mode="spade", coreset_ratio=1.0, **params).fit(X)
+    for bad in ({"metric": "manhattan"}, {"top_fraction": 0.0}, {"top_fraction": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            KNNDetector(**bad).fit(X)

@@ -76,6 +76,17 @@ class KNNDetector(_BaseDetector):
         keep it linear and bound the memory to one chunk's features. The
         default holds 256 images of 32 x 32 patches, so MVTec-sized sets use
         one chunk (plain greedy k-center). None: always one chunk.
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        Patch distance. ``"cosine"``: features are scaled to unit length
+        (bank and queries) and a patch scores its cosine distance
+        ``1 - cos`` to the nearest bank entry, as AnomalyDINO (Damm et al.,
+        2025) scores DINOv2 patches. PatchCore mode only.
+    top_fraction : float in (0, 1] or None, default=None
+        Image score. None: PatchCore's, the worst patch re-weighted by
+        ``n_neighbors``. A share: the mean score of the image's highest
+        ``top_fraction`` of patches (at least one; AnomalyDINO's 0.01), less
+        sensitive to one stray patch than the maximum; ``n_neighbors`` is
+        then unused. PatchCore mode only.
     algorithm : {"auto", "exact", "approximate"}, default="auto"
         Nearest-bank-entry search when scoring patches. ``"exact"``: chunked
         matrix products, whose cost grows with the bank. ``"auto"``: exact
@@ -148,6 +159,8 @@ class KNNDetector(_BaseDetector):
         "coreset_chunk_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "algorithm": [StrOptions({"auto", "exact", "approximate"})],
         "calibration_in_bank": ["boolean"],
+        "metric": [StrOptions({"euclidean", "cosine"})],
+        "top_fraction": [Interval(numbers.Real, 0, 1, closed="right"), None],
     }
 
     _calibration_cap = 100
@@ -164,6 +177,8 @@ class KNNDetector(_BaseDetector):
         mode="patchcore",
         train_patch_outlier_quantile=0.0,
         coreset_chunk_size=262144,
+        metric="euclidean",
+        top_fraction=None,
         algorithm="auto",
         random_state=None,
     ):
@@ -176,13 +191,26 @@ class KNNDetector(_BaseDetector):
         self.mode = mode
         self.train_patch_outlier_quantile = train_patch_outlier_quantile
         self.coreset_chunk_size = coreset_chunk_size
+        self.metric = metric
+        self.top_fraction = top_fraction
         self.algorithm = algorithm
         self.random_state = random_state
 
     def _reads_in_chunks(self):
         return self.mode == "patchcore"
 
+    def _features(self, grids):
+        """The patches as the bank compares them (unit length for cosine)."""
+        grids = np.asarray(grids, dtype=np.float32)
+        if self.metric == "cosine":
+            norms = np.linalg.norm(grids, axis=-1, keepdims=True)
+            grids = grids / np.maximum(norms, np.finfo(np.float32).tiny)
+        return grids
+
     def _fit_normal(self, X, fit_idx, rng):
+        if self.mode == "spade" and (self.metric != "euclidean" or self.top_fraction is not None):
+            raise ValueError("metric='cosine' and top_fraction are PatchCore-mode options; "
+                             "mode='spade' scores with Euclidean distances and its own image score.")
         if self.mode == "spade":
             X = X[fit_idx]
             if (self.coreset_ratio != 1.0 or self.train_patch_outlier_quantile
@@ -204,7 +232,7 @@ class KNNDetector(_BaseDetector):
         """SoftPatch-filtered coreset of the patches of ``X[idx]``, chunk by chunk."""
         bank, n_filtered = [], 0
         for chunk in self._coreset_chunks(idx, X.shape[1] * X.shape[2]):
-            grids = X[chunk]
+            grids = self._features(X[chunk])
             features = grids.reshape(-1, grids.shape[-1])
             keep = _soft_patch_mask(grids, self.train_patch_outlier_quantile)
             n_dropped = int((~keep).sum())
@@ -292,33 +320,48 @@ class KNNDetector(_BaseDetector):
         if self.mode == "spade":
             return self._spade_scores(X)
         n, h, w, d = X.shape
+        X = self._features(X)
         bank = self.memory_bank_
+        # As AnomalyDINO: the share rounded down, at least one patch.
+        n_top = None if self.top_fraction is None else max(1, int(self.top_fraction * h * w))
         if getattr(self, "index_", None) is not None:
             distances, nearest = self.index_.kneighbors(X.reshape(-1, d), 1)
             # A missed neighbour overestimates a patch's distance, and the image
-            # score is a maximum: one miss on a normal image would flag it. The
-            # patches that can set the maximum are searched exactly.
-            top = min(_EXACT_TOP_PATCHES, h * w)
+            # score is a maximum (or a mean of the highest): one miss on a normal
+            # image would flag it. The patches that can set it are searched exactly.
+            top = min(max(_EXACT_TOP_PATCHES, n_top or 0), h * w)
             worst = np.argsort(-distances.reshape(n, h * w), axis=1)[:, :top]
             rows = (np.arange(n)[:, None] * (h * w) + worst).ravel()
             exact_d, exact_i = kneighbors(X.reshape(-1, d)[rows], bank, 1)
             distances[rows], nearest[rows] = exact_d, exact_i
         else:
             distances, nearest = kneighbors(X.reshape(-1, d), bank, 1)
-        patch = distances.reshape(n, h * w)
+        patch = _patch_distance(distances.reshape(n, h * w), self.metric)
+        if n_top is not None:
+            highest = -np.partition(-patch, n_top - 1, axis=1)[:, :n_top]
+            return patch.reshape(n, h, w), highest.mean(axis=1, dtype=np.float64)
         worst = patch.argmax(axis=1)
         rows = np.arange(n)
         image = patch[rows, worst].astype(np.float64)
         k = min(self.n_neighbors, len(bank))
         if k > 1:
-            # PatchCore eq. 7: w = 1 - exp(s) / sum_j exp(||x* - m_j||), the
+            # PatchCore eq. 7: w = 1 - exp(s) / sum_j exp(d(x*, m_j)), the
             # sum over the k bank entries nearest to m* (m* included).
             m_star = nearest.reshape(n, h * w)[rows, worst]
             _, support = kneighbors(bank[m_star], bank, k)
             x_star = X.reshape(n, h * w, d)[rows, worst].astype(np.float64)
-            support_dist = np.linalg.norm(bank[support] - x_star[:, None, :], axis=2)
+            support_dist = _patch_distance(
+                np.linalg.norm(bank[support] - x_star[:, None, :], axis=2), self.metric)
             image = image * (1.0 - np.exp(image - logsumexp(support_dist, axis=1)))
         return patch.reshape(n, h, w), image
+
+
+def _patch_distance(euclidean, metric):
+    """Patch scores from Euclidean distances (between unit vectors for cosine:
+    ``1 - cos = ||a - b||^2 / 2``)."""
+    if metric == "cosine":
+        return (euclidean.astype(np.float64) ** 2 / 2).astype(euclidean.dtype)
+    return euclidean
 
 
 # algorithm="auto": banks larger than this are searched approximately. Exact
