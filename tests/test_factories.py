@@ -166,3 +166,17 @@ def test_a_registered_method_reaches_the_cli_and_the_docs(monkeypatch):
     with pytest.raises(ValueError, match="registered twice"):
         registry._register("toymethod", family="memory bank", maps=True, trained=False,
                            reference="", pipeline="", good_for="")(make_toymethod)
+
+
+def test_anomalydino_round_trips_through_joblib(data, tmp_path):
+    import joblib
+
+    from skanomaly.augment import dihedral_copies
+
+    pipe = make_anomalydino(image_size=SIZE, random_state=0).fit(
+        dihedral_copies(data.images[:4], n_copies=4))
+    assert len(pipe[-1].memory_bank_) == 16 * (SIZE // 8) ** 2  # every patch of every view
+    joblib.dump(pipe, tmp_path / "dino.joblib")
+    loaded = joblib.load(tmp_path / "dino.joblib")
+    np.testing.assert_array_equal(loaded.score_samples(data.images[30:]),
+                                  pipe.score_samples(data.images[30:]))
