@@ -1,6 +1,7 @@
-"""Shared by the benchmark scripts: where and how results are written."""
+"""Shared by the benchmark scripts: the panel, the methods, where results go."""
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -19,3 +20,14 @@ def factories(trained=None):
     from skanomaly import available_methods
 
     return {name: info.factory for name, info in available_methods(trained=trained).items()}
+
+
+def panel_sets(data, sets):
+    """``(name, root)`` of each named set under ``data`` that exists (MVTec
+    layout); the others are reported on stderr and skipped."""
+    for name in sets.split(","):
+        root = Path(data) / name
+        if not (root / "train").is_dir():
+            print(f"skipping {root}: not found", file=sys.stderr)
+            continue
+        yield name, root

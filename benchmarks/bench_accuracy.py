@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import SETS, factories, save_json
+from _results import SETS, factories, panel_sets, save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
@@ -398,11 +398,7 @@ def main(argv=None):
 
         meta["anomalib"] = anomalib.__version__
     rows = []
-    for name in args.sets.split(","):
-        root = Path(args.data) / name
-        if not (root / "train").is_dir():
-            print(f"skipping {root}: not found", file=sys.stderr)
-            continue
+    for name, root in panel_sets(args.data, args.sets):
         cache, runs = FeatureCache(), []  # embeddings shared by the seeds of a set
         for seed in [int(s) for s in args.seeds.split(",")]:
             if args.anomalib != "only":

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _results import SETS, factories, save_json
+from _results import SETS, factories, panel_sets, save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
@@ -40,11 +40,7 @@ def main(argv=None):
     from skanomaly.evaluation import FeatureCache, evaluate_pipeline
 
     rows = []
-    for name in args.sets.split(","):
-        root = Path(args.data) / name
-        if not (root / "train").is_dir():
-            print(f"skipping {root}: not found", file=sys.stderr)
-            continue
+    for name, root in panel_sets(args.data, args.sets):
         train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
         masks = test.masks if any(m is not None for m in test.masks) else None
         cache = FeatureCache()

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _results import SETS, factories, save_json
+from _results import SETS, factories, panel_sets, save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
@@ -45,11 +45,7 @@ def main(argv=None):
     methods = args.methods.split(",") if args.methods else list(factories(trained=False))
     scorer = SyntheticDefectScorer(random_state=args.seed)
     report = {"command": " ".join(sys.argv), "sets": {}}
-    for name in args.sets.split(","):
-        root = Path(args.data) / name
-        if not (root / "train").is_dir():
-            print(f"skipping {root}: not found", file=sys.stderr)
-            continue
+    for name, root in panel_sets(args.data, args.sets):
         train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
         # The split of `skanomaly evaluate --synthetic`: 20% held out to paint on.
         fit_images, held = train_test_split(train.images, test_size=0.2, random_state=args.seed)
