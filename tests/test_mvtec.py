@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 from conftest import mvtec_category
 from skanomaly import (
     anomaly_maps,
+    make_anomalydino,
     make_cflow,
     make_dfkde,
     make_dfm,
@@ -27,6 +28,7 @@ from skanomaly import (
     make_spade,
     make_stfpm,
 )
+from skanomaly.augment import dihedral_copies
 from skanomaly.datasets import load_mvtec
 from skanomaly.evaluation import FeatureCache, evaluate_pipeline
 from skanomaly.metrics import pixel_roc_auc
@@ -45,6 +47,19 @@ def bottle():
 def cache():
     return FeatureCache()
 
+
+
+def test_anomalydino_from_four_bottle_images(bottle, cache):
+    """Issue 16's few-shot bar: >= 0.95 image AUROC from 4 normal images
+    (their four right-angle rotations), pixel AUROC >= 0.95. (The full
+    training set gives 1.000 / 0.982: benchmarks/bench_few_shot.py.)"""
+    _, train, test = bottle
+    few = dihedral_copies(train.images[:4], n_copies=4)
+    result = evaluate_pipeline(make_anomalydino(random_state=0), few, test.images,
+                               test.target, test.masks, cache=cache)
+    assert result["image_auroc"] >= 0.95
+    assert result["pixel_auroc"] >= 0.95
+    assert len(result["pipeline"][-1].memory_bank_) == 16 * 32 * 32
 
 def test_patchcore_defaults_on_bottle(bottle, cache):
     _, train, test = bottle
