@@ -36,7 +36,7 @@ def main(argv=None):
 
     from skanomaly import make_padim
     from skanomaly.datasets import load_mvtec
-    from skanomaly.detectors._gaussian import _smoothed_max
+    from skanomaly.detectors._base import _smoothed_max
     from skanomaly.evaluation import FeatureCache, _image_shapes
     from skanomaly.maps import upsample_patch_scores
     from skanomaly.metrics import pixel_roc_auc

@@ -19,12 +19,13 @@ from .detectors import (
     KDEDetector,
     KNNDetector,
     SimpleNetDetector,
+    StateSpaceDetector,
 )
 from .embedders import ImageEmbedder, PatchEmbedder
 from .maps import anomaly_boxes, anomaly_maps, anomaly_masks
 from .pipelines import *  # every registered factory: make_patchcore, ...
 from .preprocessing import ImagePreprocessor
-from .registry import available_methods
+from .registry import available_methods, get_method
 
 __all__ = [
     "DistillationDetector",
@@ -36,9 +37,11 @@ __all__ = [
     "KNNDetector",
     "PatchEmbedder",
     "SimpleNetDetector",
+    "StateSpaceDetector",
     "anomaly_boxes",
     "anomaly_maps",
     "anomaly_masks",
     "available_methods",
+    "get_method",
 ]
 __all__ += _pipelines.__all__

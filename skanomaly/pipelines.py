@@ -7,6 +7,7 @@ from .detectors import (
     KDEDetector,
     KNNDetector,
     SimpleNetDetector,
+    StateSpaceDetector,
 )
 from .embedders import ImageEmbedder, PatchEmbedder
 from .preprocessing import ImagePreprocessor
@@ -776,6 +777,71 @@ def make_simplenet(
         PatchEmbedder(backbone, image_size=image_size, n_jobs=n_jobs, device=device, verbose=verbose),
         SimpleNetDetector(
             **extra,
+            **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
+                        contamination),
+        ),
+    )
+
+
+@_register(
+    'mambaad',
+    family='reconstruction',
+    maps=True,
+    trained=True,
+    reference='He et al., 2024 (MambaAD-style)',
+    pipeline='`PatchEmbedder` + `StateSpaceDetector`',
+    good_for='sequence model over the patch grid; each patch predicted from its surroundings',
+)
+def make_mambaad(
+    backbone="efficientnet_lite0",
+    *,
+    image_size=256,
+    max_epochs=None,
+    batch_size=None,
+    learning_rate=None,
+    contamination=0.05,
+    device="cpu",
+    n_jobs=None,
+    random_state=None,
+    verbose=0,
+):
+    """MambaAD-style (He et al., 2024): state-space scans predict each patch.
+
+    ``make_pipeline(PatchEmbedder(...), StateSpaceDetector(...))``: the
+    frozen patch grid is scanned in four directions by diagonal state-space
+    layers that predict each patch feature from the patches around it (never
+    from itself); the prediction error is the patch score.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+    image_size : int or (int, int), default=256
+    max_epochs, batch_size, learning_rate : int, int, float or None
+        Training settings of :class:`~skanomaly.detectors.StateSpaceDetector`;
+        None keeps its defaults.
+    contamination : float in (0, 0.5], default=0.05
+    device : str, default="cpu"
+    n_jobs : int or None, default=None
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+
+    Returns
+    -------
+    pipeline : StreamingPipeline
+        Steps ``"patchembedder"`` and ``"statespacedetector"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import make_mambaad
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_mambaad(image_size=64, max_epochs=2, random_state=0)
+    >>> pipe.fit(rng.random((8, 64, 64, 3))).predict(rng.random((2, 64, 64, 3))).shape
+    (2,)
+    """
+    return _pipeline(
+        PatchEmbedder(backbone, image_size=image_size, n_jobs=n_jobs, device=device, verbose=verbose),
+        StateSpaceDetector(
             **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
                         contamination),
         ),

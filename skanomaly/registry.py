@@ -112,7 +112,7 @@ def get_method(name):
 
     Examples
     --------
-    >>> from skanomaly.registry import get_method
+    >>> from skanomaly import get_method
     >>> pipe = get_method("padim").factory(image_size=64)
     >>> [name for name, _ in pipe.steps]
     ['patchembedder', 'gaussiandetector']

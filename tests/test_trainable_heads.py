@@ -10,6 +10,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -17,11 +18,17 @@ from skanomaly import (
     anomaly_maps,
     make_cflow,
     make_fastflow,
+    make_mambaad,
     make_reverse_distillation,
     make_simplenet,
     make_stfpm,
 )
-from skanomaly.detectors import DistillationDetector, FlowDetector, SimpleNetDetector
+from skanomaly.detectors import (
+    DistillationDetector,
+    FlowDetector,
+    SimpleNetDetector,
+    StateSpaceDetector,
+)
 from skanomaly.detectors._flow import positional_encoding
 from skanomaly.preprocessing import ImagePreprocessor
 
@@ -50,6 +57,7 @@ GRID_HEADS = {
     "fastflow": lambda **kw: FlowDetector(**{"max_epochs": 3, **kw}),
     "cflow": lambda **kw: FlowDetector(kernel_size=1, positional_encoding=8, **{"max_epochs": 3, **kw}),
     "simplenet": lambda **kw: SimpleNetDetector(hidden_size=32, **{"max_epochs": 3, **kw}),
+    "mambaad": lambda **kw: StateSpaceDetector(hidden_size=16, **{"max_epochs": 3, **kw}),
 }
 IMAGE_HEADS = {
     "stfpm": lambda **kw: DistillationDetector(method="stfpm", **{"max_epochs": 2, **kw}),
@@ -76,8 +84,11 @@ def test_shapes_and_contract(name, pixels):
     patches = head.score_patches(X[:3])
     assert scores.shape == (3,) and scores.dtype == np.float64
     assert patches.dtype == np.float32 and patches.ndim == 3 and len(patches) == 3
-    # The image score is the worst patch.
-    np.testing.assert_allclose(-scores, patches.reshape(3, -1).max(1), rtol=1e-6)
+    # The image score is the worst patch (of the lightly blurred map, for the
+    # heads with an image_score_sigma).
+    sigma = head.get_params().get("image_score_sigma", 0.0)
+    expected = gaussian_filter(patches.astype(np.float64), (0, sigma, sigma), mode="nearest")
+    np.testing.assert_allclose(-scores, expected.reshape(3, -1).max(1), rtol=1e-6)
     assert set(np.unique(head.predict(X))) <= {-1, 1}
     np.testing.assert_allclose(head.decision_function(X[:3]), scores - head.offset_)
     assert head.n_iter_ == len(head.loss_curve_) >= 1
@@ -223,6 +234,8 @@ def test_non_finite_loss_is_a_clear_error(monkeypatch):
         (FlowDetector(), np.zeros((6, 2, 2, 1), dtype=np.float32), "at least 2 features"),
         (FlowDetector(learning_rate=-1.0), _grids(), "learning_rate"),
         (SimpleNetDetector(noise_std=0), _grids(), "noise_std"),
+        (StateSpaceDetector(state_size=0), _grids(), "state_size"),
+        (StateSpaceDetector(image_score_sigma=-1), _grids(), "image_score_sigma"),
         (DistillationDetector(), np.zeros((6, 20), dtype=np.float32), "ImagePreprocessor"),
         (DistillationDetector(), np.zeros((6, 8, 8, 152), dtype=np.float32), "ImagePreprocessor"),
         (DistillationDetector(), np.zeros((6, 16, 16, 3), dtype=np.float32), "at least 32"),
@@ -267,6 +280,7 @@ def test_teacher_stays_frozen(pixels):
         (make_fastflow, "flowdetector"),
         (make_cflow, "flowdetector"),
         (make_simplenet, "simplenetdetector"),
+        (make_mambaad, "statespacedetector"),
         (make_stfpm, "distillationdetector"),
         (make_reverse_distillation, "distillationdetector"),
     ],
@@ -305,7 +319,9 @@ _SUBSET = {"check_methods_subset_invariance": "float32 rounding differs with the
 
 
 @parametrize_with_checks(
-    [FlowDetector(max_epochs=2, random_state=0), SimpleNetDetector(max_epochs=2, hidden_size=16, random_state=0)],
+    [FlowDetector(max_epochs=2, random_state=0),
+     SimpleNetDetector(max_epochs=2, hidden_size=16, random_state=0),
+     StateSpaceDetector(max_epochs=2, hidden_size=8, state_size=4, random_state=0)],
     expected_failed_checks=lambda estimator: _SUBSET,
 )
 def test_sklearn_estimator_checks(estimator, check):
@@ -327,7 +343,7 @@ def synthetic():
      # 27 small images make 3 steps per epoch at the default batch size; the
      # discriminator needs more steps than that.
      (make_simplenet, {"batch_size": 2, "max_epochs": 20}),
-     (make_stfpm, {}), (make_reverse_distillation, {})],
+     (make_stfpm, {}), (make_reverse_distillation, {}), (make_mambaad, {})],
     ids=lambda x: getattr(x, "__name__", None),
 )
 def test_factories_separate_synthetic_defects(factory, params, synthetic):
@@ -339,3 +355,44 @@ def test_factories_separate_synthetic_defects(factory, params, synthetic):
     assert roc_auc_score(y, pipe.decision_function(test)) >= 0.85
     maps = anomaly_maps(pipe, test)
     assert roc_auc_score(synthetic.masks[30:].ravel(), maps.ravel()) >= 0.8
+
+
+def test_distillation_image_score_needs_neighbouring_patches_to_agree(pixels, monkeypatch):
+    head = _quiet(IMAGE_HEADS["rd"](random_state=0), pixels)
+    spike = np.zeros((1, 16, 16), np.float32)
+    spike[0, 8, 8] = 1.0  # one noisy patch
+    blob = np.zeros((1, 16, 16), np.float32)
+    blob[0, 7:10, 7:10] = 0.8  # a small defect, lower but spread over 3 x 3 patches
+    monkeypatch.setattr(head, "_patch_scores", lambda X: np.concatenate([spike, blob])[: len(X)])
+    assert head.image_score_sigma == 1.0
+    blurred = -head.score_samples(pixels[:2])
+    assert blurred[1] > blurred[0]
+    head.set_params(image_score_sigma=0)
+    np.testing.assert_allclose(-head.score_samples(pixels[:2]), [1.0, 0.8], rtol=1e-6)
+
+
+def test_state_space_prediction_of_a_patch_never_sees_that_patch():
+    # The blind spot that keeps the model from copying its input: changing
+    # one patch moves every prediction but its own.
+    head = _quiet(GRID_HEADS["mambaad"](random_state=0), _grids())
+    module = head.module_
+    grids = torch.from_numpy(_grids(n=2, seed=1)).permute(0, 3, 1, 2)
+    changed = grids.clone()
+    changed[:, :, 1, 2] += 10.0
+    with torch.no_grad():
+        before = module.predict(module.standardise(grids), 4, 4)
+        after = module.predict(module.standardise(changed), 4, 4)
+    moved = (before - after).abs().amax(-1).reshape(2, 4, 4)
+    assert moved[:, 1, 2].max() < 1e-4
+    others = np.delete(moved.numpy().reshape(2, -1), 1 * 4 + 2, axis=1)
+    assert others.min() > 1e-3
+
+
+def test_state_space_flags_a_patch_its_surroundings_do_not_predict():
+    grids = _grids(n=24)
+    head = _quiet(StateSpaceDetector(hidden_size=16, max_epochs=30, validation_fraction=0,
+                                     random_state=0), grids)
+    test = _grids(n=4, seed=5)
+    test[2:, 1, 1] += 3.0
+    patches = head.score_patches(test)
+    assert patches[2:, 1, 1].min() > patches[:2].max()

@@ -7,6 +7,7 @@ from ._gaussian import GaussianDetector
 from ._kde import KDEDetector
 from ._knn import KNNDetector
 from ._simplenet import SimpleNetDetector
+from ._state_space import StateSpaceDetector
 
 __all__ = [
     "DistillationDetector",
@@ -15,5 +16,6 @@ __all__ = [
     "KDEDetector",
     "KNNDetector",
     "SimpleNetDetector",
+    "StateSpaceDetector",
     "conformal_offset",
 ]

@@ -5,6 +5,7 @@ import numbers
 import warnings
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
@@ -48,6 +49,20 @@ def conformal_offset(calibration_scores, contamination):
         )
         k = 1
     return float(scores[k - 1])
+
+
+
+def _smoothed_max(patch, sigma):
+    """Per image, the largest patch score after a Gaussian blur of ``sigma`` cells.
+
+    A maximum over raw patches follows the noisiest patch; over a smoothed
+    map it needs a few neighbouring patches to agree (as the maximum of
+    anomalib's blurred PaDiM map does).
+    """
+    if sigma == 0 or patch.shape[1] * patch.shape[2] == 1:
+        return patch.reshape(len(patch), -1).max(axis=1).astype(np.float64)
+    smooth = gaussian_filter(patch.astype(np.float64), sigma=(0, sigma, sigma), mode="nearest")
+    return smooth.reshape(len(patch), -1).max(axis=1)
 
 
 class _BaseDetector(OutlierMixin, BaseEstimator):

@@ -9,6 +9,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ..backbones import _build_architecture, load_backbone
+from ._base import _smoothed_max
 from ._trainable import _TrainableDetector
 
 
@@ -167,7 +168,8 @@ class DistillationDetector(_TrainableDetector):
     :func:`~skanomaly.make_stfpm` and
     :func:`~skanomaly.make_reverse_distillation` build that pipeline. The
     patch grid of ``score_patches`` is the finest tapped stage's (stride 4:
-    64 x 64 for 256 px images); an image's score is its largest patch score.
+    64 x 64 for 256 px images); an image's score is its largest patch score
+    after a light blur (``image_score_sigma``).
     Teacher features of the training images are computed once and kept
     during ``fit``.
 
@@ -184,6 +186,13 @@ class DistillationDetector(_TrainableDetector):
     width : int, default=64
         Channels of the reverse-distillation bottleneck's fusion branches
         (the decoder's are at least that); unused by STFPM.
+    image_score_sigma : float, default=1.0
+        The image score is the largest patch score after a Gaussian blur of
+        this many grid cells (1: the 4 px blur of
+        :func:`~skanomaly.anomaly_maps` at the stride-4 grid, so the score is
+        the maximum of the map a user sees, as Reverse Distillation's paper
+        scores; 0: the largest raw patch score). ``score_patches`` is not
+        blurred.
     max_epochs : int, default=50
         Passes over the training images.
     batch_size : int, default=8
@@ -250,6 +259,7 @@ class DistillationDetector(_TrainableDetector):
         "weights": "no_validation",
         "layers": [list, tuple, None],
         "width": [Interval(numbers.Integral, 1, None, closed="left")],
+        "image_score_sigma": [Interval(numbers.Real, 0, None, closed="left")],
     }
 
     def __init__(
@@ -260,6 +270,7 @@ class DistillationDetector(_TrainableDetector):
         weights="default",
         layers=None,
         width=64,
+        image_score_sigma=1.0,
         max_epochs=50,
         batch_size=8,
         learning_rate=5e-3,
@@ -277,6 +288,7 @@ class DistillationDetector(_TrainableDetector):
         self.weights = weights
         self.layers = layers
         self.width = width
+        self.image_score_sigma = image_score_sigma
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -348,3 +360,7 @@ class DistillationDetector(_TrainableDetector):
     def _module_scores(self, module, batch):
         images, _ = batch
         return module.anomaly_map(images)
+
+    def _patch_and_image_scores(self, X):
+        patches = self._patch_scores(X)
+        return patches, _smoothed_max(patches, self.image_score_sigma)

@@ -4,11 +4,10 @@ import numbers
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
 from sklearn.decomposition import PCA
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import _BaseDetector
+from ._base import _BaseDetector, _smoothed_max
 
 # Positions whose (d, d) matrices are processed at once: bounds the temporary
 # (positions, n_images, d) block when estimating per-position covariances.
@@ -36,19 +35,6 @@ def _regularised_precision(cov, regularization, scale):
     precision = torch.cholesky_inverse(chol)
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
     return precision, logdet
-
-
-def _smoothed_max(patch, sigma):
-    """Per image, the largest patch score after a Gaussian blur of ``sigma`` cells.
-
-    A maximum over raw patches follows the noisiest patch; over a smoothed
-    map it needs a few neighbouring patches to agree (as the maximum of
-    anomalib's blurred PaDiM map does).
-    """
-    if sigma == 0 or patch.shape[1] * patch.shape[2] == 1:
-        return patch.reshape(len(patch), -1).max(axis=1).astype(np.float64)
-    smooth = gaussian_filter(patch.astype(np.float64), sigma=(0, sigma, sigma), mode="nearest")
-    return smooth.reshape(len(patch), -1).max(axis=1)
 
 
 def _mean_variance(cov):
