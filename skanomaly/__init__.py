@@ -15,6 +15,7 @@ from . import pipelines as _pipelines
 from .detectors import (
     DistillationDetector,
     FlowDetector,
+    GANomalyDetector,
     GaussianDetector,
     KDEDetector,
     KNNDetector,
@@ -30,6 +31,7 @@ from .registry import available_methods, get_method
 __all__ = [
     "DistillationDetector",
     "FlowDetector",
+    "GANomalyDetector",
     "GaussianDetector",
     "ImageEmbedder",
     "ImagePreprocessor",

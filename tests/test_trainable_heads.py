@@ -18,6 +18,7 @@ from skanomaly import (
     anomaly_maps,
     make_cflow,
     make_fastflow,
+    make_ganomaly,
     make_mambaad,
     make_reverse_distillation,
     make_simplenet,
@@ -26,6 +27,7 @@ from skanomaly import (
 from skanomaly.detectors import (
     DistillationDetector,
     FlowDetector,
+    GANomalyDetector,
     SimpleNetDetector,
     StateSpaceDetector,
 )
@@ -64,6 +66,7 @@ IMAGE_HEADS = {
     "rd": lambda **kw: DistillationDetector(
         method="reverse_distillation", width=8, **{"max_epochs": 2, **kw}
     ),
+    "ganomaly": lambda **kw: GANomalyDetector(width=8, latent_size=16, **{"max_epochs": 2, **kw}),
 }
 
 
@@ -242,6 +245,11 @@ def test_non_finite_loss_is_a_clear_error(monkeypatch):
         (DistillationDetector(layers=("nope",)), np.zeros((6, 32, 32, 3), dtype=np.float32), "nope"),
         (DistillationDetector(method="distil"), np.zeros((6, 32, 32, 3), dtype=np.float32), "method"),
         (FlowDetector(device="tpu"), _grids(), "device"),
+        (GANomalyDetector(), np.zeros((6, 8, 8, 152), dtype=np.float32), "ImagePreprocessor"),
+        (GANomalyDetector(), np.zeros((6, 48, 48, 3), dtype=np.float32), "power of two"),
+        (GANomalyDetector(), np.zeros((6, 32, 64, 3), dtype=np.float32), "square"),
+        (GANomalyDetector(), np.zeros((6, 8, 8, 3), dtype=np.float32), "at least 16"),
+        (GANomalyDetector(latent_size=0), np.zeros((6, 32, 32, 3), dtype=np.float32), "latent_size"),
     ],
 )
 def test_bad_input_and_parameters(head, X, match):
@@ -396,3 +404,42 @@ def test_state_space_flags_a_patch_its_surroundings_do_not_predict():
     test[2:, 1, 1] += 3.0
     patches = head.score_patches(test)
     assert patches[2:, 1, 1].min() > patches[:2].max()
+
+
+def test_ganomaly_factory_scores_images_and_refuses_maps(tmp_path):
+    rng = np.random.default_rng(0)
+    pipe = _quiet(make_ganomaly(image_size=32, max_epochs=1, random_state=0),
+                  rng.random((8, 40, 40, 3)))
+    test = rng.random((2, 40, 40, 3))
+    assert pipe[-1].score_patches(pipe[0].transform(test)).shape == (2, 1, 1)
+    joblib.dump(pipe, tmp_path / "p.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "p.joblib").score_samples(test),
+                                  pipe.score_samples(test))
+
+
+def test_ganomaly_ranks_images_unlike_the_training_ones_higher(synthetic):
+    from sklearn.metrics import roc_auc_score
+
+    pipe = _quiet(make_ganomaly(image_size=32, max_epochs=30, batch_size=8, random_state=0),
+                  synthetic.images[:30])
+    test, y = synthetic.images[30:], synthetic.target[30:]
+    assert roc_auc_score(y, pipe.decision_function(test)) >= 0.85
+
+
+def test_ganomaly_generator_term_never_trains_the_discriminator(pixels, monkeypatch):
+    # The feature-matching term goes through a frozen copy of the
+    # discriminator: with the discriminator's own loss zeroed, a training
+    # step's loss gives its weights a zero gradient, and the generator's a
+    # non-zero one.
+    from skanomaly.detectors import _ganomaly
+
+    head = _quiet(IMAGE_HEADS["ganomaly"](random_state=0, max_epochs=1), pixels)
+    monkeypatch.setattr(_ganomaly.F, "binary_cross_entropy_with_logits",
+                        lambda logit, target: (0 * logit).sum())
+    monkeypatch.setattr(_ganomaly, "_DISCRIMINATOR_RESET", -1.0)
+    module = head.module_.train()
+    x = torch.from_numpy(np.ascontiguousarray(pixels[:4])).permute(0, 3, 1, 2)
+    module.zero_grad()
+    module.loss(x).backward()
+    assert all(p.grad is None or not p.grad.any() for p in module.disc_features.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in module.decoder.parameters())

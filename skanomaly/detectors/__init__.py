@@ -3,6 +3,7 @@
 from ._base import conformal_offset
 from ._distillation import DistillationDetector
 from ._flow import FlowDetector
+from ._ganomaly import GANomalyDetector
 from ._gaussian import GaussianDetector
 from ._kde import KDEDetector
 from ._knn import KNNDetector
@@ -12,6 +13,7 @@ from ._state_space import StateSpaceDetector
 __all__ = [
     "DistillationDetector",
     "FlowDetector",
+    "GANomalyDetector",
     "GaussianDetector",
     "KDEDetector",
     "KNNDetector",
