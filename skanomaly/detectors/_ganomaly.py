@@ -141,16 +141,22 @@ class GANomalyDetector(_TrainableDetector):
         Dimension of the latent code, as the paper.
     max_epochs : int, default=15
         Passes over the training images (the paper's 15).
-    batch_size : int, default=32
+    batch_size : int, default=16
         Images per step.
     learning_rate : float, default=2e-4
         Adam's step size (betas (0.5, 0.999), as DCGAN and the paper).
-    validation_fraction : float in [0, 1), default=0.1
+    validation_fraction : float in [0, 1), default=0.0
         Share of the non-calibration images held out for early stopping on
-        their reconstruction and latent losses.
-    n_iter_no_change : int or None, default=5
-        Epochs without a better validation loss before stopping; None
-        disables early stopping.
+        their reconstruction and latent losses (only with
+        ``n_iter_no_change``).
+    n_iter_no_change : int or None, default=None
+        Epochs without a better validation loss before stopping; None (the
+        default) trains ``max_epochs``, as the paper. Unlike the other
+        trainable heads', GANomaly's held-out loss is no guide: with batch
+        norm in eval mode it rises from the first epoch while the
+        adversarial training still improves the scores (bottle, 64 px:
+        stopping after 5 epochs without improvement gives image AUROC 0.56,
+        15 epochs 0.85-0.89 over three seeds).
     warm_start : bool, default=False
         Continue training the current networks on the next ``fit``.
     contamination : float in (0, 0.5], default=0.05
@@ -209,10 +215,10 @@ class GANomalyDetector(_TrainableDetector):
         width=32,
         latent_size=100,
         max_epochs=15,
-        batch_size=32,
+        batch_size=16,
         learning_rate=2e-4,
-        validation_fraction=0.1,
-        n_iter_no_change=5,
+        validation_fraction=0.0,
+        n_iter_no_change=None,
         warm_start=False,
         contamination=0.05,
         calibration_size=0.1,
