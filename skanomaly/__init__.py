@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 from . import pipelines as _pipelines
 from .detectors import (
     DistillationDetector,
+    EfficientADDetector,
     FlowDetector,
     GANomalyDetector,
     GaussianDetector,
@@ -30,6 +31,7 @@ from .registry import available_methods, get_method
 
 __all__ = [
     "DistillationDetector",
+    "EfficientADDetector",
     "FlowDetector",
     "GANomalyDetector",
     "GaussianDetector",

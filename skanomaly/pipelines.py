@@ -2,6 +2,7 @@
 
 from .detectors import (
     DistillationDetector,
+    EfficientADDetector,
     FlowDetector,
     GANomalyDetector,
     GaussianDetector,
@@ -859,6 +860,7 @@ def make_mambaad(
     good_for='image-level; networks trained from scratch, no pretrained weights',
 )
 def make_ganomaly(
+    backbone="efficientnet_lite0",
     *,
     image_size=64,
     max_epochs=None,
@@ -878,6 +880,9 @@ def make_ganomaly(
 
     Parameters
     ----------
+    backbone : str, default="efficientnet_lite0"
+        Only sets the input's normalisation (its weights' mean and standard
+        deviation): the networks are trained from scratch.
     image_size : int, default=64
         Side of the square input, a power of two. The networks are trained
         from scratch, so they need no backbone's resolution; the paper's
@@ -907,8 +912,76 @@ def make_ganomaly(
     (2,)
     """
     return _pipeline(
-        ImagePreprocessor(image_size=image_size, verbose=verbose),
+        ImagePreprocessor(backbone, image_size=image_size, verbose=verbose),
         GANomalyDetector(
+            **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
+                        contamination),
+        ),
+    )
+
+
+@_register(
+    'efficientad',
+    family='distillation',
+    maps=True,
+    trained=True,
+    reference='Batzner et al., 2024',
+    pipeline='`ImagePreprocessor` + `EfficientADDetector` (teacher distilled from the backbone)',
+    good_for='local and logical defects (student-teacher plus autoencoder); a small, fast network',
+)
+def make_efficientad(
+    backbone="efficientnet_lite0",
+    *,
+    image_size=256,
+    max_epochs=None,
+    batch_size=None,
+    learning_rate=None,
+    contamination=0.05,
+    device="cpu",
+    random_state=None,
+    verbose=0,
+):
+    """EfficientAD (Batzner et al., 2024): student-teacher plus autoencoder on a PDN.
+
+    ``make_pipeline(ImagePreprocessor(...), EfficientADDetector(...))``: a
+    small patch description network is distilled from ``backbone``'s
+    features, then a student and an autoencoder learn it on normal images;
+    the map averages their quantile-normalised differences.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+        Source of the teacher's features (used in ``fit`` only: the fitted
+        pipeline runs the small networks alone).
+    image_size : int or (int, int), default=256
+    max_epochs, batch_size, learning_rate : int, int, float or None
+        Training settings of :class:`~skanomaly.detectors.EfficientADDetector`;
+        None keeps its defaults.
+    contamination : float in (0, 0.5], default=0.05
+    device : str, default="cpu"
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+
+    Returns
+    -------
+    pipeline : StreamingPipeline
+        Steps ``"imagepreprocessor"`` and ``"efficientaddetector"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import make_efficientad
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_efficientad(image_size=64, max_epochs=1, random_state=0)
+    >>> pipe.set_params(efficientaddetector__teacher_epochs=1)  # doctest: +ELLIPSIS
+    StreamingPipeline(...)
+    >>> pipe.fit(rng.random((8, 64, 64, 3))).score_samples(rng.random((2, 64, 64, 3))).shape
+    (2,)
+    """
+    return _pipeline(
+        ImagePreprocessor(backbone, image_size=image_size, verbose=verbose),
+        EfficientADDetector(
+            backbone,
             **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
                         contamination),
         ),

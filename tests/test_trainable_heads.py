@@ -17,6 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skanomaly import (
     anomaly_maps,
     make_cflow,
+    make_efficientad,
     make_fastflow,
     make_ganomaly,
     make_mambaad,
@@ -26,6 +27,7 @@ from skanomaly import (
 )
 from skanomaly.detectors import (
     DistillationDetector,
+    EfficientADDetector,
     FlowDetector,
     GANomalyDetector,
     SimpleNetDetector,
@@ -67,6 +69,9 @@ IMAGE_HEADS = {
         method="reverse_distillation", width=8, **{"max_epochs": 2, **kw}
     ),
     "ganomaly": lambda **kw: GANomalyDetector(width=8, latent_size=16, **{"max_epochs": 2, **kw}),
+    "efficientad": lambda **kw: EfficientADDetector(
+        width=4, **{"teacher_epochs": 2, "max_epochs": 2, **kw}
+    ),
 }
 
 
@@ -246,6 +251,10 @@ def test_non_finite_loss_is_a_clear_error(monkeypatch):
         (DistillationDetector(method="distil"), np.zeros((6, 32, 32, 3), dtype=np.float32), "method"),
         (FlowDetector(device="tpu"), _grids(), "device"),
         (GANomalyDetector(), np.zeros((6, 8, 8, 152), dtype=np.float32), "ImagePreprocessor"),
+        (EfficientADDetector(), np.zeros((6, 8, 8, 152), dtype=np.float32), "ImagePreprocessor"),
+        (EfficientADDetector(), np.zeros((6, 16, 16, 3), dtype=np.float32), "at least 32"),
+        (EfficientADDetector(teacher_epochs=0), np.zeros((6, 32, 32, 3), dtype=np.float32),
+         "teacher_epochs"),
         (GANomalyDetector(), np.zeros((6, 48, 48, 3), dtype=np.float32), "power of two"),
         (GANomalyDetector(), np.zeros((6, 32, 64, 3), dtype=np.float32), "square"),
         (GANomalyDetector(), np.zeros((6, 8, 8, 3), dtype=np.float32), "at least 16"),
@@ -289,6 +298,7 @@ def test_teacher_stays_frozen(pixels):
         (make_cflow, "flowdetector"),
         (make_simplenet, "simplenetdetector"),
         (make_mambaad, "statespacedetector"),
+        (make_efficientad, "efficientaddetector"),
         (make_stfpm, "distillationdetector"),
         (make_reverse_distillation, "distillationdetector"),
     ],
@@ -351,7 +361,8 @@ def synthetic():
      # 27 small images make 3 steps per epoch at the default batch size; the
      # discriminator needs more steps than that.
      (make_simplenet, {"batch_size": 2, "max_epochs": 20}),
-     (make_stfpm, {}), (make_reverse_distillation, {}), (make_mambaad, {})],
+     (make_stfpm, {}), (make_reverse_distillation, {}), (make_mambaad, {}),
+     (make_efficientad, {})],
     ids=lambda x: getattr(x, "__name__", None),
 )
 def test_factories_separate_synthetic_defects(factory, params, synthetic):
@@ -443,3 +454,15 @@ def test_ganomaly_generator_term_never_trains_the_discriminator(pixels, monkeypa
     module.loss(x).backward()
     assert all(p.grad is None or not p.grad.any() for p in module.disc_features.parameters())
     assert any(p.grad is not None and p.grad.any() for p in module.decoder.parameters())
+
+
+def test_efficientad_teacher_is_distilled_then_frozen(pixels):
+    head = _quiet(IMAGE_HEADS["efficientad"](random_state=0, teacher_epochs=4), pixels)
+    # Distillation learned something: the loss fell.
+    assert head.teacher_loss_curve_[-1] < head.teacher_loss_curve_[0]
+    teacher = {k: v.clone() for k, v in head.module_.teacher.state_dict().items()}
+    head.set_params(warm_start=True, max_epochs=2)
+    _quiet(head, pixels)  # the student and autoencoder train on; the teacher does not
+    for name, value in head.module_.teacher.state_dict().items():
+        torch.testing.assert_close(value, teacher[name], msg=name)
+    assert not any(p.requires_grad for p in head.module_.teacher.parameters())

@@ -2,6 +2,7 @@
 
 from ._base import conformal_offset
 from ._distillation import DistillationDetector
+from ._efficientad import EfficientADDetector
 from ._flow import FlowDetector
 from ._ganomaly import GANomalyDetector
 from ._gaussian import GaussianDetector
@@ -12,6 +13,7 @@ from ._state_space import StateSpaceDetector
 
 __all__ = [
     "DistillationDetector",
+    "EfficientADDetector",
     "FlowDetector",
     "GANomalyDetector",
     "GaussianDetector",
