@@ -14,8 +14,10 @@ from skanomaly import (
     make_dfkde,
     make_dfm,
     make_padim,
+    make_reverse_distillation,
     make_softpatch,
     make_spade,
+    make_stfpm,
 )
 from skanomaly.datasets import make_synthetic
 from skanomaly.model_selection import NormalOnlyKFold
@@ -95,6 +97,8 @@ def test_factory_heads_and_defaults():
     dfm = make_dfm()
     assert dfm[-1].n_components == 0.97 and dfm[-1].score_type in ("nll", "reconstruction")
     assert isinstance(make_dfkde()[-1], KDEDetector) and make_dfkde()[-1].n_components == 16
+    # Reverse Distillation scores over a blurred map, STFPM over raw patches.
+    assert make_stfpm()[-1].image_score_sigma == 0 < make_reverse_distillation()[-1].image_score_sigma
     dino = make_anomalydino()[-1]
     assert dino.metric == "cosine" and dino.top_fraction == 0.01 and dino.mode == "patchcore"
 
@@ -132,7 +136,7 @@ def test_registry_is_the_one_list_of_methods():
     for name, info in methods.items():
         assert info.factory is getattr(skanomaly, info.factory.__name__)
         assert info.family in {"memory bank", "Gaussian", "kernel density", "normalizing flow",
-                               "discriminator", "distillation"}, name
+                               "discriminator", "distillation", "reconstruction"}, name
     trained = available_methods(trained=True)
     assert set(trained) | set(available_methods(trained=False)) == set(methods)
     assert "stfpm" in trained and "patchcore" not in trained

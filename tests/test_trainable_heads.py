@@ -377,13 +377,12 @@ def test_factories_separate_synthetic_defects(factory, params, synthetic):
 
 
 def test_distillation_image_score_needs_neighbouring_patches_to_agree(pixels, monkeypatch):
-    head = _quiet(IMAGE_HEADS["rd"](random_state=0), pixels)
+    head = _quiet(IMAGE_HEADS["rd"](random_state=0, image_score_sigma=1.0), pixels)
     spike = np.zeros((1, 16, 16), np.float32)
     spike[0, 8, 8] = 1.0  # one noisy patch
     blob = np.zeros((1, 16, 16), np.float32)
     blob[0, 7:10, 7:10] = 0.8  # a small defect, lower but spread over 3 x 3 patches
     monkeypatch.setattr(head, "_patch_scores", lambda X: np.concatenate([spike, blob])[: len(X)])
-    assert head.image_score_sigma == 1.0
     blurred = -head.score_samples(pixels[:2])
     assert blurred[1] > blurred[0]
     head.set_params(image_score_sigma=0)

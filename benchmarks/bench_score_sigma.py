@@ -1,14 +1,15 @@
-"""Student-teacher heads' image score, swept over the panel.
+"""Trainable heads' image score (``image_score_sigma``), swept over the panel.
 
-For each shared set and seed, ``make_reverse_distillation`` and
-``make_stfpm`` are fitted once from image paths with their defaults; the
-image AUROC is then computed from ``score_samples`` for several
-``image_score_sigma`` values (``set_params`` on the fitted pipeline: the blur
-only changes how patch scores become the image score), and the pixel AUROC
-of ``anomaly_maps`` where the set has masks. This is how the heads'
-``image_score_sigma`` defaults were chosen: by the mean and the worst set.
+For each shared set and seed, each method's factory (a head with an
+``image_score_sigma`` parameter: Reverse Distillation, STFPM, MambaAD-style)
+is fitted once from image paths with its defaults; the image AUROC is then
+computed from ``score_samples`` for several ``image_score_sigma`` values
+(``set_params`` on the fitted pipeline: the blur only changes how patch
+scores become the image score), and the pixel AUROC of ``anomaly_maps``
+where the set has masks. This is how those heads' ``image_score_sigma``
+defaults were chosen: by the mean and the worst set.
 
-    python benchmarks/bench_distillation_sweep.py [--methods ...] [--sets ...] [--seeds 0]
+    python benchmarks/bench_score_sigma.py [--methods ...] [--sets ...] [--seeds 0]
 """
 
 import argparse
@@ -30,7 +31,7 @@ def main(argv=None):
     parser.add_argument("--methods", default="reverse_distillation,stfpm")
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--out", default=str(HERE / "results" / "distillation_sweep.json"))
+    parser.add_argument("--out", default=str(HERE / "results" / "score_sigma.json"))
     args = parser.parse_args(argv)
 
     from sklearn.metrics import roc_auc_score
@@ -48,13 +49,14 @@ def main(argv=None):
                 pipe = get_method(method).factory(random_state=seed)
                 start = time.perf_counter()
                 pipe.fit(train.images)
-                head = pipe[-1]
+                step, head = pipe.steps[-1]
                 row = {"set": name, "method": method, "seed": seed,
+                       "default_sigma": head.image_score_sigma,
                        "fit_s": time.perf_counter() - start, "epochs": head.n_iter_,
                        "loss": head.loss_curve_[-1],
                        "validation_loss": (head.validation_loss_curve_ or [None])[-1]}
                 for sigma in SIGMAS:
-                    pipe.set_params(distillationdetector__image_score_sigma=sigma)
+                    pipe.set_params(**{f"{step}__image_score_sigma": sigma})
                     row[f"s{sigma:g}"] = roc_auc_score(test.target == -1,
                                                        -pipe.score_samples(test.images))
                 if has_masks:
