@@ -10,7 +10,7 @@ from torch import nn
 
 from ..backbones import _build_architecture, load_backbone
 from ._base import _smoothed_max
-from ._trainable import _TrainableDetector
+from ._trainable import _PixelHeadMixin, _TrainableDetector
 
 
 def _conv_bn_relu(n_in, n_out, stride=1):
@@ -144,7 +144,7 @@ class _Distillation(nn.Module):
         return combined
 
 
-class DistillationDetector(_TrainableDetector):
+class DistillationDetector(_PixelHeadMixin, _TrainableDetector):
     """Student-teacher heads on images: STFPM and Reverse Distillation.
 
     The teacher is a frozen ImageNet backbone. A student learns, on normal
@@ -256,6 +256,8 @@ class DistillationDetector(_TrainableDetector):
     (2, 16, 16)
     """
 
+    _factory_name = "make_stfpm"
+
     _parameter_constraints = {
         **_TrainableDetector._parameter_constraints,
         "backbone": [str],  # checked by load_backbone: registry or "timm/..."
@@ -304,19 +306,6 @@ class DistillationDetector(_TrainableDetector):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
-
-    def _check_features(self, X, *, reset):
-        if getattr(X, "ndim", None) != 4 or X.shape[-1] != 3:
-            raise ValueError(
-                f"{type(self).__name__} runs a network on images: give it "
-                "normalised pixels of shape (n, height, width, 3) from "
-                "ImagePreprocessor (see make_stfpm), not features of shape "
-                f"{np.shape(X)}."
-            )
-        X = super()._check_features(X, reset=reset)
-        if min(X.shape[1:3]) < 32:
-            raise ValueError(f"Images must be at least 32 x 32 pixels, got {X.shape[1:3]}.")
-        return X
 
     def _module_params(self, X, train_idx):
         teacher = _build_architecture(self.backbone)

@@ -9,7 +9,7 @@ from sklearn.utils._param_validation import Interval
 from torch import nn
 
 from ..backbones import load_backbone
-from ._trainable import _EpochBar, _TrainableDetector
+from ._trainable import _EpochBar, _PixelHeadMixin, _TrainableDetector
 
 # The student learns the teacher only where it is worst: squared errors above
 # this quantile of the batch's (the paper's hard-feature loss).
@@ -135,7 +135,7 @@ class _EfficientAD(nn.Module):
         return 0.5 * st + 0.5 * ae
 
 
-class EfficientADDetector(_TrainableDetector):
+class EfficientADDetector(_PixelHeadMixin, _TrainableDetector):
     """EfficientAD (Batzner et al., 2024): student-teacher plus autoencoder.
 
     A small patch description network (PDN, the teacher) describes every
@@ -237,6 +237,8 @@ class EfficientADDetector(_TrainableDetector):
     (2, 8, 8)
     """
 
+    _factory_name = "make_efficientad"
+
     _parameter_constraints = {
         **_TrainableDetector._parameter_constraints,
         "backbone": [str],
@@ -279,19 +281,6 @@ class EfficientADDetector(_TrainableDetector):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
-
-    def _check_features(self, X, *, reset):
-        if getattr(X, "ndim", None) != 4 or X.shape[-1] != 3:
-            raise ValueError(
-                f"{type(self).__name__} runs a network on images: give it "
-                "normalised pixels of shape (n, height, width, 3) from "
-                "ImagePreprocessor (see make_efficientad), not features of shape "
-                f"{np.shape(X)}."
-            )
-        X = super()._check_features(X, reset=reset)
-        if min(X.shape[1:3]) < 32:
-            raise ValueError(f"Images must be at least 32 x 32 pixels, got {X.shape[1:3]}.")
-        return X
 
     def _module_params(self, X, train_idx):
         backbone = load_backbone(self.backbone, self.weights)

@@ -9,7 +9,7 @@ from sklearn.utils._param_validation import Interval
 from torch import nn
 from torch.func import functional_call
 
-from ._trainable import _TrainableDetector
+from ._trainable import _PixelHeadMixin, _TrainableDetector
 
 # The paper's loss weights: adversarial (feature matching), contextual (L1
 # reconstruction), encoder (latent distance).
@@ -114,7 +114,7 @@ class _GANomaly(nn.Module):
         return generator + discriminator
 
 
-class GANomalyDetector(_TrainableDetector):
+class GANomalyDetector(_PixelHeadMixin, _TrainableDetector):
     """GANomaly (Akcay et al., 2018): image-level score from a latent distance.
 
     The generator encodes an image to a latent code, decodes it back to an
@@ -203,6 +203,9 @@ class GANomalyDetector(_TrainableDetector):
     (2,)
     """
 
+    _factory_name = "make_ganomaly"
+    _min_image_side = 16
+
     _parameter_constraints = {
         **_TrainableDetector._parameter_constraints,
         "width": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -241,16 +244,9 @@ class GANomalyDetector(_TrainableDetector):
         self.verbose = verbose
 
     def _check_features(self, X, *, reset):
-        if getattr(X, "ndim", None) != 4 or X.shape[-1] != 3:
-            raise ValueError(
-                f"{type(self).__name__} runs a network on images: give it "
-                "normalised pixels of shape (n, height, width, 3) from "
-                "ImagePreprocessor (see make_ganomaly), not features of shape "
-                f"{np.shape(X)}."
-            )
         X = super()._check_features(X, reset=reset)
         h, w = X.shape[1:3]
-        if h != w or h < 16 or h & (h - 1):
+        if h != w or h & (h - 1):
             raise ValueError(
                 f"{type(self).__name__} needs square images whose side is a "
                 f"power of two of at least 16 (its DCGAN stages halve it down "

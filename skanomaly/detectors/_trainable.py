@@ -275,3 +275,28 @@ class _TrainableDetector(_BaseDetector):
             _load_numpy_state(module, module_state)
             self.module_ = module.to(device).eval()
             self._device_ = device
+
+
+class _PixelHeadMixin:
+    """For heads that run their own network on normalised pixels (after
+    ``ImagePreprocessor``) instead of taking frozen features: the input
+    check, naming the factory that builds the right pipeline."""
+
+    # Smallest image side the head's networks take.
+    _min_image_side = 32
+    # The factory a user should reach for, named in the error.
+    _factory_name = None
+
+    def _check_features(self, X, *, reset):
+        if getattr(X, "ndim", None) != 4 or X.shape[-1] != 3:
+            raise ValueError(
+                f"{type(self).__name__} runs a network on images: give it "
+                "normalised pixels of shape (n, height, width, 3) from "
+                f"ImagePreprocessor (see {self._factory_name}), not features of "
+                f"shape {np.shape(X)}."
+            )
+        X = super()._check_features(X, reset=reset)
+        if min(X.shape[1:3]) < self._min_image_side:
+            side = self._min_image_side
+            raise ValueError(f"Images must be at least {side} x {side} pixels, got {X.shape[1:3]}.")
+        return X
