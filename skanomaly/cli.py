@@ -249,9 +249,8 @@ def _predict(args):
     from PIL import Image
 
     from .calibration import _pvalues_of_scores, pixel_threshold
-    from .embedders import PatchEmbedder
     from .images import load_image
-    from .maps import anomaly_boxes, anomaly_maps, anomaly_masks
+    from .maps import _NoMapsError, anomaly_boxes, anomaly_maps, anomaly_masks
     from .plotting import overlay_heatmap
 
     model = Path(args.model)
@@ -263,15 +262,17 @@ def _predict(args):
     head = pipe.steps[-1][1]
     pictures = None
     # Everything is computed, each image embedded once, before anything is written.
-    if any(isinstance(step, PatchEmbedder) for _, step in pipe.steps[:-1]):
+    try:
         maps, scores = anomaly_maps(pipe, paths, return_scores=True)
+    except _NoMapsError:  # an image-level method (DFKDE, GANomaly, ...)
+        maps = None
+        scores = pipe.score_samples(paths)
+    if maps is not None:
         threshold = pixel_threshold(pipe)
         masks = anomaly_masks(pipe, paths, maps=maps, threshold=threshold)
         masks = list(masks) if isinstance(masks, np.ndarray) else masks
         boxes = anomaly_boxes(pipe, paths, maps=maps, threshold=threshold)
         pictures = (maps, masks, boxes, threshold)
-    else:
-        scores = pipe.score_samples(paths)
     pvalues = _pvalues_of_scores(head, scores)
     labels = np.where(scores - head.offset_ >= 0, 1, -1)
     flagged = int((labels == -1).sum())

@@ -12,6 +12,10 @@ from .images import check_images, load_image
 __all__ = ["anomaly_boxes", "anomaly_maps", "anomaly_masks", "upsample_patch_scores"]
 
 
+class _NoMapsError(ValueError):
+    """The pipeline scores whole images only: it has no anomaly map to draw."""
+
+
 def _model_input_shape(transformers, default=None):
     """The (height, width) the pipeline's embedder resizes images to, or ``default``."""
     for _, step in transformers.steps:
@@ -151,7 +155,7 @@ def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
         ]
         features = transformers.transform(arrays)
         if np.ndim(features) != 4:
-            raise ValueError(
+            raise _NoMapsError(
                 "anomaly_maps needs patch grids (n, h, w, d) from the pipeline's "
                 f"transformers, got shape {np.shape(features)}."
             )
@@ -159,6 +163,12 @@ def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
             batch_scores, patch_scores = head.score_samples_and_patches(features)
         else:
             batch_scores, patch_scores = head.score_samples(features), head.score_patches(features)
+        if patch_scores.shape[1:] == (1, 1):
+            raise _NoMapsError(
+                f"{type(head).__name__} scores whole images (its patch grid is 1 x 1), "
+                "so it draws no anomaly map; use score_samples, or a method with maps "
+                "(skanomaly.available_methods(): maps=True)."
+            )
         scores.append(batch_scores)
         maps.extend(upsample_patch_scores(
             patch_scores, [array.shape[:2] for array in arrays],

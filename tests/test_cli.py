@@ -122,10 +122,10 @@ def test_fit_then_predict_writes_every_output(mvtec_like, tmp_path):
 
 
 def test_image_level_model_predicts_without_maps(mvtec_like, tmp_path):
-    model = tmp_path / "dfm.joblib"
-    assert main(["fit", "--method", "dfm", "--train", str(mvtec_like / "train" / "good"),
+    model = tmp_path / "dfkde.joblib"
+    assert main(["fit", "--method", "dfkde", "--train", str(mvtec_like / "train" / "good"),
                  "--image-size", "48", "-o", str(model)]) == 0
-    out = tmp_path / "dfm_out"
+    out = tmp_path / "dfkde_out"
     one = sorted((mvtec_like / "test" / "good").glob("*.png"))[0]
     assert main(["predict", str(model), str(one), "--out", str(out)]) == 0
     assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 1

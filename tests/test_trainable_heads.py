@@ -422,6 +422,8 @@ def test_ganomaly_factory_scores_images_and_refuses_maps(tmp_path):
                   rng.random((8, 40, 40, 3)))
     test = rng.random((2, 40, 40, 3))
     assert pipe[-1].score_patches(pipe[0].transform(test)).shape == (2, 1, 1)
+    with pytest.raises(ValueError, match="scores whole images"):
+        anomaly_maps(pipe, test)
     joblib.dump(pipe, tmp_path / "p.joblib")
     np.testing.assert_array_equal(joblib.load(tmp_path / "p.joblib").score_samples(test),
                                   pipe.score_samples(test))
