@@ -84,7 +84,7 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
     test_target : array-like of +1 / -1
     test_masks : list of (path, array or None) or None, default=None
         Ground-truth masks; the pixel AUROC is computed when given (not all
-        None) and the head has ``score_patches``.
+        None) and the head draws maps (a patch grid larger than 1 x 1).
     cache : FeatureCache or None, default=None
         Shares embeddings between pipelines with the same transformers.
     fit : bool, default=True
@@ -150,6 +150,8 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         "ms_per_image": 1000 * (embed_test_s + score_s) / len(test_images),
         "pipeline": pipeline,
     }
+    if want_maps and patch_scores.shape[1:] == (1, 1):
+        want_maps = False  # an image-level head (GANomaly): no map to measure
     if want_maps:
         maps = upsample_patch_scores(
             patch_scores, _image_shapes(test_images),

@@ -436,6 +436,11 @@ def test_ganomaly_ranks_images_unlike_the_training_ones_higher(synthetic):
                   synthetic.images[:30])
     test, y = synthetic.images[30:], synthetic.target[30:]
     assert roc_auc_score(y, pipe.decision_function(test)) >= 0.85
+    # Evaluation measures no pixel metrics for a head without maps.
+    from skanomaly.evaluation import evaluate_pipeline
+
+    result = evaluate_pipeline(pipe, None, test, y, test_masks=list(synthetic.masks[30:]), fit=False)
+    assert result["image_auroc"] >= 0.85 and np.isnan(result["pixel_auroc"])
 
 
 def test_ganomaly_generator_term_never_trains_the_discriminator(pixels, monkeypatch):
