@@ -110,8 +110,9 @@ class _EfficientAD(nn.Module):
         t, s_teacher, s_ae, a = self.outputs(x, generator)
         distance = (t - s_teacher).pow(2)
         if self.training:
-            hard = torch.quantile(distance.flatten()[::max(1, distance.numel() // 2**24)],
-                                  _HARD_QUANTILE)
+            # torch.quantile takes at most 2**24 values: subsample big batches.
+            step = -(-distance.numel() // 2**24)
+            hard = torch.quantile(distance.flatten()[::step], _HARD_QUANTILE)
             student = distance[distance >= hard].mean()
             penalty_images = _textures(len(x), x.shape[2], x.shape[3], generator, x.device)
             penalty = self.student(penalty_images)[:, : self.n_features].pow(2).mean()
