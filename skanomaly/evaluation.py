@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from .images import check_images, load_image
-from .maps import _model_input_shape, upsample_patch_scores
+from .maps import _is_image_level, _model_input_shape, upsample_patch_scores
 from .metrics import f1_max, pixel_aupro, pixel_roc_auc
 
 __all__ = ["FeatureCache", "evaluate_pipeline"]
@@ -150,7 +150,7 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         "ms_per_image": 1000 * (embed_test_s + score_s) / len(test_images),
         "pipeline": pipeline,
     }
-    if want_maps and patch_scores.shape[1:] == (1, 1):
+    if want_maps and _is_image_level(patch_scores):
         want_maps = False  # an image-level head (GANomaly): no map to measure
     if want_maps:
         maps = upsample_patch_scores(

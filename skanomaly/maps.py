@@ -16,6 +16,11 @@ class _NoMapsError(ValueError):
     """The pipeline scores whole images only: it has no anomaly map to draw."""
 
 
+def _is_image_level(patch_scores):
+    """True for a head that scores whole images: a 1 x 1 patch grid is no map."""
+    return patch_scores.shape[1:] == (1, 1)
+
+
 def _model_input_shape(transformers, default=None):
     """The (height, width) the pipeline's embedder resizes images to, or ``default``."""
     for _, step in transformers.steps:
@@ -163,7 +168,7 @@ def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
             batch_scores, patch_scores = head.score_samples_and_patches(features)
         else:
             batch_scores, patch_scores = head.score_samples(features), head.score_patches(features)
-        if patch_scores.shape[1:] == (1, 1):
+        if _is_image_level(patch_scores):
             raise _NoMapsError(
                 f"{type(head).__name__} scores whole images (its patch grid is 1 x 1), "
                 "so it draws no anomaly map; use score_samples, or a method with maps "

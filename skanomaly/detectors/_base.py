@@ -51,7 +51,6 @@ def conformal_offset(calibration_scores, contamination):
     return float(scores[k - 1])
 
 
-
 def _smoothed_max(patch, sigma):
     """Per image, the largest patch score after a Gaussian blur of ``sigma`` cells.
 

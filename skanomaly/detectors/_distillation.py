@@ -9,7 +9,6 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ..backbones import _build_architecture, load_backbone
-from ._base import _smoothed_max
 from ._trainable import _PixelHeadMixin, _TrainableDetector
 
 
@@ -353,7 +352,3 @@ class DistillationDetector(_PixelHeadMixin, _TrainableDetector):
     def _module_scores(self, module, batch):
         images, _ = batch
         return module.anomaly_map(images)
-
-    def _patch_and_image_scores(self, X):
-        patches = self._patch_scores(X)
-        return patches, _smoothed_max(patches, self.image_score_sigma)

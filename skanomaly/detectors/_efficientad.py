@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval
 from torch import nn
 
-from ..backbones import load_backbone
+from ..backbones import _build_architecture, load_backbone
 from ._trainable import _EpochBar, _PixelHeadMixin, _TrainableDetector
 
 # The student learns the teacher only where it is worst: squared errors above
@@ -129,7 +129,6 @@ class _EfficientAD(nn.Module):
     def forward(self, x):
         st, ae = self.raw_maps(x)
         q = self.map_quantiles
-        low, high = _MAP_QUANTILES
         # Each map: its held-out 0.9 quantile -> 0, 0.995 quantile -> 0.1.
         st = 0.1 * (st - q[0]) / (q[1] - q[0]).clamp_min(1e-12)
         ae = 0.1 * (ae - q[2]) / (q[3] - q[2]).clamp_min(1e-12)
@@ -284,7 +283,8 @@ class EfficientADDetector(_PixelHeadMixin, _TrainableDetector):
         self.verbose = verbose
 
     def _module_params(self, X, train_idx):
-        backbone = load_backbone(self.backbone, self.weights)
+        # Channel counts only: the weights are read once, in _init_module.
+        backbone = _build_architecture(self.backbone)
         n_features = sum(backbone.channels[name] for name in backbone.default_layers)
         return {"n_features": int(n_features), "width": self.width}
 

@@ -2,7 +2,6 @@
 
 import numbers
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval
@@ -65,12 +64,6 @@ class _GANomaly(nn.Module):
         self.reencoder = nn.Sequential(body, head)
         self.disc_features, self.disc_head = _encoder(image_size, 3, width, 1)
         _dcgan_init(self)
-
-    def generator(self):
-        return [self.encoder, self.decoder, self.reencoder]
-
-    def discriminator(self):
-        return [self.disc_features, self.disc_head]
 
     def reset_discriminator(self):
         _dcgan_init(self.disc_features)

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval
 from torch import nn
 
-from ._base import _smoothed_max
 from ._trainable import _standardise_channels, _TrainableDetector
 
 # S4D-Lin initialisation (Gu et al., 2022): the discretisation step of each
@@ -292,7 +291,3 @@ class StateSpaceDetector(_TrainableDetector):
 
     def _module_scores(self, module, batch):
         return module.errors(batch)
-
-    def _patch_and_image_scores(self, X):
-        patches = self._patch_scores(X)
-        return patches, _smoothed_max(patches, self.image_score_sigma)

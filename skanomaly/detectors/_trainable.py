@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import Interval
 
 from .._torch import _device_or_cpu, _resolve_device
 from ..backbones import _as_numpy_state
-from ._base import _BaseDetector
+from ._base import _BaseDetector, _smoothed_max
 
 # Images scored per forward pass when no gradient is needed.
 _SCORE_BATCH = 32
@@ -254,8 +254,10 @@ class _TrainableDetector(_BaseDetector):
         return out
 
     def _patch_and_image_scores(self, X):
+        # Heads with an image_score_sigma parameter blur the map before the
+        # maximum; the others take the largest raw patch score.
         patches = self._patch_scores(X)
-        return patches, patches.reshape(len(patches), -1).max(axis=1)
+        return patches, _smoothed_max(patches, getattr(self, "image_score_sigma", 0.0))
 
     # -- persistence -------------------------------------------------------------
     def __getstate__(self):
