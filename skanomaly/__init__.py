@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 from . import pipelines as _pipelines
 from .detectors import (
     DistillationDetector,
+    DRAEMDetector,
+    DSRDetector,
     EfficientADDetector,
     FlowDetector,
     GANomalyDetector,
@@ -31,6 +33,8 @@ from .registry import available_methods, get_method
 
 __all__ = [
     "DistillationDetector",
+    "DRAEMDetector",
+    "DSRDetector",
     "EfficientADDetector",
     "FlowDetector",
     "GANomalyDetector",

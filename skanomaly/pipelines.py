@@ -2,6 +2,8 @@
 
 from .detectors import (
     DistillationDetector,
+    DRAEMDetector,
+    DSRDetector,
     EfficientADDetector,
     FlowDetector,
     GANomalyDetector,
@@ -982,6 +984,139 @@ def make_efficientad(
         ImagePreprocessor(backbone, image_size=image_size, verbose=verbose),
         EfficientADDetector(
             backbone,
+            **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
+                        contamination),
+        ),
+    )
+
+
+@_register(
+    'draem',
+    family='reconstruction',
+    maps=True,
+    trained=True,
+    reference='Zavrtanik et al., 2021',
+    pipeline='`ImagePreprocessor` + `DRAEMDetector` (painted anomalies, frozen backbone)',
+    good_for='learns what a defect looks like from painted ones; sharp maps of surface defects',
+)
+def make_draem(
+    backbone="efficientnet_lite0",
+    *,
+    image_size=256,
+    max_epochs=None,
+    batch_size=None,
+    learning_rate=None,
+    contamination=0.05,
+    device="cpu",
+    random_state=None,
+    verbose=0,
+):
+    """DRAEM (Zavrtanik et al., 2021): rebuild and segment painted anomalies.
+
+    ``make_pipeline(ImagePreprocessor(...), DRAEMDetector(...))``: anomalies
+    are painted on the training images inside Perlin-noise masks; a
+    reconstructive network learns to remove them from ``backbone``'s frozen
+    features and a discriminative network to segment them; its output is
+    the anomaly map.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+        Frozen feature extractor the networks work on (part of the fitted model).
+    image_size : int or (int, int), default=256
+    max_epochs, batch_size, learning_rate : int, int, float or None
+        Training settings of :class:`~skanomaly.detectors.DRAEMDetector`;
+        None keeps its defaults.
+    contamination : float in (0, 0.5], default=0.05
+    device : str, default="cpu"
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+
+    Returns
+    -------
+    pipeline : StreamingPipeline
+        Steps ``"imagepreprocessor"`` and ``"draemdetector"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import make_draem
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_draem(image_size=64, max_epochs=1, random_state=0)
+    >>> pipe.fit(rng.random((8, 64, 64, 3))).score_samples(rng.random((2, 64, 64, 3))).shape
+    (2,)
+    """
+    return _pipeline(
+        ImagePreprocessor(backbone, image_size=image_size, verbose=verbose),
+        DRAEMDetector(
+            backbone,
+            **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
+                        contamination),
+        ),
+    )
+
+
+@_register(
+    'dsr',
+    family='reconstruction',
+    maps=True,
+    trained=True,
+    reference='Zavrtanik et al., 2022',
+    pipeline='`PatchEmbedder` + `DSRDetector` (quantised codes, anomalies made in code space)',
+    good_for='near-in-distribution defects; no hand-made anomaly source',
+)
+def make_dsr(
+    backbone="efficientnet_lite0",
+    *,
+    image_size=256,
+    max_epochs=None,
+    batch_size=None,
+    learning_rate=None,
+    contamination=0.05,
+    device="cpu",
+    n_jobs=None,
+    random_state=None,
+    verbose=0,
+):
+    """DSR (Zavrtanik et al., 2022): dual subspace re-projection on quantised patch features.
+
+    ``make_pipeline(PatchEmbedder(...), DSRDetector(...))``: a quantised
+    model of the frozen patch features is learned, anomalies are made by
+    swapping codes inside Perlin masks, and a network learns to segment
+    them from a general and an object-specific decoding.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+    image_size : int or (int, int), default=256
+    max_epochs, batch_size, learning_rate : int, int, float or None
+        Training settings of :class:`~skanomaly.detectors.DSRDetector`;
+        None keeps its defaults.
+    contamination : float in (0, 0.5], default=0.05
+    device : str, default="cpu"
+    n_jobs : int or None, default=None
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+
+    Returns
+    -------
+    pipeline : StreamingPipeline
+        Steps ``"patchembedder"`` and ``"dsrdetector"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import make_dsr
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_dsr(image_size=64, max_epochs=1, random_state=0)
+    >>> pipe.set_params(dsrdetector__vq_epochs=1)  # doctest: +ELLIPSIS
+    StreamingPipeline(...)
+    >>> pipe.fit(rng.random((8, 64, 64, 3))).score_samples(rng.random((2, 64, 64, 3))).shape
+    (2,)
+    """
+    return _pipeline(
+        PatchEmbedder(backbone, image_size=image_size, n_jobs=n_jobs, device=device, verbose=verbose),
+        DSRDetector(
             **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
                         contamination),
         ),

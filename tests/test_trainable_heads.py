@@ -1,4 +1,4 @@
-"""Trainable heads (FlowDetector, SimpleNetDetector, DistillationDetector) on tiny data."""
+"""Trainable heads (flows, SimpleNet, distillation, reconstruction, DRAEM, DSR) on tiny data."""
 
 import pickle
 import subprocess
@@ -17,6 +17,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skanomaly import (
     anomaly_maps,
     make_cflow,
+    make_draem,
+    make_dsr,
     make_efficientad,
     make_fastflow,
     make_ganomaly,
@@ -27,6 +29,8 @@ from skanomaly import (
 )
 from skanomaly.detectors import (
     DistillationDetector,
+    DRAEMDetector,
+    DSRDetector,
     EfficientADDetector,
     FlowDetector,
     GANomalyDetector,
@@ -62,6 +66,8 @@ GRID_HEADS = {
     "cflow": lambda **kw: FlowDetector(kernel_size=1, positional_encoding=8, **{"max_epochs": 3, **kw}),
     "simplenet": lambda **kw: SimpleNetDetector(hidden_size=32, **{"max_epochs": 3, **kw}),
     "mambaad": lambda **kw: StateSpaceDetector(hidden_size=16, **{"max_epochs": 3, **kw}),
+    "dsr": lambda **kw: DSRDetector(n_codes=16, code_size=8, width=8,
+                                    **{"vq_epochs": 2, "max_epochs": 3, **kw}),
 }
 IMAGE_HEADS = {
     "stfpm": lambda **kw: DistillationDetector(method="stfpm", **{"max_epochs": 2, **kw}),
@@ -72,6 +78,7 @@ IMAGE_HEADS = {
     "efficientad": lambda **kw: EfficientADDetector(
         width=4, **{"teacher_epochs": 2, "max_epochs": 2, **kw}
     ),
+    "draem": lambda **kw: DRAEMDetector(width=8, **{"max_epochs": 2, **kw}),
 }
 
 
@@ -259,6 +266,12 @@ def test_non_finite_loss_is_a_clear_error(monkeypatch):
         (GANomalyDetector(), np.zeros((6, 32, 64, 3), dtype=np.float32), "square"),
         (GANomalyDetector(), np.zeros((6, 8, 8, 3), dtype=np.float32), "at least 16"),
         (GANomalyDetector(latent_size=0), np.zeros((6, 32, 32, 3), dtype=np.float32), "latent_size"),
+        (DRAEMDetector(), np.zeros((6, 8, 8, 152), dtype=np.float32), "ImagePreprocessor"),
+        (DRAEMDetector(), np.zeros((6, 16, 16, 3), dtype=np.float32), "at least 32"),
+        (DRAEMDetector(image_score_sigma=-1), np.zeros((6, 32, 32, 3), dtype=np.float32),
+         "image_score_sigma"),
+        (DSRDetector(n_codes=1), _grids(), "n_codes"),
+        (DSRDetector(vq_epochs=0), _grids(), "vq_epochs"),
     ],
 )
 def test_bad_input_and_parameters(head, X, match):
@@ -299,6 +312,8 @@ def test_teacher_stays_frozen(pixels):
         (make_simplenet, "simplenetdetector"),
         (make_mambaad, "statespacedetector"),
         (make_efficientad, "efficientaddetector"),
+        (make_draem, "draemdetector"),
+        (make_dsr, "dsrdetector"),
         (make_stfpm, "distillationdetector"),
         (make_reverse_distillation, "distillationdetector"),
     ],
@@ -339,7 +354,8 @@ _SUBSET = {"check_methods_subset_invariance": "float32 rounding differs with the
 @parametrize_with_checks(
     [FlowDetector(max_epochs=2, random_state=0),
      SimpleNetDetector(max_epochs=2, hidden_size=16, random_state=0),
-     StateSpaceDetector(max_epochs=2, hidden_size=8, state_size=4, random_state=0)],
+     StateSpaceDetector(max_epochs=2, hidden_size=8, state_size=4, random_state=0),
+     DSRDetector(n_codes=64, code_size=4, width=4, vq_epochs=1, max_epochs=2, random_state=0)],
     expected_failed_checks=lambda estimator: _SUBSET,
 )
 def test_sklearn_estimator_checks(estimator, check):
@@ -362,7 +378,8 @@ def synthetic():
      # discriminator needs more steps than that.
      (make_simplenet, {"batch_size": 2, "max_epochs": 20}),
      (make_stfpm, {}), (make_reverse_distillation, {}), (make_mambaad, {}),
-     (make_efficientad, {})],
+     (make_efficientad, {}),
+     (make_draem, {"batch_size": 2, "max_epochs": 20})],
     ids=lambda x: getattr(x, "__name__", None),
 )
 def test_factories_separate_synthetic_defects(factory, params, synthetic):
@@ -472,3 +489,82 @@ def test_efficientad_teacher_is_distilled_then_frozen(pixels):
     for name, value in head.module_.teacher.state_dict().items():
         torch.testing.assert_close(value, teacher[name], msg=name)
     assert not any(p.requires_grad for p in head.module_.teacher.parameters())
+
+
+def test_perlin_masks_mark_about_half_the_images():
+    from skanomaly.detectors._synthetic import _perlin_masks
+
+    generator = torch.Generator().manual_seed(0)
+    masks = _perlin_masks(200, 32, 32, generator, "cpu")
+    assert masks.shape == (200, 1, 32, 32)
+    assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
+    marked = (masks.flatten(1).amax(1) > 0).float().mean()
+    assert 0.3 < marked < 0.6  # half are drawn; some draws leave no noise above 0.5
+    again = _perlin_masks(200, 32, 32, torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(masks, again)
+
+
+def test_painted_anomalies_stay_inside_their_masks_and_grey_stays_grey():
+    from skanomaly.detectors._synthetic import _paint_anomalies
+
+    generator = torch.Generator().manual_seed(1)
+    colour = torch.randn(16, 3, 32, 32)
+    painted, masks = _paint_anomalies(colour, generator)
+    outside = masks.expand_as(colour) == 0
+    assert torch.equal(painted[outside], colour[outside])
+    assert (painted != colour).any()
+    grey = torch.randn(16, 1, 32, 32).expand(16, 3, 32, 32)
+    painted, masks = _paint_anomalies(grey, generator)
+    assert masks.any()
+    assert torch.equal(painted[:, 0], painted[:, 1]) and torch.equal(painted[:, 1], painted[:, 2])
+
+
+def test_draem_keeps_the_backbone_frozen_and_learns_its_networks(pixels):
+    from skanomaly.backbones import load_backbone
+
+    head = _quiet(IMAGE_HEADS["draem"](random_state=0, max_epochs=3), pixels)
+    loaded = load_backbone("efficientnet_lite0").model.state_dict()
+    for name, value in head.module_.encoder.state_dict().items():
+        torch.testing.assert_close(value, loaded[name], msg=name)
+    assert not any(p.requires_grad for p in head.module_.encoder.parameters())
+    assert head.loss_curve_[-1] < head.loss_curve_[0]
+
+
+def test_draem_segments_a_painted_patch_more_than_the_image_around_it(synthetic):
+    pipe = _quiet(make_draem(image_size=64, max_epochs=20, batch_size=2, random_state=0),
+                  synthetic.images[:30])
+    defective = synthetic.target[30:] == -1
+    maps = anomaly_maps(pipe, synthetic.images[30:][defective])
+    masks = synthetic.masks[30:][defective].astype(bool)
+    assert maps[masks].mean() > maps[~masks].mean()
+
+
+def test_dsr_quantised_model_is_fitted_first_then_frozen():
+    head = _quiet(GRID_HEADS["dsr"](random_state=0, vq_epochs=4), _grids())
+    assert head.vq_loss_curve_[-1] < head.vq_loss_curve_[0]
+    module = head.module_
+    frozen = {k: v.clone() for k, v in module.state_dict().items()
+              if k.startswith(("encoder", "codebook", "general_decoder"))}
+    head.set_params(warm_start=True, max_epochs=2)
+    _quiet(head, _grids())
+    for name, value in head.module_.state_dict().items():
+        if name in frozen:
+            torch.testing.assert_close(value, frozen[name], msg=name)
+    # Every cell is replaced by its nearest code.
+    z = head._batch_tensor(module, _grids(), np.arange(2))
+    with torch.no_grad():
+        e = module.encoder(z)
+        codes, idx = module.quantise(e)
+    flat = e.permute(0, 2, 3, 1).reshape(-1, e.shape[1])
+    expected = torch.cdist(flat, module.codebook).argmin(1)
+    assert torch.equal(idx.flatten(), expected)
+
+
+def test_dsr_factory_separates_synthetic_defects(synthetic):
+    # Image level only: DSR's maps are still weak (bottle pixel AUROC 0.76,
+    # issue 16), so its pixel AUROC is not held to the 0.8 of the other heads.
+    from sklearn.metrics import roc_auc_score
+
+    pipe = _quiet(make_dsr(image_size=64, max_epochs=10, random_state=0), synthetic.images[:30])
+    test, y = synthetic.images[30:], synthetic.target[30:]
+    assert roc_auc_score(y, pipe.decision_function(test)) >= 0.85

@@ -2,6 +2,8 @@
 
 from ._base import conformal_offset
 from ._distillation import DistillationDetector
+from ._draem import DRAEMDetector
+from ._dsr import DSRDetector
 from ._efficientad import EfficientADDetector
 from ._flow import FlowDetector
 from ._ganomaly import GANomalyDetector
@@ -13,6 +15,8 @@ from ._state_space import StateSpaceDetector
 
 __all__ = [
     "DistillationDetector",
+    "DRAEMDetector",
+    "DSRDetector",
     "EfficientADDetector",
     "FlowDetector",
     "GANomalyDetector",

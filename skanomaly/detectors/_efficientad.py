@@ -9,6 +9,7 @@ from sklearn.utils._param_validation import Interval
 from torch import nn
 
 from ..backbones import _build_architecture, load_backbone
+from ._synthetic import _textures
 from ._trainable import _EpochBar, _PixelHeadMixin, _TrainableDetector
 
 # The student learns the teacher only where it is worst: squared errors above
@@ -65,17 +66,6 @@ class _AutoEncoder(nn.Module):
                 keep = torch.rand(h.shape, generator=generator, device=h.device) >= _DROPOUT
                 h = h * keep / (1 - _DROPOUT)
         return self.out(F.interpolate(h, size=grid, mode="bilinear", align_corners=False))
-
-
-def _textures(n, height, width, generator, device):
-    """Smooth random colour fields at several scales, about unit variance per
-    channel (as normalised photographs): the images on which the student is
-    kept from imitating the teacher, in place of the paper's ImageNet."""
-    out = torch.zeros(n, 3, height, width, device=device)
-    for cells in (2, 4, 8, 16, 32):
-        coarse = torch.randn(n, 3, cells, cells, generator=generator, device=device)
-        out += F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
-    return out / out.flatten(1).std(1)[:, None, None, None].clamp_min(1e-6)
 
 
 class _EfficientAD(nn.Module):
