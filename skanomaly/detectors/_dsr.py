@@ -9,7 +9,7 @@ from sklearn.utils._param_validation import Interval
 from torch import nn
 
 from ._synthetic import _Bottleneck, _focal_loss, _perlin_masks, _SegmentationNet
-from ._trainable import _EpochBar, _standardise_channels, _TrainableDetector
+from ._trainable import _EpochBar, _standardise_channels, _train_stage, _TrainableDetector
 
 # Weight of the encoder's commitment to its codes (van den Oord et al., 2017).
 _COMMITMENT = 0.25
@@ -259,22 +259,10 @@ class DSRDetector(_TrainableDetector):
         optimizer = torch.optim.Adam(params, lr=self.learning_rate)
         module.encoder.train()
         module.general_decoder.train()
-        self.vq_loss_curve_ = []
         bar = _EpochBar(self.vq_epochs, self.verbose, "DSR quantised model")
-        try:
-            for _ in range(self.vq_epochs):
-                order = train_idx[order_rng.permutation(len(train_idx))]
-                total = 0.0
-                for chunk in np.array_split(order, -(-len(order) // self.batch_size)):
-                    loss = module.vq_loss(self._batch_tensor(module, X, np.sort(chunk)))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * len(chunk)
-                self.vq_loss_curve_.append(total / len(order))
-                bar.update(loss=self.vq_loss_curve_[-1])
-        finally:
-            bar.close()
+        self.vq_loss_curve_ = _train_stage(
+            optimizer, train_idx, self.vq_epochs, self.batch_size, order_rng, bar,
+            lambda chunk: module.vq_loss(self._batch_tensor(module, X, chunk)))
         for p in params:
             p.requires_grad_(False)
 

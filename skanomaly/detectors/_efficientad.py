@@ -10,7 +10,7 @@ from torch import nn
 
 from ..backbones import _build_architecture, load_backbone
 from ._synthetic import _textures
-from ._trainable import _EpochBar, _PixelHeadMixin, _TrainableDetector
+from ._trainable import _EpochBar, _PixelHeadMixin, _TrainableDetector, _train_stage
 
 # The student learns the teacher only where it is worst: squared errors above
 # this quantile of the batch's (the paper's hard-feature loss).
@@ -303,29 +303,19 @@ class EfficientADDetector(_PixelHeadMixin, _TrainableDetector):
         for p in teacher.parameters():
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(teacher.parameters(), lr=self.learning_rate, weight_decay=1e-5)
-        self.teacher_loss_curve_ = []
+
+        def distillation_loss(chunk):
+            images = self._augment(self._batch_tensor(module, X, chunk), generator)
+            textures = _textures(len(images), images.shape[2], images.shape[3],
+                                 generator, images.device)
+            batch = torch.cat([images, textures])
+            with torch.no_grad():
+                target = (self._targets(backbone, batch, grid) - mean) / std
+            return (teacher(batch) - target).pow(2).mean()
+
         bar = _EpochBar(self.teacher_epochs, self.verbose, "EfficientAD teacher")
-        try:
-            for _ in range(self.teacher_epochs):
-                order = train_idx[order_rng.permutation(len(train_idx))]
-                total = 0.0
-                for chunk in np.array_split(order, -(-len(order) // self.batch_size)):
-                    images = self._batch_tensor(module, X, np.sort(chunk))
-                    images = self._augment(images, generator)
-                    textures = _textures(len(images), images.shape[2], images.shape[3],
-                                         generator, images.device)
-                    batch = torch.cat([images, textures])
-                    with torch.no_grad():
-                        target = (self._targets(backbone, batch, grid) - mean) / std
-                    loss = (teacher(batch) - target).pow(2).mean()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * len(chunk)
-                self.teacher_loss_curve_.append(total / len(order))
-                bar.update(loss=self.teacher_loss_curve_[-1])
-        finally:
-            bar.close()
+        self.teacher_loss_curve_ = _train_stage(optimizer, train_idx, self.teacher_epochs,
+                                                self.batch_size, order_rng, bar, distillation_loss)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)

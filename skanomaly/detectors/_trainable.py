@@ -64,6 +64,28 @@ class _EpochBar:
             self._bar.close()
 
 
+def _train_stage(optimizer, idx, epochs, batch_size, order_rng, bar, batch_loss):
+    """Plain epochs of a fit's preliminary stage (a teacher, a codebook):
+    shuffle ``idx``, step ``optimizer`` on ``batch_loss(sorted chunk)`` for
+    near-equal chunks of ``batch_size``; return each epoch's mean loss."""
+    curve = []
+    try:
+        for _ in range(epochs):
+            order = idx[order_rng.permutation(len(idx))]
+            total = 0.0
+            for chunk in np.array_split(order, -(-len(order) // batch_size)):
+                loss = batch_loss(np.sort(chunk))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(chunk)
+            curve.append(total / len(order))
+            bar.update(loss=curve[-1])
+    finally:
+        bar.close()
+    return curve
+
+
 class _TrainableDetector(_BaseDetector):
     """Base of heads whose model is trained by gradient descent.
 
