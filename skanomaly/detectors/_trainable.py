@@ -98,7 +98,8 @@ class _TrainableDetector(_BaseDetector):
     - optionally ``_init_module(module, X, train_idx)``: set data-dependent
       buffers (feature statistics, cached teacher outputs) of a new module;
     - ``_loss(module, batch, generator)``: scalar training loss of a batch
-      tensor (N, ...) already on the device, module in train mode;
+      tensor (N, ...) already on the device, module in train mode (or of
+      what ``_training_batch`` gives, when overridden);
     - ``_module_scores(module, batch)``: patch anomaly scores (N, h, w) of a
       batch in eval mode, under ``torch.no_grad``.
 
@@ -129,6 +130,11 @@ class _TrainableDetector(_BaseDetector):
         """The rows ``X[idx]`` as a channels-first float tensor on the device."""
         batch = torch.from_numpy(np.ascontiguousarray(X[idx]))
         return batch.permute(0, 3, 1, 2).to(self._device_)
+
+    def _training_batch(self, module, X, idx):
+        """What ``_loss`` receives for the rows ``X[idx]`` (training and
+        validation); a head may add what it caches per row."""
+        return self._batch_tensor(module, X, idx)
 
     # -- training --------------------------------------------------------------
     def fit(self, X, y=None):
@@ -173,7 +179,7 @@ class _TrainableDetector(_BaseDetector):
         with torch.no_grad():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start:start + self.batch_size]
-                total += float(self._loss(module, self._batch_tensor(module, X, chunk), generator)) * len(chunk)
+                total += float(self._loss(module, self._training_batch(module, X, chunk), generator)) * len(chunk)
         return total / len(idx)
 
     def _fit_normal(self, X, fit_idx, rng):
@@ -216,7 +222,7 @@ class _TrainableDetector(_BaseDetector):
                 n_batches = -(-len(order) // self.batch_size)
                 for chunk in np.array_split(order, n_batches):
                     chunk = np.sort(chunk)
-                    loss = self._loss(module, self._batch_tensor(module, X, chunk), generator)
+                    loss = self._loss(module, self._training_batch(module, X, chunk), generator)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
                             f"{type(self).__name__}: the training loss became "
