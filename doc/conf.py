@@ -23,11 +23,13 @@ suppress_warnings = ["myst.header"]
 # here at every build, included by index.md and api.rst.
 from pathlib import Path as _Path
 
+from skanomaly.export import _markdown_table as _export_table
 from skanomaly.registry import _markdown_table, available_methods
 
 _generated = _Path(__file__).resolve().parent / "_generated"
 _generated.mkdir(exist_ok=True)
 (_generated / "methods.md").write_text(_markdown_table())
+(_generated / "export.md").write_text(_export_table())
 (_generated / "factories.rst").write_text("".join(
     f".. autofunction:: skanomaly.{info.factory.__name__}\n" for info in available_methods().values()))
 exclude_patterns.append("_generated")

@@ -179,8 +179,19 @@ examples:
   skanomaly fit --method padim --train parts/good -o padim.joblib --contamination 0.01
 """
 
+EXPORT_HELP = """\
+Export a saved pipeline to one ONNX file (graph + metadata, no pickle), for
+inference without torch (skanomaly_runtime, onnxruntime or OpenVINO) with the
+pipeline's scores. Methods that cannot be exported say why.
+
+examples:
+  skanomaly export bottle.joblib -o bottle.onnx
+  skanomaly predict bottle.onnx ../shared/data/mvtec_bottle/test/broken_large --out found
+"""
+
 PREDICT_HELP = """\
-Score images with a saved pipeline and write what it found to --out:
+Score images with a saved pipeline (a .joblib file from 'skanomaly fit', or a
+.onnx file from 'skanomaly export') and write what it found to --out:
 
   predictions.csv   image, score (higher = more normal), p_value, label
                     (+1 normal, -1 anomalous)
@@ -191,6 +202,9 @@ Score images with a saved pipeline and write what it found to --out:
 examples:
   skanomaly predict bottle.joblib ../shared/data/mvtec_bottle/test/broken_large --out found
   skanomaly predict bottle.joblib a.png b.png --out found
+
+A .joblib file runs code when it loads: use only files you trust. A .onnx
+export loads no code.
 """
 
 
@@ -226,55 +240,87 @@ def _fit(args):
     return 0
 
 
-def _image_paths(items):
-    from .datasets import IMAGE_EXTENSIONS
+def _load_pipeline(path):
+    """A fitted skanomaly pipeline from a joblib file, or one clear error."""
+    import joblib
 
-    paths = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                raise ValueError(f"No images in folder {item!r}.")
-            paths.extend(str(p) for p in found)
-        elif path.is_file():
-            paths.append(str(path))
-        else:
-            raise ValueError(f"No such file or folder: {item!r}.")
-    return paths
+    if not Path(path).is_file():
+        raise ValueError(f"No model file {path!r}.")
+    try:
+        pipe = joblib.load(path)
+    except Exception as exc:  # a truncated file, or not a pickle at all
+        raise ValueError(f"{path!r} is not a readable joblib model "
+                         f"({type(exc).__name__}: {exc}).") from None
+    head = pipe.steps[-1][1] if hasattr(pipe, "steps") else None
+    if head is None or not hasattr(head, "offset_"):
+        raise ValueError(f"{path!r} holds a {type(pipe).__name__}, not a fitted skanomaly pipeline.")
+    return pipe
+
+
+def _export(args):
+    from .export import to_onnx
+
+    path = to_onnx(_load_pipeline(args.model), args.output)
+    print(f"{args.model} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _load_model(path):
+    """``(scores_and_maps, pvalues_of, offset, pixel_threshold)`` of a saved
+    model: a joblib pipeline, or an ONNX export run by skanomaly_runtime."""
+    model = Path(path)
+    if not model.is_file():
+        raise ValueError(f"No model file {path!r}.")
+    if model.suffix.lower() == ".onnx":
+        import skanomaly_runtime
+
+        exported = skanomaly_runtime.load(model)
+
+        def scores_and_maps(paths):
+            if exported.metadata_.get("pixel_threshold") is None:
+                return None, exported.score_samples(paths)
+            return exported.anomaly_maps(paths, return_scores=True)
+
+        return (scores_and_maps, lambda scores: exported.conformal_pvalues(scores=scores),
+                exported.offset_, exported.metadata_.get("pixel_threshold"))
+    from .calibration import _pvalues_of_scores, pixel_threshold
+    from .maps import _NoMapsError, anomaly_maps
+
+    pipe = _load_pipeline(model)
+    head = pipe.steps[-1][1]
+
+    def scores_and_maps(paths):
+        try:
+            return anomaly_maps(pipe, paths, return_scores=True)
+        except _NoMapsError:  # an image-level method (DFKDE, GANomaly, ...)
+            return None, pipe.score_samples(paths)
+
+    has_maps = getattr(head, "calibration_patch_scores_", None) is not None
+    return (scores_and_maps, lambda scores: _pvalues_of_scores(head, scores), head.offset_,
+            pixel_threshold(pipe) if has_maps else None)
 
 
 def _predict(args):
-    import joblib
     from PIL import Image
+    from skanomaly_runtime.images import image_files
 
-    from .calibration import _pvalues_of_scores, pixel_threshold
     from .images import load_image
-    from .maps import _NoMapsError, anomaly_boxes, anomaly_maps, anomaly_masks
+    from .maps import anomaly_boxes, anomaly_masks
     from .plotting import overlay_heatmap
 
-    model = Path(args.model)
-    if not model.is_file():
-        raise ValueError(f"No model file {args.model!r}.")
-    pipe = joblib.load(model)
-    paths = _image_paths(args.images)
+    scores_and_maps, pvalues_of, offset, threshold = _load_model(args.model)
+    paths = image_files(args.images)
     out = Path(args.out)
-    head = pipe.steps[-1][1]
     pictures = None
     # Everything is computed, each image embedded once, before anything is written.
-    try:
-        maps, scores = anomaly_maps(pipe, paths, return_scores=True)
-    except _NoMapsError:  # an image-level method (DFKDE, GANomaly, ...)
-        maps = None
-        scores = pipe.score_samples(paths)
+    maps, scores = scores_and_maps(paths)
     if maps is not None:
-        threshold = pixel_threshold(pipe)
-        masks = anomaly_masks(pipe, paths, maps=maps, threshold=threshold)
+        masks = anomaly_masks(None, paths, maps=maps, threshold=threshold)
         masks = list(masks) if isinstance(masks, np.ndarray) else masks
-        boxes = anomaly_boxes(pipe, paths, maps=maps, threshold=threshold)
+        boxes = anomaly_boxes(None, paths, maps=maps, threshold=threshold)
         pictures = (maps, masks, boxes, threshold)
-    pvalues = _pvalues_of_scores(head, scores)
-    labels = np.where(scores - head.offset_ >= 0, 1, -1)
+    pvalues = pvalues_of(scores)
+    labels = np.where(scores - offset >= 0, 1, -1)
     flagged = int((labels == -1).sum())
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.csv", "w", newline="") as fh:
@@ -458,10 +504,18 @@ def build_parser():
         "predict", help="score images with a saved model", description=PREDICT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    predict.add_argument("model", metavar="MODEL", help="joblib file from 'skanomaly fit'")
+    predict.add_argument("model", metavar="MODEL",
+                         help="joblib file from 'skanomaly fit' or .onnx from 'skanomaly export'")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
     predict.set_defaults(handler=_predict)
+    export = commands.add_parser(
+        "export", help="export a saved model to ONNX", description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("model", metavar="MODEL", help="joblib file from 'skanomaly fit'")
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help=".onnx file to write")
+    export.set_defaults(handler=_export)
     return parser
 
 

@@ -4,12 +4,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from skanomaly_runtime.images import IMAGE_EXTENSIONS
 from sklearn.utils import Bunch, check_random_state
 
 __all__ = ["load_folder", "load_mvtec", "make_synthetic"]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
 
 def _image_files(folder):
     return sorted(

@@ -1,8 +1,10 @@
 """Reading and validating images given in any of the forms users have them.
 
-Every entry point of skanomaly that takes images goes through
-:func:`check_images` (cheap, no decoding) and :func:`load_image` (decodes one
-item), so that the rules below hold everywhere:
+Needs numpy and Pillow only: the torch-free runtime decodes with it too, and
+:mod:`skanomaly.images` re-exports it. Every entry point of skanomaly that
+takes images goes through :func:`check_images` (cheap, no decoding) and
+:func:`load_image` (decodes one item), so that the rules below hold
+everywhere:
 
 - an item is a path (``str`` or :class:`os.PathLike`), a :class:`PIL.Image.Image`,
   or an ``(H, W)`` / ``(H, W, C)`` array with C in {1, 3, 4};
@@ -17,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["check_images", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "check_images", "image_files", "load_image"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -45,7 +49,7 @@ def check_images(X):
     Examples
     --------
     >>> import numpy as np
-    >>> from skanomaly.images import check_images
+    >>> from skanomaly_runtime.images import check_images
     >>> len(check_images(np.zeros((4, 32, 32, 3), dtype=np.uint8)))
     4
     """
@@ -133,7 +137,7 @@ def load_image(image, index=0):
     Examples
     --------
     >>> import numpy as np
-    >>> from skanomaly.images import load_image
+    >>> from skanomaly_runtime.images import load_image
     >>> grey16 = np.full((8, 6), 65535, dtype=np.uint16)
     >>> rgb = load_image(grey16)
     >>> rgb.shape, rgb.dtype, float(rgb.max())
@@ -192,3 +196,45 @@ def _to_rgb_float(array, what):
     if out.ndim == 2:
         out = np.repeat(out[:, :, None], 3, axis=2)
     return np.ascontiguousarray(out)
+
+
+def image_files(items):
+    """The image files named by ``items``: files as given, folders searched
+    recursively (sorted, extensions :data:`IMAGE_EXTENSIONS`).
+
+    Parameters
+    ----------
+    items : sequence of str or path-like
+        Files and folders.
+
+    Returns
+    -------
+    paths : list of str
+
+    Raises
+    ------
+    ValueError
+        For an item that does not exist, or a folder without images.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from skanomaly_runtime.images import image_files
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> (folder / "a.png").touch(); (folder / "notes.txt").touch()
+    >>> [pathlib.Path(p).name for p in image_files([folder])]
+    ['a.png']
+    """
+    paths = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ValueError(f"No images in folder {os.fspath(item)!r}.")
+            paths.extend(str(p) for p in found)
+        elif path.is_file():
+            paths.append(str(path))
+        else:
+            raise ValueError(f"No such file or folder: {os.fspath(item)!r}.")
+    return paths

@@ -5,6 +5,8 @@ import numbers
 import warnings
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
@@ -63,6 +65,33 @@ def _smoothed_max(patch, sigma):
     smooth = gaussian_filter(patch.astype(np.float64), sigma=(0, sigma, sigma), mode="nearest")
     return smooth.reshape(len(patch), -1).max(axis=1)
 
+
+
+class _TorchGaussianBlur(torch.nn.Module):
+    """``gaussian_filter(mode="nearest")`` (scipy's truncate of 4 standard
+    deviations) over the last two axes of an (n, h, w) tensor, as two
+    convolutions an ONNX graph can hold."""
+
+    def __init__(self, sigma):
+        super().__init__()
+        radius = int(4.0 * sigma + 0.5)
+        x = np.arange(-radius, radius + 1, dtype=np.float64)
+        kernel = np.exp(-0.5 * (x / sigma) ** 2)
+        self.radius = radius
+        self.register_buffer("kernel", torch.from_numpy((kernel / kernel.sum()).astype(np.float32)))
+
+    def forward(self, maps):
+        x = F.pad(maps[:, None], (self.radius, self.radius, 0, 0), mode="replicate")
+        x = F.conv2d(x, self.kernel.view(1, 1, 1, -1))
+        x = F.pad(x, (0, 0, self.radius, self.radius), mode="replicate")
+        return F.conv2d(x, self.kernel.view(1, 1, -1, 1))[:, 0]
+
+
+def _torch_smoothed_max(patch, blur):
+    """:func:`_smoothed_max` of an (n, h, w) tensor; ``blur`` a _TorchGaussianBlur or None."""
+    if blur is None or patch.shape[1] * patch.shape[2] == 1:
+        return patch.flatten(1).amax(1)
+    return blur(patch).flatten(1).amax(1)
 
 class _BaseDetector(OutlierMixin, BaseEstimator):
     """Base class of the heads: 2D rows or 4D patch grids in, outlier contract out.

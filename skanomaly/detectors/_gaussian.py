@@ -7,7 +7,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import _BaseDetector, _smoothed_max
+from ._base import _BaseDetector, _smoothed_max, _torch_smoothed_max, _TorchGaussianBlur
 
 # Positions whose (d, d) matrices are processed at once: bounds the temporary
 # (positions, n_images, d) block when estimating per-position covariances.
@@ -270,6 +270,18 @@ class GaussianDetector(_BaseDetector):
                 logdet[rows] = ld.numpy()
         return mean.numpy(), precision, logdet
 
+    # -- ONNX export (skanomaly.export) ------------------------------------------
+    @property
+    def _not_exportable(self):
+        if self.n_components is not None:
+            return "its scores go through a PCA of the whole grid (n_components), not exported yet"
+        return None
+
+    def _export_graph(self):
+        dim = self.precision_.shape[-1]
+        return _GaussianGraph(self.mean_, self.precision_, self._logdet, dim,
+                              self.score_type == "nll", self.image_score_sigma)
+
     def _patch_and_image_scores(self, X):
         n, h, w, d = X.shape
         if self.pca_ is not None:
@@ -310,3 +322,26 @@ class GaussianDetector(_BaseDetector):
             patch = np.sqrt(d2)
         patch = patch.reshape(n, h, w)
         return patch.astype(np.float32), _smoothed_max(patch, self.image_score_sigma)
+
+
+class _GaussianGraph(torch.nn.Module):
+    """``_patch_and_image_scores`` of a per-position (or shared) Gaussian in
+    torch ops an ONNX graph can hold."""
+
+    def __init__(self, mean, precision, logdet, dim, nll, image_score_sigma):
+        super().__init__()
+        self.register_buffer("mean", torch.from_numpy(np.asarray(mean, np.float32).reshape(-1, dim)))
+        self.register_buffer("precision", torch.from_numpy(
+            np.asarray(precision, np.float32).reshape(-1, dim, dim)))
+        constant = np.asarray(logdet, np.float64).reshape(-1) + dim * np.log(2 * np.pi)
+        self.register_buffer("constant", torch.from_numpy(constant.astype(np.float32)))
+        self.nll = nll
+        self.blur = _TorchGaussianBlur(image_score_sigma) if image_score_sigma else None
+
+    def forward(self, grids):
+        n, h, w, d = grids.shape
+        diff = (grids.reshape(n, h * w, d) - self.mean[None]).permute(1, 0, 2)
+        d2 = ((diff @ self.precision) * diff).sum(-1).clamp(min=0).T
+        patch = 0.5 * (d2 + self.constant[None]) if self.nll else d2.sqrt()
+        patch = patch.reshape(n, h, w)
+        return patch, _torch_smoothed_max(patch, self.blur)

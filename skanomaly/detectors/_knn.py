@@ -356,6 +356,68 @@ class KNNDetector(_BaseDetector):
         return patch.reshape(n, h, w), image
 
 
+    # -- ONNX export (skanomaly.export) ------------------------------------------
+    @property
+    def _not_exportable(self):
+        if self.mode == "spade":
+            return "mode='spade' searches a different support set per image"
+        return None
+
+    def _export_graph(self):
+        return _KNNGraph(self.memory_bank_, self.metric, self.n_neighbors, self.top_fraction)
+
+
+class _KNNGraph(torch.nn.Module):
+    """``_patch_and_image_scores`` in torch ops an ONNX graph can hold: exact
+    search (the ranking GEMM centred on the bank mean, the distance of the
+    chosen row computed directly, as :func:`~skanomaly.neighbors.kneighbors`)."""
+
+    def __init__(self, bank, metric, n_neighbors, top_fraction):
+        super().__init__()
+        bank = np.asarray(bank, dtype=np.float32)
+        centre = bank.mean(axis=0, dtype=np.float64).astype(np.float32)
+        centred = bank - centre
+        self.register_buffer("bank", torch.from_numpy(bank))
+        self.register_buffer("centre", torch.from_numpy(centre))
+        self.register_buffer("centred_t", torch.from_numpy(np.ascontiguousarray(centred.T)))
+        self.register_buffer("centred_sq", torch.from_numpy((centred.astype(np.float64) ** 2)
+                                                            .sum(1).astype(np.float32)))
+        self.cosine = metric == "cosine"
+        self.k = min(n_neighbors, len(bank))
+        self.top_fraction = top_fraction
+
+    def _nearest(self, queries, k):
+        ranking = self.centred_sq[None] - 2.0 * ((queries - self.centre) @ self.centred_t)
+        return torch.topk(ranking, k, dim=1, largest=False).indices
+
+    def _distance(self, euclidean):
+        return euclidean.pow(2) / 2 if self.cosine else euclidean
+
+    def forward(self, grids):
+        n, h, w, d = grids.shape
+        x = grids.reshape(-1, d)
+        if self.cosine:
+            x = x / x.norm(dim=1, keepdim=True).clamp_min(float(np.finfo(np.float32).tiny))
+        nearest = self._nearest(x, 1)[:, 0]
+        patch = self._distance((x - self.bank[nearest]).norm(dim=1)).reshape(n, h * w)
+        if self.top_fraction is not None:
+            n_top = max(1, int(self.top_fraction * h * w))
+            return patch.reshape(n, h, w), torch.topk(patch, n_top, dim=1).values.mean(1)
+        image, worst = patch.max(dim=1)
+        if self.k > 1:
+            rows = torch.arange(n) * (h * w) + worst
+            m_star = nearest[rows]
+            support = self._nearest(self.bank[m_star], self.k)
+            x_star = x[rows]
+            support_dist = self._distance((self.bank[support] - x_star[:, None]).norm(dim=2))
+            # logsumexp spelled out around the maximum: runtimes differ in how
+            # they compute ReduceLogSumExp (OpenVINO's moved scores by 1%).
+            top = support_dist.amax(dim=1)
+            spread = torch.log(torch.exp(support_dist - top[:, None]).sum(dim=1))
+            image = image * (1.0 - torch.exp(image - top - spread))
+        return patch.reshape(n, h, w), image
+
+
 def _patch_distance(euclidean, metric):
     """Patch scores from Euclidean distances (between unit vectors for cosine:
     ``1 - cos = ||a - b||^2 / 2``)."""

@@ -1,0 +1,58 @@
+"""``python -m skanomaly_runtime MODEL.onnx IMAGE_OR_DIR... --out DIR``: score
+images with an exported model, without torch.
+
+Writes ``predictions.csv`` (image, score, p_value, label) and, for models
+with maps, ``masks/*.png``. ``skanomaly predict MODEL.onnx`` writes the
+same and also overlays and boxes (it needs the full install).
+"""
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import load
+from .images import image_files
+
+
+def main(argv=None):
+    """Entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m skanomaly_runtime", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", metavar="MODEL", help=".onnx file from 'skanomaly export'")
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"))
+    args = parser.parse_args(argv)
+    try:
+        model = load(args.model, backend=args.backend)
+        paths = image_files(args.images)
+        if model.metadata_.get("pixel_threshold") is None:
+            maps, scores = None, model.score_samples(paths)
+        else:
+            maps, scores = model.anomaly_maps(paths, return_scores=True)
+    except (ValueError, ImportError) as exc:
+        print(f"skanomaly_runtime: error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = np.where(scores - model.offset_ >= 0, 1, -1)
+    with open(out / "predictions.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "score", "p_value", "label"])
+        writer.writerows(zip(paths, scores, model.conformal_pvalues(scores=scores), labels))
+    if maps is not None:
+        from PIL import Image
+
+        (out / "masks").mkdir(exist_ok=True)
+        for index, (path, mask) in enumerate(zip(paths, model.anomaly_masks(maps=maps))):
+            name = f"{index:04d}_{Path(path).stem}_mask.png"
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / name)
+    print(f"{len(paths)} images, {int((labels == -1).sum())} flagged as anomalous -> {out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
