@@ -169,12 +169,16 @@ most normal. Heatmap: anomaly map (same scale for all); green: true defect outli
 
 
 FIT_HELP = """\
-Fit a method on normal images and save the pipeline with joblib.
+Fit a method on normal images and save the pipeline: as skops for an
+-o NAME.skops (a file that loads without running code; needs skops), else
+with joblib (loading it runs code from it: share only with people who trust
+you).
 
 TRAIN is a folder of normal images, or a category folder in MVTec AD layout
 (its train/good is used).
 
 examples:
+  skanomaly fit --train ../shared/data/mvtec_bottle -o bottle.skops
   skanomaly fit --train ../shared/data/mvtec_bottle -o bottle.joblib
   skanomaly fit --method padim --train parts/good -o padim.joblib --contamination 0.01
 """
@@ -218,8 +222,7 @@ def _training_images(folder):
 
 
 def _fit(args):
-    import joblib
-
+    from .persistence import save_model
     from .registry import get_method
 
     factory = get_method(args.method).factory
@@ -230,27 +233,17 @@ def _fit(args):
     pipe = factory(**kwargs)
     start = time.perf_counter()
     pipe.fit(images)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    joblib.dump(pipe, tmp)
-    tmp.replace(out)  # never leave a half-written model behind
+    out = save_model(pipe, args.output)  # never leaves a half-written model behind
     print(f"fitted {args.method} on {len(images)} images in "
           f"{time.perf_counter() - start:.1f} s -> {out}")
     return 0
 
 
 def _load_pipeline(path):
-    """A fitted skanomaly pipeline from a joblib file, or one clear error."""
-    import joblib
+    """A fitted skanomaly pipeline from a .joblib or .skops file, or one clear error."""
+    from .persistence import load_model
 
-    if not Path(path).is_file():
-        raise ValueError(f"No model file {path!r}.")
-    try:
-        pipe = joblib.load(path)
-    except Exception as exc:  # a truncated file, or not a pickle at all
-        raise ValueError(f"{path!r} is not a readable joblib model "
-                         f"({type(exc).__name__}: {exc}).") from None
+    pipe = load_model(path)
     head = pipe.steps[-1][1] if hasattr(pipe, "steps") else None
     if head is None or not hasattr(head, "offset_"):
         raise ValueError(f"{path!r} holds a {type(pipe).__name__}, not a fitted skanomaly pipeline.")
@@ -277,7 +270,7 @@ def _load_model(path):
         exported = skanomaly_runtime.load(model)
 
         def scores_and_maps(paths):
-            if exported.metadata_.get("pixel_threshold") is None:
+            if not exported.metadata_["maps"]:
                 return None, exported.score_samples(paths)
             return exported.anomaly_maps(paths, return_scores=True)
 
@@ -494,7 +487,9 @@ def build_parser():
     fit.add_argument("--method", default="patchcore",
                      help=f"one of {', '.join(available_methods())} (default patchcore)")
     fit.add_argument("--train", required=True, metavar="DIR", help="normal images")
-    fit.add_argument("-o", "--output", required=True, metavar="FILE", help="joblib file to write")
+    fit.add_argument("-o", "--output", required=True, metavar="FILE",
+                     help="model file to write: NAME.skops (loads no code; needs skops) "
+                          "or NAME.joblib")
     fit.add_argument("--contamination", type=float, default=0.05,
                      help="target false-alarm rate on normal images (default 0.05)")
     fit.add_argument("--image-size", type=int, default=None, help="backbone input size")
@@ -505,7 +500,8 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     predict.add_argument("model", metavar="MODEL",
-                         help="joblib file from 'skanomaly fit' or .onnx from 'skanomaly export'")
+                         help=".skops or .joblib file from 'skanomaly fit', or .onnx from "
+                              "'skanomaly export'")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
     predict.set_defaults(handler=_predict)
@@ -513,7 +509,7 @@ def build_parser():
         "export", help="export a saved model to ONNX", description=EXPORT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    export.add_argument("model", metavar="MODEL", help="joblib file from 'skanomaly fit'")
+    export.add_argument("model", metavar="MODEL", help=".skops or .joblib file from 'skanomaly fit'")
     export.add_argument("-o", "--output", required=True, metavar="FILE", help=".onnx file to write")
     export.set_defaults(handler=_export)
     return parser

@@ -27,6 +27,7 @@ from torch import nn
 from .calibration import pixel_threshold
 from .detectors._base import _TorchGaussianBlur
 from .embedders import PatchEmbedder
+from .preprocessing import ImagePreprocessor
 
 __all__ = ["export_refusal", "to_onnx"]
 
@@ -41,13 +42,20 @@ class _Exported(nn.Module):
     def __init__(self, embedder, head_graph, model_shape, sigma):
         super().__init__()
         self.embedder = embedder
-        self.backbone = embedder.backbone_.model  # registered: its weights go in the graph
+        if isinstance(embedder, PatchEmbedder):
+            self.backbone = embedder.backbone_.model  # registered: its weights go in the graph
+        else:
+            self.register_buffer("mean", torch.from_numpy(embedder.mean_).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.from_numpy(embedder.std_).view(1, 3, 1, 1))
         self.head = head_graph
         self.model_shape = tuple(model_shape)
         self.blur = _TorchGaussianBlur(sigma) if sigma > 0 else None
 
     def forward(self, images):
-        feats = self.embedder._embed(self.embedder.backbone_.normalize(images))
+        if isinstance(self.embedder, PatchEmbedder):
+            feats = self.embedder._embed(self.embedder.backbone_.normalize(images))
+        else:  # ImagePreprocessor: normalised pixels, channels last
+            feats = ((images - self.mean) / self.std).permute(0, 2, 3, 1)
         patch, image = self.head(feats)
         maps = F.interpolate(patch[:, None], size=self.model_shape, mode="bilinear",
                              align_corners=False)[:, 0]
@@ -67,7 +75,7 @@ def _embedder_of(pipeline):
     reason = export_refusal(pipeline)
     if reason is not None:
         raise ValueError(f"{type(head).__name__} cannot be exported to ONNX: {reason}.")
-    check_is_fitted(embedder, "backbone_")
+    check_is_fitted(embedder)
     check_is_fitted(head)
     return embedder, head
 
@@ -86,19 +94,19 @@ def export_refusal(pipeline):
 
     Examples
     --------
-    >>> from skanomaly import make_patchcore, make_fastflow
+    >>> from skanomaly import make_patchcore, make_spade
     >>> from skanomaly.export import export_refusal
     >>> export_refusal(make_patchcore()) is None
     True
-    >>> export_refusal(make_fastflow())
-    'its graph (FlowDetector) is not exportable yet'
+    >>> export_refusal(make_spade())
+    "mode='spade' searches a different support set per image"
     """
     if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
         return "only a Pipeline of an embedder and a head is exportable"
     embedder, head = pipeline.steps[0][1], pipeline.steps[-1][1]
-    if not isinstance(embedder, PatchEmbedder):
+    if not isinstance(embedder, (PatchEmbedder, ImagePreprocessor)):
         return (f"the pipeline starts with {type(embedder).__name__}; only PatchEmbedder "
-                "pipelines are exportable yet")
+                "and ImagePreprocessor pipelines are exportable yet")
     if not hasattr(head, "_export_graph"):
         return f"its graph ({type(head).__name__}) is not exportable yet"
     return head._not_exportable
@@ -146,14 +154,16 @@ def to_onnx(pipeline, path, *, sigma=4.0, opset=17):
     from . import __version__
 
     height, width = embedder.image_shape_
-    module = _Exported(embedder, head._export_graph(), (height, width), sigma).eval()
-    device = embedder._device_
-    embedder.backbone_.model.to("cpu")
-    embedder._device_ = torch.device("cpu")
+    # Traced on the CPU whatever device the model runs on.
+    devices = [(step, step._device_) for step in (embedder, head) if hasattr(step, "_device_")]
+    for step, _ in devices:
+        _move(step, torch.device("cpu"))
     path = Path(path)
     try:
-        module.cpu()
+        module = _Exported(embedder, head._export_graph(), (height, width), sigma).eval()
         example = torch.rand(1, 3, height, width)
+        with torch.no_grad():
+            has_maps = tuple(module(example)[1].shape[1:]) != (1, 1)  # as anomaly_maps decides
         handle, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
         os.close(handle)
         umask = os.umask(0)
@@ -168,7 +178,7 @@ def to_onnx(pipeline, path, *, sigma=4.0, opset=17):
                                   ("images", "image_scores", "patch_scores", "maps")},
                 )
             model = onnx.load(tmp)
-            meta = _metadata(pipeline, embedder, head, sigma, __version__)
+            meta = _metadata(embedder, head, sigma, has_maps, __version__)
             entry = model.metadata_props.add()
             entry.key, entry.value = _METADATA_KEY, json.dumps(meta)
             onnx.save(model, tmp)
@@ -177,9 +187,18 @@ def to_onnx(pipeline, path, *, sigma=4.0, opset=17):
             if os.path.exists(tmp):
                 os.remove(tmp)
     finally:
-        embedder.backbone_.model.to(device)
-        embedder._device_ = device
+        for step, device in devices:
+            _move(step, device)
     return path
+
+
+def _move(step, device):
+    """Put a fitted step's torch state on ``device``."""
+    for name in ("backbone_", "module_"):
+        part = getattr(step, name, None)
+        if part is not None:
+            (part.model if name == "backbone_" else part).to(device)
+    step._device_ = device
 
 
 def _markdown_table():
@@ -193,8 +212,8 @@ def _markdown_table():
     return "\n".join(lines) + "\n"
 
 
-def _metadata(pipeline, embedder, head, sigma, version):
-    meta = {
+def _metadata(embedder, head, sigma, has_maps, version):
+    return {
         "format": _FORMAT,
         "skanomaly_version": version,
         "head": type(head).__name__,
@@ -203,8 +222,7 @@ def _metadata(pipeline, embedder, head, sigma, version):
         "offset": float(head.offset_),
         "contamination": float(head.contamination),
         "calibration_scores": [float(s) for s in np.asarray(head.calibration_scores_)],
-        "pixel_threshold": None,
+        "maps": bool(has_maps),
+        # None for heads that score whole images: they draw no map to threshold.
+        "pixel_threshold": pixel_threshold(head) if has_maps else None,
     }
-    if getattr(head, "calibration_patch_scores_", None) is not None:
-        meta["pixel_threshold"] = pixel_threshold(head)
-    return meta

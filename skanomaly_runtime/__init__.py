@@ -127,6 +127,11 @@ class ExportedModel:
         scores : ndarray of shape (n,)
             Only with ``return_scores=True``, from the same pass.
         """
+        if not self.metadata_["maps"]:
+            raise ValueError(
+                f"{self.metadata_['head']} scores whole images, so it draws no anomaly "
+                "map; use score_samples."
+            )
         scores, maps = self._scores_and_maps(X, maps=True)
         if len({m.shape for m in maps}) == 1:
             maps = np.stack(maps)

@@ -29,7 +29,7 @@ def main(argv=None):
     try:
         model = load(args.model, backend=args.backend)
         paths = image_files(args.images)
-        if model.metadata_.get("pixel_threshold") is None:
+        if not model.metadata_["maps"]:
             maps, scores = None, model.score_samples(paths)
         else:
             maps, scores = model.anomaly_maps(paths, return_scores=True)

@@ -331,8 +331,12 @@ class DistillationDetector(_PixelHeadMixin, _TrainableDetector):
         finally:
             del self._teacher_cache
 
+    def _module_input(self, module, grids):
+        # (images, the teacher's features when cached during the fit)
+        return super()._module_input(module, grids), None
+
     def _batch_tensor(self, module, X, idx):
-        images = super()._batch_tensor(module, X, idx)
+        images, _ = super()._batch_tensor(module, X, idx)
         cache = getattr(self, "_teacher_cache", None)
         if cache is None:
             return images, None

@@ -250,8 +250,8 @@ class DSRDetector(_TrainableDetector):
     def _build_module(self, **params):
         return _DSR(**params)
 
-    def _batch_tensor(self, module, X, idx):
-        return module.standardise(super()._batch_tensor(module, X, idx))
+    def _module_input(self, module, grids):
+        return module.standardise(super()._module_input(module, grids))
 
     def _init_module(self, module, X, train_idx):
         """Standardise the features, then fit the quantised model and freeze it."""

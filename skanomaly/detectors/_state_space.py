@@ -3,7 +3,6 @@
 import math
 import numbers
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval
@@ -17,18 +16,18 @@ from ._trainable import _standardise_channels, _TrainableDetector
 _DT_RANGE = (1e-3, 1e-1)
 
 
-def _snake_orders(h, w):
+def _snake_orders(h, w, device=None):
     """Row-wise and column-wise boustrophedon scans of an ``h x w`` grid.
 
     Each is a permutation of ``range(h * w)`` in which consecutive entries are
     neighbouring patches (no jump from one row's end to the next row's
-    start), as MambaAD's snake scans.
+    start), as MambaAD's snake scans. Torch ops, so that an exported graph
+    holds them as constants.
     """
-    grid = np.arange(h * w).reshape(h, w)
-    rows = grid.copy()
-    rows[1::2] = rows[1::2, ::-1]
-    cols = grid.T.copy()
-    cols[1::2] = cols[1::2, ::-1]
+    grid = torch.arange(h * w, device=device).reshape(h, w)
+    rows, cols = grid.clone(), grid.T.clone()
+    rows[1::2] = rows[1::2].flip(-1)
+    cols[1::2] = cols[1::2].flip(-1)
     return rows.reshape(-1), cols.reshape(-1)
 
 
@@ -118,7 +117,7 @@ class _StateSpaceNet(nn.Module):
         return ((x.flatten(2).transpose(1, 2) - self.mean) / self.scale).contiguous()
 
     def predict(self, target, h, w):
-        rows, cols = (torch.from_numpy(o).to(target.device) for o in _snake_orders(h, w))
+        rows, cols = _snake_orders(h, w, target.device)
         embedded = self.embed(target)
         contexts = []
         for branch, order in zip(self.branches, (rows, rows.flip(0), cols, cols.flip(0))):
@@ -288,6 +287,9 @@ class StateSpaceDetector(_TrainableDetector):
 
     def _loss(self, module, batch, generator):
         return module.errors(batch).mean()
+
+    # ONNX (legacy exporter, opset 17) has no complex-number operators.
+    _not_exportable = "its state-space scan computes in complex numbers, which ONNX cannot hold"
 
     def _module_scores(self, module, batch):
         return module.errors(batch)

@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import Interval
 
 from .._torch import _device_or_cpu, _resolve_device
 from ..backbones import _as_numpy_state
-from ._base import _BaseDetector, _smoothed_max
+from ._base import _BaseDetector, _smoothed_max, _torch_smoothed_max, _TorchGaussianBlur
 
 # Images scored per forward pass when no gradient is needed.
 _SCORE_BATCH = 32
@@ -127,9 +127,13 @@ class _TrainableDetector(_BaseDetector):
         return torch.optim.Adam(params, lr=self.learning_rate)
 
     def _batch_tensor(self, module, X, idx):
-        """The rows ``X[idx]`` as a channels-first float tensor on the device."""
-        batch = torch.from_numpy(np.ascontiguousarray(X[idx]))
-        return batch.permute(0, 3, 1, 2).to(self._device_)
+        """The rows ``X[idx]`` as ``_module_scores`` takes them, on the device."""
+        return self._module_input(module, torch.from_numpy(np.ascontiguousarray(X[idx])).to(self._device_))
+
+    def _module_input(self, module, grids):
+        """What ``_module_scores`` takes for an (n, h, w, d) tensor of rows
+        (channels first); also the exported graph's way in."""
+        return grids.permute(0, 3, 1, 2)
 
     def _training_batch(self, module, X, idx):
         """What ``_loss`` receives for the rows ``X[idx]`` (training and
@@ -287,6 +291,12 @@ class _TrainableDetector(_BaseDetector):
         patches = self._patch_scores(X)
         return patches, _smoothed_max(patches, getattr(self, "image_score_sigma", 0.0))
 
+    # -- ONNX export (skanomaly.export) ------------------------------------------
+    _not_exportable = None
+
+    def _export_graph(self):
+        return _TrainableGraph(self)
+
     # -- persistence -------------------------------------------------------------
     def __getstate__(self):
         state = dict(super().__getstate__())
@@ -330,3 +340,20 @@ class _PixelHeadMixin:
             side = self._min_image_side
             raise ValueError(f"Images must be at least {side} x {side} pixels, got {X.shape[1:3]}.")
         return X
+
+
+class _TrainableGraph(torch.nn.Module):
+    """A trained head's scoring (``_patch_and_image_scores``) as one module
+    an ONNX graph can hold: its network on the rows, then the image score."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.module = head.module_
+        self._head = head  # plain attribute: its methods, not its state
+        sigma = getattr(head, "image_score_sigma", 0.0)
+        self.blur = _TorchGaussianBlur(sigma) if sigma else None
+
+    def forward(self, grids):
+        head, module = self._head, self.module
+        patch = head._module_scores(module, head._module_input(module, grids)).float()
+        return patch, _torch_smoothed_max(patch, self.blur)
