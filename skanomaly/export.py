@@ -13,8 +13,6 @@ numpy, Pillow and onnxruntime (or OpenVINO) only.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from torch import nn
 from .calibration import pixel_threshold
 from .detectors._base import _TorchGaussianBlur
 from .embedders import PatchEmbedder
+from .persistence import _written_in_one_go
 from .preprocessing import ImagePreprocessor
 
 __all__ = ["export_refusal", "to_onnx"]
@@ -164,28 +163,18 @@ def to_onnx(pipeline, path, *, sigma=4.0, opset=17):
         example = torch.rand(1, 3, height, width)
         with torch.no_grad():
             has_maps = tuple(module(example)[1].shape[1:]) != (1, 1)  # as anomaly_maps decides
-        handle, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
-        os.close(handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would, not mkstemp's 0600
-        try:
-            with torch.no_grad():
-                torch.onnx.export(
-                    module, (example,), tmp, dynamo=False, opset_version=opset,
-                    input_names=["images"], output_names=["image_scores", "patch_scores", "maps"],
-                    dynamic_axes={name: {0: "n"} for name in
-                                  ("images", "image_scores", "patch_scores", "maps")},
-                )
+        with _written_in_one_go(path) as tmp, torch.no_grad():
+            torch.onnx.export(
+                module, (example,), tmp, dynamo=False, opset_version=opset,
+                input_names=["images"], output_names=["image_scores", "patch_scores", "maps"],
+                dynamic_axes={name: {0: "n"} for name in
+                              ("images", "image_scores", "patch_scores", "maps")},
+            )
             model = onnx.load(tmp)
-            meta = _metadata(embedder, head, sigma, has_maps, __version__)
             entry = model.metadata_props.add()
-            entry.key, entry.value = _METADATA_KEY, json.dumps(meta)
+            entry.key = _METADATA_KEY
+            entry.value = json.dumps(_metadata(embedder, head, sigma, has_maps, __version__))
             onnx.save(model, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     finally:
         for step, device in devices:
             _move(step, device)

@@ -8,6 +8,7 @@ containers skops always reads) and nothing else, so a file holding anything
 more is refused before any of it is built. The format follows the file's suffix.
 """
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -47,22 +48,13 @@ def save_model(model, path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
+    with _written_in_one_go(path) as tmp:
         if path.suffix.lower() == _SAFE_SUFFIX:
             _skops().dump(model, tmp)
         else:
             import joblib
 
             joblib.dump(model, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
@@ -108,6 +100,24 @@ def load_model(path):
     except Exception as exc:  # a truncated file, or not a pickle at all
         raise ValueError(f"{os.fspath(path)!r} is not a readable joblib model "
                          f"({type(exc).__name__}: {exc}).") from None
+
+
+@contextlib.contextmanager
+def _written_in_one_go(path):
+    """A temporary name beside ``path`` to write to; moved onto ``path`` when
+    the block succeeds, removed when it fails, so no half-written file is
+    ever at ``path``."""
+    handle, tmp = tempfile.mkstemp(suffix=".part", dir=Path(path).parent)
+    os.close(handle)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would, not mkstemp's 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _is_trusted_type(name):
