@@ -265,29 +265,10 @@ def anomaly_boxes(estimator, X, *, threshold=None, min_area=16, maps=None, **kwa
     >>> len(anomaly_boxes(pipe, rng.random((2, 64, 64, 3))))
     2
     """
-    from scipy import ndimage
+    from skanomaly_runtime._regions import region_boxes
 
     if maps is None:
         maps = anomaly_maps(estimator, X, **kwargs)
     maps = _as_list(maps)
     masks = _as_list(anomaly_masks(estimator, X, threshold=threshold, maps=maps))
-    eight = np.ones((3, 3), dtype=bool)
-    out = []
-    for amap, mask in zip(maps, masks):
-        labels, _ = ndimage.label(mask, structure=eight)
-        regions = []
-        for index, found in enumerate(ndimage.find_objects(labels), start=1):
-            if found is None:
-                continue
-            inside = labels[found] == index
-            area = int(inside.sum())
-            if area < min_area:
-                continue
-            rows, cols = found
-            regions.append({
-                "x0": int(cols.start), "y0": int(rows.start),
-                "x1": int(cols.stop), "y1": int(rows.stop),
-                "score": float(amap[found][inside].max()), "area": area,
-            })
-        out.append(sorted(regions, key=lambda r: -r["score"]))
-    return out
+    return [region_boxes(amap, mask, min_area) for amap, mask in zip(maps, masks)]

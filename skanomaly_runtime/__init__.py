@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 
+from ._regions import region_boxes
 from ._resize import resize_image, resize_map
 from .images import check_images, load_image
 
@@ -149,6 +150,20 @@ class ExportedModel:
         if isinstance(maps, np.ndarray):
             return maps > threshold
         return [m > threshold for m in maps]
+
+    def anomaly_boxes(self, X=None, *, threshold=None, min_area=16, maps=None):
+        """Boxes of the 8-connected regions of the masks (as :func:`skanomaly.anomaly_boxes`).
+
+        Returns
+        -------
+        boxes : list of list of dict
+            Per image, ``{"x0", "y0", "x1", "y1", "score", "area"}`` sorted by
+            decreasing score, exclusive ``x1``/``y1``.
+        """
+        if maps is None:
+            maps = self.anomaly_maps(X)
+        masks = self.anomaly_masks(threshold=threshold, maps=maps)
+        return [region_boxes(amap, mask, min_area) for amap, mask in zip(maps, masks)]
 
     def _scores_and_maps(self, X, *, maps):
         images = check_images(X)

@@ -2,12 +2,14 @@
 images with an exported model, without torch.
 
 Writes ``predictions.csv`` (image, score, p_value, label) and, for models
-with maps, ``masks/*.png``. ``skanomaly predict MODEL.onnx`` writes the
-same and also overlays and boxes (it needs the full install).
+with maps, ``masks/*.png`` and ``boxes.json``. ``skanomaly predict
+MODEL.onnx`` writes the same and also heatmap overlays (it needs the full
+install).
 """
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -50,6 +52,12 @@ def main(argv=None):
         for index, (path, mask) in enumerate(zip(paths, model.anomaly_masks(maps=maps))):
             name = f"{index:04d}_{Path(path).stem}_mask.png"
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / name)
+        threshold = model.metadata_["pixel_threshold"]
+        with open(out / "boxes.json", "w") as fh:
+            json.dump({"pixel_threshold": threshold,
+                       "images": [{"image": p, "boxes": b}
+                                  for p, b in zip(paths, model.anomaly_boxes(maps=maps))]},
+                      fh, indent=2)
     print(f"{len(paths)} images, {int((labels == -1).sum())} flagged as anomalous -> {out}")
     return 0
 

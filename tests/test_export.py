@@ -177,6 +177,8 @@ def test_cli_exports_and_predicts_from_onnx(exported, synthetic, tmp_path, capsy
         assert (label, p) == (other[3], other[2]) == (third[3], third[2])
     boxes = json.loads((tmp_path / "a" / "boxes.json").read_text())
     assert len(boxes["images"]) == 4
+    # The torch-free command draws the same boxes from the same maps.
+    assert json.loads((tmp_path / "c" / "boxes.json").read_text()) == boxes
     assert len(list((tmp_path / "c" / "masks").iterdir())) == 4
 
 
@@ -195,3 +197,35 @@ def test_bottle_exports_with_the_estimators_scores(tmp_path):
     pipe = make_patchcore(random_state=0).fit(train.images[:30])
     model = skanomaly_runtime.load(to_onnx(pipe, tmp_path / "bottle.onnx"))
     _assert_same_answers(pipe, model, test.images[::8])
+
+
+def _scipy_boxes(amap, mask, min_area):
+    """The reference: scipy's labelling, 8-connected."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    regions = []
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[found] == index
+        if inside.sum() >= min_area:
+            rows, cols = found
+            regions.append({"x0": cols.start, "y0": rows.start, "x1": cols.stop, "y1": rows.stop,
+                            "score": float(amap[found][inside].max()), "area": int(inside.sum())})
+    return sorted(regions, key=lambda r: -r["score"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numpy_region_boxes_are_scipys(seed):
+    from skanomaly_runtime._regions import region_boxes
+
+    rng = np.random.default_rng(seed)
+    amap = rng.random((40, 57)).astype(np.float32)
+    # Blobs, diagonal chains and speckle: a smoothed noise field thresholded.
+    from scipy.ndimage import gaussian_filter
+
+    mask = gaussian_filter(rng.random((40, 57)), 1.5 * (seed % 3)) > 0.5 + 0.02 * (seed % 3)
+    mask[5, 5:9] = False
+    mask[np.arange(10, 20), np.arange(10, 20)] = True  # a diagonal line: corners connect
+    for min_area in (1, 16):
+        assert region_boxes(amap, mask, min_area) == _scipy_boxes(amap, mask, min_area)
+    assert region_boxes(amap, np.zeros_like(mask)) == []
