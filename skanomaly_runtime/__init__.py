@@ -41,7 +41,23 @@ _FORMATS = (1,)
 
 
 def load(path, *, backend="onnxruntime", batch_size=8):
-    """Load an exported model; see :class:`ExportedModel`."""
+    """Load an exported model.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An ``.onnx`` file from :func:`skanomaly.export.to_onnx`.
+    backend : {"onnxruntime", "openvino"}, default="onnxruntime"
+    batch_size : int, default=8
+
+    Returns
+    -------
+    model : ExportedModel
+
+    Examples
+    --------
+    See the module docstring.
+    """
     return ExportedModel(path, backend=backend, batch_size=batch_size)
 
 
@@ -68,7 +84,18 @@ class ExportedModel:
 
     Examples
     --------
-    See the module docstring.
+    >>> import numpy as np, tempfile, os
+    >>> from skanomaly import make_padim
+    >>> from skanomaly.export import to_onnx
+    >>> from skanomaly_runtime import ExportedModel
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_padim(image_size=64, random_state=0).fit(rng.random((8, 64, 64, 3)))
+    >>> model = ExportedModel(to_onnx(pipe, os.path.join(tempfile.mkdtemp(), "padim.onnx")))
+    >>> test = rng.random((3, 64, 64, 3))
+    >>> bool((model.predict(test) == pipe.predict(test)).all())
+    True
+    >>> len(model.anomaly_boxes(test))
+    3
     """
 
     def __init__(self, path, *, backend="onnxruntime", batch_size=8):
@@ -100,11 +127,29 @@ class ExportedModel:
         return self._scores_and_maps(X, maps=False)[0]
 
     def decision_function(self, X):
-        """``score_samples(X) - offset_``: negative for anomalies."""
+        """``score_samples(X) - offset_``: negative for anomalies.
+
+        Parameters
+        ----------
+        X : list of images or ndarray of shape (n, H, W[, C])
+
+        Returns
+        -------
+        decision : ndarray of shape (n,), float64
+        """
         return self.score_samples(X) - self.offset_
 
     def predict(self, X):
-        """+1 for normal images, -1 for anomalies."""
+        """+1 for normal images, -1 for anomalies.
+
+        Parameters
+        ----------
+        X : list of images or ndarray of shape (n, H, W[, C])
+
+        Returns
+        -------
+        labels : ndarray of shape (n,), int
+        """
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
     def conformal_pvalues(self, X=None, *, scores=None):
