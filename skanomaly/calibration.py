@@ -1,6 +1,7 @@
 """Conformal p-values: how unusual a new sample is among held-out normal ones."""
 
 import numpy as np
+from skanomaly_runtime._calibration import conformal_pvalues_of
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
@@ -47,9 +48,7 @@ def conformal_pvalues(estimator, X):
 
 def _pvalues_of_scores(head, scores):
     """p-values of already computed ``score_samples`` of a fitted head."""
-    calibration = np.sort(head.calibration_scores_)
-    at_or_below = np.searchsorted(calibration, scores, side="right")
-    return (1.0 + at_or_below) / (len(calibration) + 1.0)
+    return conformal_pvalues_of(head.calibration_scores_, scores)
 
 
 def pixel_threshold(estimator, false_alarm_rate=None):

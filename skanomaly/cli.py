@@ -261,9 +261,7 @@ def _export(args):
 def _load_model(path):
     """``(scores_and_maps, pvalues_of, offset, pixel_threshold)`` of a saved
     model: a joblib pipeline, or an ONNX export run by skanomaly_runtime."""
-    model = Path(path)
-    if not model.is_file():
-        raise ValueError(f"No model file {path!r}.")
+    model = Path(path)  # each loader below names a missing file
     if model.suffix.lower() == ".onnx":
         import skanomaly_runtime
 
@@ -295,6 +293,7 @@ def _load_model(path):
 
 def _predict(args):
     from PIL import Image
+    from skanomaly_runtime._output import _result_stem, _write_results
     from skanomaly_runtime.images import image_files
 
     from .images import load_image
@@ -304,37 +303,22 @@ def _predict(args):
     scores_and_maps, pvalues_of, offset, threshold = _load_model(args.model)
     paths = image_files(args.images)
     out = Path(args.out)
-    pictures = None
     # Everything is computed, each image embedded once, before anything is written.
     maps, scores = scores_and_maps(paths)
+    masks = boxes = None
     if maps is not None:
         masks = anomaly_masks(None, paths, maps=maps, threshold=threshold)
         masks = list(masks) if isinstance(masks, np.ndarray) else masks
         boxes = anomaly_boxes(None, paths, maps=maps, threshold=threshold)
-        pictures = (maps, masks, boxes, threshold)
-    pvalues = pvalues_of(scores)
     labels = np.where(scores - offset >= 0, 1, -1)
-    flagged = int((labels == -1).sum())
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "score", "p_value", "label"])
-        writer.writerows(zip(paths, scores, pvalues, labels))
-    if pictures is not None:
-        maps, masks, boxes, threshold = pictures
+    summary = _write_results(out, paths, scores, pvalues_of(scores), labels, masks, boxes, threshold)
+    if maps is not None:
         vmax = max(float(np.max(m)) for m in maps)
-        (out / "masks").mkdir(exist_ok=True)
         (out / "overlays").mkdir(exist_ok=True)
         for index, (path, amap, mask) in enumerate(zip(paths, maps, masks)):
-            stem = f"{index:04d}_{Path(path).stem}"
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}_mask.png")
             overlay = overlay_heatmap(load_image(path, index), amap, mask, vmin=0.0, vmax=vmax)
-            Image.fromarray(overlay).save(out / "overlays" / f"{stem}_overlay.png")
-        with open(out / "boxes.json", "w") as fh:
-            json.dump({"pixel_threshold": threshold,
-                       "images": [{"image": p, "boxes": b} for p, b in zip(paths, boxes)]},
-                      fh, indent=2)
-    print(f"{len(paths)} images, {flagged} flagged as anomalous -> {out}")
+            Image.fromarray(overlay).save(out / "overlays" / f"{_result_stem(index, path)}_overlay.png")
+    print(summary)
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skanomaly_runtime import _FORMATS, _METADATA_KEY
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -30,9 +31,8 @@ from .preprocessing import ImagePreprocessor
 
 __all__ = ["export_refusal", "to_onnx"]
 
-# Version of the metadata layout that skanomaly_runtime reads.
-_FORMAT = 1
-_METADATA_KEY = "skanomaly"
+# The metadata layout written: the newest one skanomaly_runtime reads.
+_FORMAT = _FORMATS[-1]
 
 
 class _Exported(nn.Module):
@@ -64,16 +64,11 @@ class _Exported(nn.Module):
 
 
 def _embedder_of(pipeline):
-    if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
-        raise ValueError(
-            "to_onnx exports a fitted Pipeline of a patch embedder and a head "
-            f"(e.g. make_patchcore()), got {type(pipeline).__name__}"
-            + (f" of {len(pipeline.steps)} steps." if isinstance(pipeline, Pipeline) else ".")
-        )
-    embedder, head = pipeline.steps[0][1], pipeline.steps[-1][1]
     reason = export_refusal(pipeline)
     if reason is not None:
-        raise ValueError(f"{type(head).__name__} cannot be exported to ONNX: {reason}.")
+        what = pipeline.steps[-1][1] if isinstance(pipeline, Pipeline) else pipeline
+        raise ValueError(f"{type(what).__name__} cannot be exported to ONNX: {reason}.")
+    embedder, head = pipeline.steps[0][1], pipeline.steps[-1][1]
     check_is_fitted(embedder)
     check_is_fitted(head)
     return embedder, head
@@ -101,7 +96,9 @@ def export_refusal(pipeline):
     "mode='spade' searches a different support set per image"
     """
     if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
-        return "only a Pipeline of an embedder and a head is exportable"
+        steps = f" of {len(pipeline.steps)} steps" if isinstance(pipeline, Pipeline) else ""
+        return (f"only a Pipeline of an embedder and a head is exportable (e.g. "
+                f"make_patchcore()), got a {type(pipeline).__name__}{steps}")
     embedder, head = pipeline.steps[0][1], pipeline.steps[-1][1]
     if not isinstance(embedder, (PatchEmbedder, ImagePreprocessor)):
         return (f"the pipeline starts with {type(embedder).__name__}; only PatchEmbedder "

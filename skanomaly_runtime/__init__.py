@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 
+from ._calibration import conformal_pvalues_of
 from ._regions import region_boxes
 from ._resize import resize_image, resize_map
 from .images import check_images, load_image
@@ -36,6 +37,7 @@ __all__ = ["ExportedModel", "load"]
 __version__ = "0.1.0"
 
 _BACKENDS = ("onnxruntime", "openvino")
+# Where skanomaly.export puts its JSON, and the layouts this runtime reads.
 _METADATA_KEY = "skanomaly"
 _FORMATS = (1,)
 
@@ -159,9 +161,7 @@ class ExportedModel:
         """
         if scores is None:
             scores = self.score_samples(X)
-        calibration = np.sort(np.asarray(self.metadata_["calibration_scores"], dtype=np.float64))
-        at_or_below = np.searchsorted(calibration, scores, side="right")
-        return (1.0 + at_or_below) / (len(calibration) + 1.0)
+        return conformal_pvalues_of(self.metadata_["calibration_scores"], scores)
 
     # -- maps --------------------------------------------------------------------
     def anomaly_maps(self, X, *, return_scores=False):

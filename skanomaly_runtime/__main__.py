@@ -8,14 +8,12 @@ install).
 """
 
 import argparse
-import csv
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from . import load
+from ._output import _write_results
 from .images import image_files
 
 
@@ -38,27 +36,13 @@ def main(argv=None):
     except (ValueError, ImportError) as exc:
         print(f"skanomaly_runtime: error: {exc}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     labels = np.where(scores - model.offset_ >= 0, 1, -1)
-    with open(out / "predictions.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "score", "p_value", "label"])
-        writer.writerows(zip(paths, scores, model.conformal_pvalues(scores=scores), labels))
+    masks = boxes = None
     if maps is not None:
-        from PIL import Image
-
-        (out / "masks").mkdir(exist_ok=True)
-        for index, (path, mask) in enumerate(zip(paths, model.anomaly_masks(maps=maps))):
-            name = f"{index:04d}_{Path(path).stem}_mask.png"
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / name)
-        threshold = model.metadata_["pixel_threshold"]
-        with open(out / "boxes.json", "w") as fh:
-            json.dump({"pixel_threshold": threshold,
-                       "images": [{"image": p, "boxes": b}
-                                  for p, b in zip(paths, model.anomaly_boxes(maps=maps))]},
-                      fh, indent=2)
-    print(f"{len(paths)} images, {int((labels == -1).sum())} flagged as anomalous -> {out}")
+        masks = model.anomaly_masks(maps=maps)
+        boxes = model.anomaly_boxes(maps=maps)
+    print(_write_results(args.out, paths, scores, model.conformal_pvalues(scores=scores), labels,
+                         masks, boxes, model.metadata_["pixel_threshold"]))
     return 0
 
 

@@ -66,7 +66,6 @@ def _smoothed_max(patch, sigma):
     return smooth.reshape(len(patch), -1).max(axis=1)
 
 
-
 class _TorchGaussianBlur(torch.nn.Module):
     """``gaussian_filter(mode="nearest")`` (scipy's truncate of 4 standard
     deviations) over the last two axes of an (n, h, w) tensor, as two
@@ -92,6 +91,7 @@ def _torch_smoothed_max(patch, blur):
     if blur is None or patch.shape[1] * patch.shape[2] == 1:
         return patch.flatten(1).amax(1)
     return blur(patch).flatten(1).amax(1)
+
 
 class _BaseDetector(OutlierMixin, BaseEstimator):
     """Base class of the heads: 2D rows or 4D patch grids in, outlier contract out.
