@@ -9,12 +9,13 @@ milliseconds per test image (reading, embedding and scoring).
 
 When anomalib 2.7 is importable (optional: ``pip install anomalib``, in its
 own environment), anomalib's torch model of the same method (PatchCore,
-PaDiM, DFM, DFKDE, STFPM, FastFlow) runs in the same process on the same decoded 256 px
+PaDiM, DFM, DFKDE, STFPM, FastFlow, CFlow) runs in the same process on the same decoded 256 px
 tensors, with the same EfficientNet-Lite0 weights and the layers anomalib
 uses for that method (PatchCore: strides 8 + 16; PaDiM: strides 4 + 8 + 16,
 100 random channels; DFM: stride 16 pooled 4x4; DFKDE: stride 32; STFPM and
-FastFlow: strides 4 + 8 + 16, trained for our head's ``max_epochs`` with
-anomalib's loss, optimizer and batch size 32), and
+FastFlow: strides 4 + 8 + 16; CFlow: strides 8 + 16, our ``make_cflow``'s
+patches, one flow per stride as anomalib's; all trained for our head's
+``max_epochs`` with anomalib's loss, optimizer and batch size 32), and
 anomalib's own scoring and map post-processing. anomalib's PatchCore bank is
 its k-center greedy selection on its own random projection, computed with
 skanomaly's exact blocked greedy (the same sequence, see
@@ -91,7 +92,10 @@ def run_skanomaly(root, jobs, seed, backbone, cache):
 
 # -- anomalib ----------------------------------------------------------------
 
-ANOMALIB_METHODS = ("patchcore", "padim", "dfm", "dfkde", "stfpm", "fastflow")
+ANOMALIB_METHODS = ("patchcore", "padim", "dfm", "dfkde", "stfpm", "fastflow", "cflow")
+# Reverse Distillation is not among them: anomalib builds its decoder and
+# bottleneck for ResNet names only (``get_decoder``), and no ResNet weights
+# can be had offline, so no same-weights comparison exists.
 # anomalib's trainable models learn on the same tensors for the same number of
 # epochs as our default head (anomalib leaves the epoch count to its Engine),
 # with anomalib's own loss, optimizer and datamodule batch size.
@@ -142,6 +146,8 @@ def _anomalib_model(method, seed):
         model = DfkdeModel(backbone=arch, layers=["blocks.6"], pre_trained=False)
     elif method == "stfpm":
         return _anomalib_stfpm(arch)
+    elif method == "cflow":
+        return _anomalib_cflow(arch)
     else:
         return _anomalib_fastflow(arch)
     _load_lite0(model.feature_extractor)
@@ -163,6 +169,45 @@ def _anomalib_stfpm(arch):
         stfpm.TimmFeatureExtractor = original
     _load_lite0(model.teacher_model)
     return model
+
+
+def _anomalib_cflow(arch):
+    """anomalib's CflowModel (its freia coupling blocks, 128-channel
+    positional condition, clamp 1.9) on Lite0's stride 8 / 16 stages, the
+    patches our ``make_cflow`` models; built without downloaded weights."""
+    from anomalib.models.image.cflow.torch_model import CflowModel
+
+    model = CflowModel(backbone=arch, layers=["blocks.2", "blocks.4"], pre_trained=False)
+    _load_lite0(model.encoder)
+    return model
+
+
+def _cflow_step(model, images, optimizer, generator):
+    """anomalib's ``Cflow.training_step``: every patch of the batch, shuffled,
+    in fibre batches of 64, one Adam step each."""
+    import torch
+    import torch.nn.functional as F
+    from anomalib.models.image.cflow.utils import get_logp, positional_encoding_2d
+
+    with torch.no_grad():
+        activation = model.encoder(images)
+    for layer_idx, layer in enumerate(model.pool_layers):
+        features = activation[layer].detach()
+        n, c, h, w = features.shape
+        condition = positional_encoding_2d(model.condition_vector, h, w)
+        condition = condition[None].expand(n, -1, -1, -1).permute(0, 2, 3, 1).reshape(-1, model.condition_vector)
+        rows = features.permute(0, 2, 3, 1).reshape(-1, c)
+        perm = torch.randperm(len(rows), generator=generator)
+        n_fibres = len(rows) // model.fiber_batch_size
+        decoder = model.decoders[layer_idx]
+        for k in range(n_fibres):
+            stop = len(rows) if k == n_fibres - 1 else (k + 1) * model.fiber_batch_size
+            idx = perm[k * model.fiber_batch_size:stop]
+            optimizer.zero_grad()
+            p_u, log_jac_det = decoder(rows[idx], [condition[idx]])
+            loss = -F.logsigmoid(get_logp(c, p_u, log_jac_det) / c)
+            loss.mean().backward()
+            optimizer.step()
 
 
 def _anomalib_fastflow(arch):
@@ -205,6 +250,8 @@ def _anomalib_train(method, model, images, seed, epochs):
         loss_fn = STFPMLoss()
         optimizer = optim.SGD(model.student_model.parameters(), lr=0.4, momentum=0.9,
                               dampening=0.0, weight_decay=0.001)
+    elif method == "cflow":
+        optimizer = optim.Adam(model.decoders.parameters(), lr=0.0001)
     else:
         from anomalib.models.image.fastflow.loss import FastflowLoss
 
@@ -216,6 +263,9 @@ def _anomalib_train(method, model, images, seed, epochs):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), ANOMALIB_TRAIN_BATCH):
             batch = images[order[start:start + ANOMALIB_TRAIN_BATCH]]
+            if method == "cflow":
+                _cflow_step(model, batch, optimizer, generator)
+                continue
             optimizer.zero_grad()
             loss = loss_fn(*model(batch))
             loss.backward()
@@ -226,7 +276,7 @@ def _anomalib_train(method, model, images, seed, epochs):
 def _anomalib_fit(method, model, images, seed, epochs=None):
     import torch
 
-    if method in ("stfpm", "fastflow"):
+    if method in ("stfpm", "fastflow", "cflow"):
         _anomalib_train(method, model, images, seed, epochs)
         return
     model.train()

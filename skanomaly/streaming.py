@@ -6,7 +6,9 @@ import numbers
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.pipeline import Pipeline
+from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
 
 from .images import check_images
 
@@ -23,38 +25,6 @@ def _call(pipeline, method, images):
     return getattr(Pipeline, method)(pipeline, images)
 
 
-class _LazyFeatures:
-    """Features of images, computed only for the rows asked for.
-
-    ``features[idx]`` runs the frozen transformers on ``images[idx]``, in
-    batches dispatched through joblib. Heads that read their training data
-    chunk by chunk (``KNNDetector``) then never hold all of it.
-    """
-
-    ndim = 4
-    dtype = np.dtype(np.float32)
-
-    def __init__(self, transformers, images, batch_size):
-        self._transformers = transformers
-        self._images = images
-        self._batch_size = batch_size
-        first = _transform(transformers, images[:1])
-        self.is_grid = getattr(first, "ndim", None) == 4
-        self.shape = (len(images),) + np.shape(first)[1:]
-
-    def __len__(self):
-        return self.shape[0]
-
-    def __getitem__(self, idx):
-        idx = np.atleast_1d(np.arange(self.shape[0])[idx])
-        batches = [idx[i:i + self._batch_size] for i in range(0, len(idx), self._batch_size)]
-        parts = Parallel()(
-            delayed(_transform)(self._transformers, [self._images[i] for i in batch])
-            for batch in batches
-        )
-        return np.concatenate(parts).astype(np.float32, copy=False)
-
-
 class StreamingPipeline(Pipeline):
     """A scikit-learn Pipeline that streams images through its steps.
 
@@ -63,14 +33,20 @@ class StreamingPipeline(Pipeline):
     (steps, parameters, ``GridSearchCV``, joblib), with two differences:
 
     - **fit** streams when every transformer is a frozen skanomaly embedder
-      (whose ``fit`` learns nothing from images) that outputs patch grids,
-      and the head can read its training data chunk by chunk
-      (:class:`~skanomaly.KNNDetector` in PatchCore mode,
-      :class:`~skanomaly.GaussianDetector` on grids, i.e. PaDiM): images are embedded a chunk at a time as the head
-      asks for them, so the raw features of the whole training set never
-      sit in memory together. The model is the plain pipeline's (up to the
-      float rounding of convolutions, which varies with the batch
-      composition). Otherwise ``fit`` is ``Pipeline.fit``.
+      (whose ``fit`` learns nothing from images) and the head has
+      ``partial_fit`` (:class:`~skanomaly.KNNDetector`,
+      :class:`~skanomaly.GaussianDetector` without PCA, i.e. PaDiM, or any
+      third-party head with that method): the images are embedded a chunk at
+      a time and the head is fitted on the first chunk and ``partial_fit``
+      on each further one, so the features of the whole training set never
+      sit in memory together. A chunk is as many images as a memory bank's
+      ``coreset_chunk_size`` patches hold (256 images of 32 x 32 patches by
+      default: MVTec-sized sets are one chunk, and the model is the plain
+      pipeline's, up to the float rounding of convolutions), or
+      ``batch_size`` images for heads without that parameter. Otherwise
+      ``fit`` is ``Pipeline.fit``.
+    - **partial_fit** adds new normal images to the fitted model the same
+      way (see the head's ``partial_fit``).
     - **score_samples, decision_function, predict** run on batches of
       ``batch_size`` images, dispatched through :class:`joblib.Parallel`:
       memory stays bounded on large test sets, and under
@@ -116,14 +92,15 @@ class StreamingPipeline(Pipeline):
         self.n_jobs = n_jobs
 
     def _streams(self):
+        return self.memory is None and self._frozen_then_incremental()
+
+    def _frozen_then_incremental(self):
         from .embedders import _BaseEmbedder
 
-        head = self._final_estimator
         return (
-            self.memory is None
-            and len(self.steps) >= 2
+            len(self.steps) >= 2
             and all(isinstance(step, _BaseEmbedder) for _, step in self.steps[:-1])
-            and getattr(head, "_reads_in_chunks", lambda: False)()
+            and hasattr(self._final_estimator, "partial_fit")
         )
 
     def fit(self, X, y=None, **params):
@@ -147,11 +124,75 @@ class StreamingPipeline(Pipeline):
         images = check_images(X)
         for _, step in self.steps[:-1]:
             step.fit(None)  # frozen embedders: fit validates and loads weights
-        features = _LazyFeatures(self.steps[:-1], images, self.batch_size)
-        if not features.is_grid:  # vectors per image are small: plain fit
-            return super().fit(X, y)
-        self._final_estimator._fit_lazy(features)
+        self._feed(images, first="fit")
         return self
+
+    @available_if(_frozen_then_incremental)
+    def partial_fit(self, X, y=None):
+        """Add normal images to the fitted pipeline (the first call fits it).
+
+        The frozen embedders embed ``X`` a chunk at a time, as in ``fit``,
+        and the head's ``partial_fit`` takes each chunk: new patches join a
+        memory bank by the same coreset rule, a Gaussian's sums continue, and
+        the threshold is recalibrated on a held-out share of the new images.
+        For PaDiM, ``fit(A)`` then ``partial_fit(B)`` gives the model of
+        ``fit(A + B)``; for PatchCore, a bank whose coreset was chosen in
+        two chunks (as ``fit`` does past ``coreset_chunk_size``).
+
+        Parameters
+        ----------
+        X : list of images or ndarray of shape (n, H, W[, C])
+            New normal images.
+        y : ignored
+
+        Returns
+        -------
+        self : StreamingPipeline
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skanomaly import make_patchcore
+        >>> rng = np.random.default_rng(0)
+        >>> pipe = make_patchcore(image_size=64, random_state=0).fit(rng.random((8, 64, 64, 3)))
+        >>> before = len(pipe[-1].memory_bank_)
+        >>> len(pipe.partial_fit(rng.random((4, 64, 64, 3)))[-1].memory_bank_) > before
+        True
+        """
+        self._validate_params()
+        images = check_images(X)
+        head = self._final_estimator
+        fitted = hasattr(head, "offset_")
+        for _, step in self.steps[:-1]:
+            if fitted:
+                check_is_fitted(step)
+            else:
+                step.fit(None)
+        self._feed(images, first="fit" if not fitted else "partial_fit")
+        return self
+
+    def _feed(self, images, first):
+        """Embed ``images`` a chunk at a time into the head: ``first`` (its
+        ``fit`` or ``partial_fit``) on the first chunk, ``partial_fit`` on the rest."""
+        transformers = self.steps[:-1]
+        head = self._final_estimator
+        params = head.get_params()
+        if "coreset_chunk_size" not in params:
+            chunk = self.batch_size
+        elif params["coreset_chunk_size"] is None:
+            chunk = len(images)
+        else:  # a memory bank's coreset budget, in images
+            grid = np.shape(_transform(transformers, images[:1]))
+            patches = int(np.prod(grid[1:-1])) if len(grid) == 4 else 1
+            chunk = max(1, params["coreset_chunk_size"] // patches)
+        method = first
+        for start in range(0, len(images), chunk):
+            part = images[start:start + chunk]
+            batches = [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+            features = np.concatenate(Parallel(n_jobs=self.n_jobs)(
+                delayed(_transform)(transformers, b) for b in batches))
+            getattr(head, method)(features.astype(np.float32, copy=False))
+            method = "partial_fit"
 
     def _batched(self, method, X):
         images = check_images(X)

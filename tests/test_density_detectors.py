@@ -143,17 +143,6 @@ def test_kde_caps_fractional_calibration_but_gaussian_does_not():
     assert len(GaussianDetector(random_state=0).fit(X).calibration_scores_) == 150
 
 
-class _CountingGrids:
-    """Patch grids computed on demand, as StreamingPipeline hands them to heads."""
-
-    def __init__(self, X):
-        self.X, self.shape, self.rows_read = X, X.shape, 0
-
-    def __getitem__(self, idx):
-        self.rows_read += len(idx)
-        return self.X[idx]
-
-
 @pytest.mark.parametrize("n_components", [None, 3])
 def test_calibration_samples_join_the_model_after_setting_the_threshold(n_components):
     rng = np.random.default_rng(4)
@@ -173,18 +162,6 @@ def test_calibration_samples_join_the_model_after_setting_the_threshold(n_compon
     else:
         np.testing.assert_allclose(joined.pca_.mean_, X.reshape(60, -1).mean(0), atol=1e-6)
     assert not hasattr(joined, "_sums")
-
-
-@pytest.mark.parametrize("grid", [(2, 2), (1, 1)])  # (1, 1): vectors, one Gaussian
-def test_lazy_grids_are_read_once_when_calibration_joins_the_model(grid):
-    X = np.random.default_rng(5).normal(size=(50, *grid, 3)).astype(np.float32)
-    lazy = _CountingGrids(X)
-    det = GaussianDetector(random_state=0)
-    det._fit_lazy(lazy)
-    # 45 fit rows once, the 5 calibration rows scored and then summed (a refit
-    # would read all 50 again).
-    assert lazy.rows_read == 45 + 5 + 5
-    np.testing.assert_allclose(det.mean_, GaussianDetector(random_state=0).fit(X).mean_)
 
 
 def test_kde_calibration_samples_join_the_density_after_the_threshold():

@@ -41,17 +41,28 @@ def test_streaming_fit_never_embeds_the_whole_training_set(data):
                               ("knndetector", head)], batch_size=4)
     pipe.fit(data.images[:24])
     assert max(_CountingEmbedder.calls) <= 4
-    # Same model as the plain scikit-learn Pipeline, which embeds everything
-    # first (up to float rounding: convolutions round differently by batch size).
-    plain = make_pipeline(PatchEmbedder(image_size=SIZE),
-                          KNNDetector(random_state=0, coreset_chunk_size=5 * 8 * 8))
-    plain.fit(data.images[:24])
-    np.testing.assert_allclose(pipe[-1].memory_bank_, plain[-1].memory_bank_, atol=1e-4)
-    np.testing.assert_allclose(pipe[-1].calibration_scores_, plain[-1].calibration_scores_,
+    # The public protocol by hand: the head fitted on the first chunk of 5
+    # images (its coreset budget) and partial_fit on each further one.
+    embedder = PatchEmbedder(image_size=SIZE).fit(None)
+    chunks = [embedder.transform(data.images[i:min(i + 5, 24)]) for i in range(0, 24, 5)]
+    by_hand = KNNDetector(random_state=0, coreset_chunk_size=5 * 8 * 8).fit(chunks[0])
+    for features in chunks[1:]:
+        by_hand.partial_fit(features)
+    np.testing.assert_allclose(pipe[-1].memory_bank_, by_hand.memory_bank_, atol=1e-4)
+    np.testing.assert_allclose(pipe[-1].calibration_scores_, by_hand.calibration_scores_,
                                rtol=1e-4)
+    # Within one chunk, the plain scikit-learn Pipeline's model (which embeds
+    # everything first; equal up to float rounding, as convolutions round
+    # differently by batch size).
+    one_chunk = StreamingPipeline([("patchembedder", PatchEmbedder(image_size=SIZE)),
+                                   ("knndetector", KNNDetector(random_state=0))], batch_size=4)
+    one_chunk.fit(data.images[:24])
+    plain = make_pipeline(PatchEmbedder(image_size=SIZE), KNNDetector(random_state=0))
+    plain.fit(data.images[:24])
+    np.testing.assert_allclose(one_chunk[-1].memory_bank_, plain[-1].memory_bank_, atol=1e-4)
     test = data.images[24:]
-    np.testing.assert_allclose(pipe.score_samples(test), plain.score_samples(test), rtol=1e-4)
-    np.testing.assert_array_equal(pipe.predict(test), plain.predict(test))
+    np.testing.assert_allclose(one_chunk.score_samples(test), plain.score_samples(test), rtol=1e-4)
+    np.testing.assert_array_equal(one_chunk.predict(test), plain.predict(test))
 
 
 def test_streaming_padim_matches_the_plain_fit(data):
@@ -70,12 +81,15 @@ def test_streaming_falls_back_for_heads_that_need_everything(data):
 
     flow = make_fastflow(image_size=SIZE, max_epochs=1, random_state=0)
     assert isinstance(flow, StreamingPipeline) and not flow._streams()
-    assert not make_dfm(image_size=SIZE)._streams()  # PCA needs all vectors
+    dfm = make_dfm(image_size=SIZE)
+    assert not dfm._streams() and not hasattr(dfm, "partial_fit")  # PCA needs all vectors
     vectors = StreamingPipeline([("e", ImageEmbedder(image_size=SIZE)),
-                                 ("g", GaussianDetector(random_state=0))])
-    assert vectors._streams()  # vectors, not grids: fit falls back after one image
+                                 ("g", GaussianDetector(random_state=0))], batch_size=8)
+    assert vectors._streams()  # one Gaussian on vectors: sums, fed 8 images at a time
     vectors.fit(data.images[:24])
     assert vectors[-1].mean_.shape == (320,)
+    np.testing.assert_allclose(
+        vectors[-1].mean_, vectors[0].transform(data.images[:24]).mean(0), rtol=1e-4, atol=1e-5)
 
 
 def test_factories_return_streaming_pipelines_that_behave_like_pipelines(data, tmp_path):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
+from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
@@ -101,6 +102,9 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
     that large grids can be read in chunks instead of copied whole) and
     ``_patch_and_image_scores(X)`` returning (patch anomaly scores of shape
     (n, h, w), image anomaly scores of shape (n,)); higher = more anomalous.
+    Heads whose model can grow with new samples also implement
+    ``_update_normal(X, fit_idx, random_state)`` (``fit_idx`` may be empty)
+    and return True from ``_can_partial_fit``; they then have ``partial_fit``.
     2D input is treated as a grid of one patch per sample.
     """
 
@@ -175,8 +179,20 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         X = validate_data(self, X, reset=reset, dtype=np.float32)
         return X[:, None, None, :]
 
-    def _calibration_split(self, n_samples, rng):
+    def _calibration_split(self, n_samples, rng, allow_empty_fit=False):
+        """Indices of the samples to learn from and of those held out.
+
+        ``allow_empty_fit`` (``partial_fit``): a batch may be held out whole,
+        and an integer ``calibration_size`` is capped by the batch.
+        """
         name = type(self).__name__
+        if allow_empty_fit:
+            if isinstance(self.calibration_size, numbers.Integral):
+                n_cal = min(int(self.calibration_size), n_samples)
+            else:
+                n_cal = self._share_held_out(n_samples)
+            order = rng.permutation(n_samples)
+            return np.sort(order[n_cal:]), np.sort(order[:n_cal])
         if n_samples < 2:
             raise ValueError(
                 f"{name} needs at least 2 samples (some to learn from, some to "
@@ -190,12 +206,16 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
                     f"out of {n_samples}."
                 )
         else:
-            n_cal = int(np.ceil(self.calibration_size * n_samples))
-            if self._calibration_cap is not None:
-                n_cal = min(n_cal, self._calibration_cap)
-            n_cal = min(max(n_cal, 1), n_samples - 1)
+            n_cal = min(self._share_held_out(n_samples), n_samples - 1)
         order = rng.permutation(n_samples)
         return np.sort(order[n_cal:]), np.sort(order[:n_cal])
+
+    def _share_held_out(self, n_samples):
+        """Samples a fractional ``calibration_size`` holds out of ``n_samples``."""
+        n_cal = int(np.ceil(self.calibration_size * n_samples))
+        if self._calibration_cap is not None:
+            n_cal = min(n_cal, self._calibration_cap)
+        return max(n_cal, 1)
 
     # -- contract ------------------------------------------------------------
     def fit(self, X, y=None):
@@ -221,36 +241,80 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         X = self._check_features(X, reset=True)
         return self._fit_checked(X)
 
-    def _reads_in_chunks(self):
-        """True when ``_fit_normal`` reads ``X`` a chunk of images at a time,
-        so that a lazily computed ``X`` never materialises whole."""
+    def _can_partial_fit(self):
         return False
 
-    def _fit_lazy(self, features):
-        """``fit`` on lazily computed patch grids (``features[idx]`` computes
-        the rows; see :class:`skanomaly.streaming.StreamingPipeline`)."""
+    @available_if(lambda self: self._can_partial_fit())
+    def partial_fit(self, X, y=None):
+        """Add normal samples to a fitted model, without refitting it.
+
+        The first call on an unfitted detector is ``fit(X)``. Later calls
+        hold out a ``calibration_size`` share of ``X`` (at most as many as
+        ``fit`` would hold out of ``X`` alone), add the others to the model
+        (memory bank entries selected with the same coreset rule, per chunk,
+        as ``fit``; Gaussian sums continued), then score the held-out
+        samples with the updated model, merge their scores into
+        ``calibration_scores_`` and set ``offset_`` again; held-out samples
+        then join the model as in ``fit`` (``calibration_in_bank`` /
+        ``calibration_in_model``). The scores kept from earlier calls came
+        from the model as it was then: for a memory bank, which only grows,
+        they are lower than the model would give them now, so the threshold
+        errs towards fewer false alarms.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_images, h, w, n_features)
+            New normal samples, shaped as in ``fit``.
+        y : ignored
+
+        Returns
+        -------
+        self : object
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skanomaly import KNNDetector
+        >>> rng = np.random.default_rng(0)
+        >>> det = KNNDetector(coreset_ratio=1.0, random_state=0).fit(rng.normal(size=(50, 2)))
+        >>> det.partial_fit(rng.normal(size=(30, 2))).memory_bank_.shape
+        (80, 2)
+        """
+        if not hasattr(self, "offset_"):
+            return self.fit(X)
         self._validate_params()
-        self.n_features_in_ = features.shape[-1]
-        if hasattr(self, "feature_names_in_"):
-            del self.feature_names_in_
-        return self._fit_checked(features)
+        X = self._check_features(X, reset=False)
+        rng = check_random_state(self.random_state)
+        fit_idx, cal_idx = self._calibration_split(X.shape[0], rng, allow_empty_fit=True)
+        self._update_normal(X, fit_idx, rng)
+        self._calibrate(X, cal_idx, rng, merge=True)
+        return self
 
     def _fit_checked(self, X):
         rng = check_random_state(self.random_state)
         fit_idx, cal_idx = self._calibration_split(X.shape[0], rng)
         self._fit_normal(X, fit_idx, rng)
-        # Scored in chunks: a lazily computed X is then embedded a chunk at a time.
+        self._calibrate(X, cal_idx, rng)
+        return self
+
+    def _calibrate(self, X, cal_idx, rng, merge=False):
+        """Set ``offset_`` from the scores of the held-out ``X[cal_idx]``
+        (with ``merge``, added to the earlier calibration scores)."""
+        # Scored in chunks: held-out grids are never copied whole.
         parts = [self._patch_and_image_scores(X[cal_idx[i:i + _CALIBRATION_CHUNK]])
                  for i in range(0, len(cal_idx), _CALIBRATION_CHUNK)]
-        cal_patches = np.concatenate([p for p, _ in parts])
-        cal_images = np.concatenate([i for _, i in parts])
-        self.calibration_scores_ = np.sort(-cal_images.astype(np.float64))
+        cal_images = [-i.astype(np.float64) for _, i in parts]
+        cal_patches = [p.ravel().astype(np.float32) for p, _ in parts]
+        if merge:
+            cal_images.append(self.calibration_scores_)
+            cal_patches.append(self.calibration_patch_scores_)
+        self.calibration_scores_ = np.sort(np.concatenate(cal_images))
         # Patch scores of held-out normal images: the reference for pixel
         # thresholds (skanomaly.calibration.pixel_threshold).
-        self.calibration_patch_scores_ = np.sort(cal_patches.ravel().astype(np.float32))
+        self.calibration_patch_scores_ = np.sort(np.concatenate(cal_patches))
         self.offset_ = conformal_offset(self.calibration_scores_, self.contamination)
-        self._after_calibration(X, cal_idx, rng)
-        return self
+        if len(cal_idx):
+            self._after_calibration(X, cal_idx, rng)
 
     def _after_calibration(self, X, cal_idx, rng):
         """Hook run once ``offset_`` is set; ``X[cal_idx]`` are the held-out samples.

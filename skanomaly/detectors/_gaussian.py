@@ -171,26 +171,74 @@ class GaussianDetector(_BaseDetector):
         # that the held-out samples are later added to. With PCA a grid is one
         # sample: one PCA of the flattened grids.
         if self.n_components is None:
-            self._sums = self._grid_sums(X, fit_idx)
-            self._set_grid_statistics(self._sums, (h, w))
+            self._set_grid_statistics(self._grid_sums(X, fit_idx), (h, w))
         else:
             self._set_pca_statistics(X, fit_idx)
 
-    def _after_calibration(self, X, cal_idx, rng):
-        sums = self.__dict__.pop("_sums", None)
-        if sums is None or not self.calibration_in_model:
-            return super()._after_calibration(X, cal_idx, rng)
-        # The grid statistics are sums: the held-out images' are added to
-        # them in place, so a lazily computed X is not read a second time
-        # and no second set of (positions, d, d) buffers is made.
-        sums = self._grid_sums(X, cal_idx, into=sums)
+    def _can_partial_fit(self):
+        # A PCA needs every sample at once; per-position Gaussians are sums.
+        return self.n_components is None
+
+    def _update_normal(self, X, fit_idx, rng):
+        if self.pca_ is not None:
+            raise ValueError(
+                f"{type(self).__name__} was fitted with a PCA (n_components="
+                f"{self.n_components!r}), which cannot take new samples: fit it again.")
+        if tuple(X.shape[1:3]) != self._grid_shape:
+            raise ValueError(
+                f"X has {X.shape[1]} x {X.shape[2]} grids, but {type(self).__name__} "
+                f"was fitted on {self._grid_shape[0]} x {self._grid_shape[1]} grids "
+                "(one Gaussian per position).")
+        if len(fit_idx) == 0:
+            return
+        sums = self._grid_sums(X, fit_idx, into=self._running_sums())
         self.precision_ = None  # freed before its replacement is built
-        self._set_grid_statistics(sums, X.shape[1:3])
+        self._set_grid_statistics(sums, self._grid_shape)
+
+    def _after_calibration(self, X, cal_idx, rng):
+        if self.pca_ is not None:
+            return super()._after_calibration(X, cal_idx, rng)
+        if self.calibration_in_model:
+            # The statistics are sums: the held-out images' are added, so
+            # the others are not read again.
+            self._update_normal(X, cal_idx, rng)
+
+    def _running_sums(self):
+        """The float64 sums of ``_grid_sums`` behind the current statistics."""
+        if not hasattr(self, "_running"):
+            raise ValueError(f"This {type(self).__name__} was fitted by an earlier skanomaly "
+                             "without the sums that partial_fit continues: fit it again.")
+        n, mean, packed = self._running
+        positions, d = mean.shape
+        rows, cols = torch.triu_indices(d, d)
+        outer = torch.zeros((positions, d, d), dtype=torch.float64)
+        with torch.inference_mode():
+            for start in range(0, positions, _POSITION_CHUNK):
+                block = slice(start, start + _POSITION_CHUNK)
+                values = torch.from_numpy(packed[block]).to(torch.float64)
+                outer[block, rows, cols] = values
+                outer[block, cols, rows] = values
+                m = torch.from_numpy(mean[block])
+                outer[block] += n * m[:, :, None] * m[:, None, :]
+        return torch.from_numpy(n * mean), outer, n
 
     def _set_grid_statistics(self, sums, grid_shape):
         """Per-position Gaussians (no PCA) from the sums of ``_grid_sums``."""
         mean, precision, logdet = self._grid_statistics(*sums)
         d = mean.shape[-1]
+        # What partial_fit continues from: the count, the float64 means and
+        # the centred scatter matrices in float32 (upper triangles; centred,
+        # so float32 loses nothing that the stored precisions keep).
+        _, outer, n = sums
+        rows, cols = torch.triu_indices(d, d)
+        packed = np.empty((len(mean), len(rows)), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(mean), _POSITION_CHUNK):
+                block = slice(start, start + _POSITION_CHUNK)
+                m = torch.from_numpy(mean[block])
+                scatter = outer[block] - n * m[:, :, None] * m[:, None, :]
+                packed[block] = scatter[:, rows, cols].to(torch.float32).numpy()
+        self._running = (n, mean, packed)
         self.pca_ = None
         self._grid_shape = tuple(grid_shape)
         shape = self._grid_shape if np.prod(grid_shape) > 1 else ()  # vectors: (d,)
@@ -220,9 +268,6 @@ class GaussianDetector(_BaseDetector):
         self.mean_ = mean.astype(np.float32).reshape(dim)
         self.precision_ = prec.numpy().astype(np.float32).reshape(dim, dim)
         self._logdet = ld.numpy()
-
-    def _reads_in_chunks(self):
-        return self.n_components is None and self.score_type != "reconstruction"
 
     @staticmethod
     def _grid_sums(X, idx, into=None):

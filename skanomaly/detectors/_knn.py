@@ -196,8 +196,8 @@ class KNNDetector(_BaseDetector):
         self.algorithm = algorithm
         self.random_state = random_state
 
-    def _reads_in_chunks(self):
-        return self.mode == "patchcore"
+    def _can_partial_fit(self):
+        return True
 
     def _features(self, grids):
         """The patches as the bank compares them (unit length for cosine)."""
@@ -228,8 +228,29 @@ class KNNDetector(_BaseDetector):
         self.memory_bank_, self.n_filtered_patches_ = self._select_bank(X, fit_idx, rng)
         self._build_index(rng)
 
+    def _update_normal(self, X, fit_idx, rng):
+        # New samples join as fit's chunks do: their own SoftPatch filter and
+        # coreset, stacked onto the bank.
+        if self.mode == "spade":
+            self._add_spade_images(X, fit_idx)
+            return
+        extra, n_filtered = self._select_bank(X, fit_idx, rng)
+        self.memory_bank_ = np.ascontiguousarray(np.concatenate([self.memory_bank_, extra]))
+        self.n_filtered_patches_ += n_filtered
+        self._build_index(rng)
+
+    def _add_spade_images(self, X, idx):
+        held = np.asarray(X[idx])
+        self.image_features_ = np.concatenate([
+            self.image_features_,
+            held.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)])
+        self.memory_bank_ = np.ascontiguousarray(np.concatenate(
+            [self.memory_bank_, held.reshape(-1, held.shape[-1])]))
+
     def _select_bank(self, X, idx, rng):
         """SoftPatch-filtered coreset of the patches of ``X[idx]``, chunk by chunk."""
+        if len(idx) == 0:
+            return np.empty((0, X.shape[-1]), dtype=np.float32), 0
         bank, n_filtered = [], 0
         for chunk in self._coreset_chunks(idx, X.shape[1] * X.shape[2]):
             grids = self._features(X[chunk])
@@ -281,18 +302,7 @@ class KNNDetector(_BaseDetector):
     def _after_calibration(self, X, cal_idx, rng):
         if not self.calibration_in_bank:
             return
-        if self.mode == "spade":
-            held = np.asarray(X[cal_idx])
-            self.image_features_ = np.concatenate([
-                self.image_features_,
-                held.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)])
-            self.memory_bank_ = np.ascontiguousarray(np.concatenate(
-                [self.memory_bank_, held.reshape(-1, held.shape[-1])]))
-            return
-        extra, n_filtered = self._select_bank(X, cal_idx, rng)
-        self.memory_bank_ = np.ascontiguousarray(np.concatenate([self.memory_bank_, extra]))
-        self.n_filtered_patches_ += n_filtered
-        self._build_index(rng)
+        self._update_normal(X, cal_idx, rng)
 
     def _coreset_chunks(self, fit_idx, patches_per_image):
         """Groups of training images, each about ``coreset_chunk_size`` patches."""

@@ -1,0 +1,127 @@
+"""partial_fit: new normal samples join a fitted model without a refit."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from skanomaly import GaussianDetector, KDEDetector, KNNDetector, make_dfm, make_fastflow, make_padim
+from skanomaly.detectors import conformal_offset
+from skanomaly.datasets import make_synthetic
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def _few_calibration_samples_are_expected():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*calibration samples cannot guarantee")
+        yield
+
+
+def _grids(seed, n, shape=(3, 3, 4)):
+    return np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("scale", ["absolute", "position", "global"])
+@pytest.mark.parametrize("shape", [(3, 3, 4), (1, 1, 4)])  # (1, 1): vectors, one Gaussian
+def test_gaussian_a_then_b_is_the_model_of_a_plus_b(scale, shape):
+    A, B, test = _grids(0, 40, shape), _grids(1, 25, shape) + 0.5, _grids(2, 10, shape)
+    params = dict(regularization=0.1, regularization_scale=scale, random_state=0)
+    whole = GaussianDetector(**params).fit(np.concatenate([A, B]))
+    step = GaussianDetector(**params).fit(A).partial_fit(B)
+    # Every sample ends in the model either way (calibration_in_model).
+    np.testing.assert_allclose(step.mean_, whole.mean_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(step.precision_, whole.precision_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(step.score_samples(test), whole.score_samples(test), rtol=1e-5)
+    np.testing.assert_allclose(step.mean_.reshape(-1, shape[-1]),
+                               np.concatenate([A, B]).mean(0).reshape(-1, shape[-1]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_calibration_is_refreshed_from_held_out_new_samples():
+    A, B = _grids(3, 40), _grids(4, 30) + 3.0  # B: a shifted batch of new normals
+    det = GaussianDetector(random_state=0).fit(A)
+    before = det.calibration_scores_.copy()
+    det.partial_fit(B)
+    assert len(det.calibration_scores_) == len(before) + 3  # 10% of B held out
+    assert np.all(np.diff(det.calibration_scores_) >= 0)
+    assert det.offset_ == conformal_offset(det.calibration_scores_, det.contamination)
+    new = np.setdiff1d(det.calibration_scores_, before)
+    assert len(new) == 3
+    # They were scored by the updated model, which already knew B's shift:
+    # far more normal than B scored by the model of A alone.
+    assert new.min() > GaussianDetector(random_state=0).fit(A).score_samples(B).max()
+
+
+def test_memory_bank_a_then_b_holds_every_patch_of_a_plus_b():
+    A, B, test = _grids(5, 20), _grids(6, 15), _grids(7, 6)
+    whole = KNNDetector(coreset_ratio=1.0, random_state=0).fit(np.concatenate([A, B]))
+    step = KNNDetector(coreset_ratio=1.0, random_state=0).fit(A).partial_fit(B)
+    rows = lambda bank: np.unique(bank, axis=0)  # noqa: E731
+    np.testing.assert_array_equal(rows(step.memory_bank_), rows(whole.memory_bank_))
+    np.testing.assert_allclose(step.score_samples(test), whole.score_samples(test), rtol=1e-6)
+    np.testing.assert_allclose(step.score_patches(test), whole.score_patches(test), rtol=1e-6)
+
+
+def test_memory_bank_takes_the_new_batch_through_its_coreset():
+    A, B = _grids(8, 30), _grids(9, 30)
+    det = KNNDetector(coreset_ratio=0.2, random_state=0).fit(A)
+    n_before = len(det.memory_bank_)
+    det.partial_fit(B)
+    # 27 images of B learnt from, then its 3 held-out ones: 20% of each's 9 patches.
+    assert len(det.memory_bank_) == n_before + int(0.2 * 27 * 9) + int(0.2 * 3 * 9)
+    assert len(det.calibration_scores_) == 3 + 3
+
+
+def test_spade_mode_appends_whole_images():
+    A, B = _grids(10, 12), _grids(11, 8)
+    det = KNNDetector(coreset_ratio=1.0, mode="spade", random_state=0).fit(A)
+    det.partial_fit(B)
+    assert det.image_features_.shape == (20, 4) and det.memory_bank_.shape == (20 * 9, 4)
+
+
+def test_one_new_sample_is_held_out_and_then_joins():
+    det = KNNDetector(coreset_ratio=1.0, random_state=0).fit(_grids(12, 10))
+    det.partial_fit(_grids(13, 1))
+    assert len(det.memory_bank_) == 11 * 9 and len(det.calibration_scores_) == 2
+
+
+def test_first_partial_fit_is_fit():
+    X = _grids(14, 20)
+    np.testing.assert_array_equal(
+        KNNDetector(random_state=0).partial_fit(X).memory_bank_,
+        KNNDetector(random_state=0).fit(X).memory_bank_)
+
+
+def test_bad_batches_are_refused_and_leave_the_model_as_it_was():
+    det = GaussianDetector(random_state=0).fit(_grids(15, 30))
+    mean, offset = det.mean_.copy(), det.offset_
+    with pytest.raises(ValueError, match="features"):
+        det.partial_fit(_grids(16, 5, (3, 3, 5)))
+    with pytest.raises(ValueError, match="2 x 2 grids.*3 x 3"):
+        det.partial_fit(_grids(16, 5, (2, 2, 4)))
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        det.partial_fit(np.full((5, 3, 3, 4), np.nan, dtype=np.float32))
+    np.testing.assert_array_equal(det.mean_, mean)
+    assert det.offset_ == offset and det._running[0] == 30
+
+
+def test_only_heads_that_can_grow_have_partial_fit():
+    assert hasattr(KNNDetector(), "partial_fit") and hasattr(GaussianDetector(), "partial_fit")
+    assert not hasattr(GaussianDetector(n_components=0.9), "partial_fit")  # one PCA of all
+    assert not hasattr(KDEDetector(), "partial_fit")
+    assert not hasattr(make_dfm(image_size=SIZE), "partial_fit")
+    assert not hasattr(make_fastflow(image_size=SIZE), "partial_fit")
+
+
+def test_pipeline_partial_fit_on_images():
+    data = make_synthetic(24, 6, image_size=SIZE, random_state=0)
+    A, B = data.images[:10], data.images[10:24]
+    whole = make_padim(image_size=SIZE, random_state=0).fit(data.images[:24])
+    step = make_padim(image_size=SIZE, random_state=0).partial_fit(A).partial_fit(B)
+    np.testing.assert_allclose(step.score_samples(data.images[24:]),
+                               whole.score_samples(data.images[24:]), rtol=1e-4)
+    with pytest.raises(ValueError, match="image 1 .*no such file"):
+        step.partial_fit([data.images[0], "no/such/image.png"])
+    assert step[-1]._running[0] == 24
