@@ -198,10 +198,17 @@ Score images with a saved pipeline (a .joblib file from 'skanomaly fit', or a
 .onnx file from 'skanomaly export') and write what it found to --out:
 
   predictions.csv   image, score (higher = more normal), p_value, label
-                    (+1 normal, -1 anomalous)
+                    (+1 normal, -1 anomalous), error (why an image was skipped)
   masks/*.png       binary defect masks (patch-level methods)
   overlays/*.png    anomaly heatmap over the image, mask outline in green
+                    (one colour scale: the pixel threshold at its middle)
   boxes.json        bounding boxes of anomalous regions with a score each
+
+Images are scored and written 16 at a time, so memory stays flat over any
+folder. A file that cannot be read is named on stderr and in the error
+column, the others are scored, and the exit status is 1. Every file written
+is complete: rows are flushed whole, images and boxes.json are renamed into
+place, so an interrupted run leaves valid results for the images it reached.
 
 examples:
   skanomaly predict bottle.joblib ../shared/data/mvtec_bottle/test/broken_large --out found
@@ -292,34 +299,23 @@ def _load_model(path):
 
 
 def _predict(args):
-    from PIL import Image
-    from skanomaly_runtime._output import _result_stem, _write_results
+    from skanomaly_runtime._output import predict_to_folder
     from skanomaly_runtime.images import image_files
 
-    from .images import load_image
-    from .maps import anomaly_boxes, anomaly_masks
     from .plotting import overlay_heatmap
 
     scores_and_maps, pvalues_of, offset, threshold = _load_model(args.model)
     paths = image_files(args.images)
-    out = Path(args.out)
-    # Everything is computed, each image embedded once, before anything is written.
-    maps, scores = scores_and_maps(paths)
-    masks = boxes = None
-    if maps is not None:
-        masks = anomaly_masks(None, paths, maps=maps, threshold=threshold)
-        masks = list(masks) if isinstance(masks, np.ndarray) else masks
-        boxes = anomaly_boxes(None, paths, maps=maps, threshold=threshold)
-    labels = np.where(scores - offset >= 0, 1, -1)
-    summary = _write_results(out, paths, scores, pvalues_of(scores), labels, masks, boxes, threshold)
-    if maps is not None:
-        vmax = max(float(np.max(m)) for m in maps)
-        (out / "overlays").mkdir(exist_ok=True)
-        for index, (path, amap, mask) in enumerate(zip(paths, maps, masks)):
-            overlay = overlay_heatmap(load_image(path, index), amap, mask, vmin=0.0, vmax=vmax)
-            Image.fromarray(overlay).save(out / "overlays" / f"{_result_stem(index, path)}_overlay.png")
+
+    def overlay(image, amap, mask):
+        # One colour scale for every image and batch: the pixel threshold at
+        # its middle, so that overlays compare across a folder.
+        return overlay_heatmap(image, amap, mask, vmin=0.0, vmax=2.0 * threshold)
+
+    summary, n_failed = predict_to_folder(paths, args.out, scores_and_maps, pvalues_of, offset,
+                                          threshold, overlay=overlay)
     print(summary)
-    return 0
+    return 1 if n_failed else 0
 
 
 _COLUMNS = [

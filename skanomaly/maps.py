@@ -7,6 +7,8 @@ from scipy.ndimage import gaussian_filter
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
+from skanomaly_runtime._regions import MIN_AREA
+
 from .images import check_images, load_image
 
 __all__ = ["anomaly_boxes", "anomaly_maps", "anomaly_masks", "upsample_patch_scores"]
@@ -229,7 +231,7 @@ def anomaly_masks(estimator, X, *, threshold=None, maps=None, **kwargs):
     return np.stack(masks) if len({m.shape for m in masks}) == 1 else masks
 
 
-def anomaly_boxes(estimator, X, *, threshold=None, min_area=16, maps=None, **kwargs):
+def anomaly_boxes(estimator, X, *, threshold=None, min_area=MIN_AREA, maps=None, **kwargs):
     """Bounding boxes of connected anomalous regions, with a score each.
 
     Regions are the 8-connected components of :func:`anomaly_masks`; a box's

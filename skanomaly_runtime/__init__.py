@@ -28,7 +28,7 @@ import os
 import numpy as np
 
 from ._calibration import conformal_pvalues_of
-from ._regions import region_boxes
+from ._regions import MIN_AREA, region_boxes
 from ._resize import resize_image, resize_map
 from .images import check_images, load_image
 
@@ -196,7 +196,7 @@ class ExportedModel:
             return maps > threshold
         return [m > threshold for m in maps]
 
-    def anomaly_boxes(self, X=None, *, threshold=None, min_area=16, maps=None):
+    def anomaly_boxes(self, X=None, *, threshold=None, min_area=MIN_AREA, maps=None):
         """Boxes of the 8-connected regions of the masks (as :func:`skanomaly.anomaly_boxes`).
 
         Returns

@@ -1,8 +1,10 @@
 """``python -m skanomaly_runtime MODEL.onnx IMAGE_OR_DIR... --out DIR``: score
 images with an exported model, without torch.
 
-Writes ``predictions.csv`` (image, score, p_value, label) and, for models
-with maps, ``masks/*.png`` and ``boxes.json``. ``skanomaly predict
+Writes ``predictions.csv`` (image, score, p_value, label, error) and, for
+models with maps, ``masks/*.png`` and ``boxes.json``, a batch at a time; an
+unreadable image is named on stderr and in the error column, the others are
+scored, and the exit status is 1. ``skanomaly predict
 MODEL.onnx`` writes the same and also heatmap overlays (it needs the full
 install).
 """
@@ -10,10 +12,8 @@ install).
 import argparse
 import sys
 
-import numpy as np
-
 from . import load
-from ._output import _write_results
+from ._output import predict_to_folder
 from .images import image_files
 
 
@@ -29,21 +29,21 @@ def main(argv=None):
     try:
         model = load(args.model, backend=args.backend)
         paths = image_files(args.images)
-        if not model.metadata_["maps"]:
-            maps, scores = None, model.score_samples(paths)
-        else:
-            maps, scores = model.anomaly_maps(paths, return_scores=True)
     except (ValueError, ImportError) as exc:
         print(f"skanomaly_runtime: error: {exc}", file=sys.stderr)
         return 1
-    labels = np.where(scores - model.offset_ >= 0, 1, -1)
-    masks = boxes = None
-    if maps is not None:
-        masks = model.anomaly_masks(maps=maps)
-        boxes = model.anomaly_boxes(maps=maps)
-    print(_write_results(args.out, paths, scores, model.conformal_pvalues(scores=scores), labels,
-                         masks, boxes, model.metadata_["pixel_threshold"]))
-    return 0
+
+    def scores_and_maps(images):
+        if not model.metadata_["maps"]:
+            return None, model.score_samples(images)
+        return model.anomaly_maps(images, return_scores=True)
+
+    threshold = model.metadata_["pixel_threshold"] if model.metadata_["maps"] else None
+    summary, n_failed = predict_to_folder(
+        paths, args.out, scores_and_maps, lambda s: model.conformal_pvalues(scores=s),
+        model.offset_, threshold)
+    print(summary)
+    return 1 if n_failed else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,11 @@ def _row_runs(mask):
     return rows, starts, stops
 
 
-def region_boxes(amap, mask, min_area=16):
+# Smallest region (pixels) that gets a box, everywhere boxes are drawn.
+MIN_AREA = 16
+
+
+def region_boxes(amap, mask, min_area=MIN_AREA):
     """Boxes of the 8-connected regions of ``mask``, sorted by decreasing score.
 
     Parameters

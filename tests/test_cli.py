@@ -2,6 +2,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -119,6 +120,48 @@ def test_fit_then_predict_writes_every_output(mvtec_like, tmp_path):
     boxes = json.loads((out / "boxes.json").read_text())
     assert len(boxes["images"]) == len(rows) and boxes["pixel_threshold"] > 0
     assert any(entry["boxes"] for entry in boxes["images"])
+
+
+def test_predict_streams_and_survives_bad_files(mvtec_like, tmp_path, monkeypatch, capsys):
+    import skanomaly_runtime._output as output
+
+    pipe = make_patchcore(image_size=48, random_state=0).fit(load_mvtec(mvtec_like, "train").images)
+    joblib.dump(pipe, tmp_path / "pc.joblib")
+    good = sorted(str(p) for p in (mvtec_like / "test").rglob("*.png"))[:5]
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for i, path in enumerate(good):
+        (folder / f"{i}_ok.png").write_bytes(open(path, "rb").read())
+    (folder / "2_truncated.png").write_bytes(open(good[0], "rb").read()[:200])
+    (folder / "4_text.png").write_text("not an image")
+    batches = []
+    scorer = output.predict_to_folder
+
+    def spy(paths, out, scores_and_maps, *args, **kwargs):
+        def counted(images):
+            batches.append(len(images))
+            return scores_and_maps(images)
+        return scorer(paths, out, counted, *args, batch_size=3, **kwargs)
+
+    monkeypatch.setattr(output, "predict_to_folder", spy)
+    out = tmp_path / "found"
+    assert main(["predict", str(tmp_path / "pc.joblib"), str(folder), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "2_truncated.png" in captured.err and "4_text.png" in captured.err
+    assert "5 images" in captured.out and "2 could not be read" in captured.out
+    # Never more than a batch of images in memory: 7 files, batches of 3.
+    assert max(batches) <= 3 and sum(batches) == 5
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 7
+    bad = {r["image"]: r for r in rows if r["error"]}
+    assert sorted(Path(p).name for p in bad) == ["2_truncated.png", "4_text.png"]
+    assert all(r["score"] == "" and r["label"] == "" for r in bad.values())
+    scored = [r for r in rows if not r["error"]]
+    np.testing.assert_allclose([float(r["score"]) for r in scored],
+                               pipe.score_samples([r["image"] for r in scored]), rtol=1e-4)
+    assert len(list((out / "masks").glob("*_mask.png"))) == 5
+    assert len(json.loads((out / "boxes.json").read_text())["images"]) == 5
+    assert not list(out.rglob("*.partial"))
 
 
 def test_image_level_model_predicts_without_maps(mvtec_like, tmp_path):

@@ -172,9 +172,10 @@ def test_cli_exports_and_predicts_from_onnx(exported, synthetic, tmp_path, capsy
     rows = {k: (tmp_path / k / "predictions.csv").read_text().splitlines() for k in "abc"}
     assert len(rows["a"]) == 5
     for a, b, c in zip(rows["a"][1:], rows["b"][1:], rows["c"][1:]):
-        (_, score, p, label), other, third = a.split(","), b.split(","), c.split(",")
+        (_, score, p, label, error), other, third = a.split(","), b.split(","), c.split(",")
         assert float(score) == pytest.approx(float(other[1]), rel=RTOL)
         assert (label, p) == (other[3], other[2]) == (third[3], third[2])
+        assert error == other[4] == third[4] == ""
     boxes = json.loads((tmp_path / "a" / "boxes.json").read_text())
     assert len(boxes["images"]) == 4
     # The torch-free command draws the same boxes from the same maps.
