@@ -26,6 +26,7 @@ from .detectors import (
     StateSpaceDetector,
 )
 from .embedders import ImageEmbedder, PatchEmbedder
+from .grouping import GroupedDetector
 from .maps import anomaly_boxes, anomaly_maps, anomaly_masks
 from .pipelines import *  # every registered factory: make_patchcore, ...
 from .preprocessing import ImagePreprocessor
@@ -39,6 +40,7 @@ __all__ = [
     "FlowDetector",
     "GANomalyDetector",
     "GaussianDetector",
+    "GroupedDetector",
     "ImageEmbedder",
     "ImagePreprocessor",
     "KDEDetector",
