@@ -99,6 +99,10 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
     def _default_layers(self, backbone):
         return backbone.default_layers
 
+    def _images_per_batch(self):
+        # Tiling bounds memory by the batch of tiles: one large image at a time.
+        return self.batch_size if getattr(self, "tile_size", None) is None else 1
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
@@ -146,7 +150,7 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
         with _torch_threads(self.n_jobs), torch.inference_mode(), _progress(
             len(images), self.verbose, type(self).__name__
         ) as advance:
-            for start, batch in _resized_batches(images, self.batch_size, self.image_shape_):
+            for start, batch in _resized_batches(images, self._images_per_batch(), self.image_shape_):
                 batch = batch.to(self._device_)
                 feats = self._embed(self.backbone_.normalize(batch))
                 feats = feats.float().cpu().numpy()
@@ -196,8 +200,20 @@ class PatchEmbedder(_BaseEmbedder):
         patches are damped towards zero; False averages the real neighbours
         only. Chosen on the four-set panel (``benchmarks/bench_accuracy.py``):
         True raised PatchCore's image AUROC on its worst set and its mean.
+    tile_size : int or None, default=None
+        Embed each resized image tile by tile: square tiles of this many
+        pixels (a multiple of the patch stride, at most the image's
+        shorter side), overlapping by ``tile_overlap``; each patch of the
+        grid is taken from the tile whose centre is nearest, so tile borders
+        (where the backbone sees zero padding) never reach the output. The
+        grid is the untiled one's shape, so a large ``image_size`` keeps
+        small defects while the backbone's memory stays that of one batch of
+        tiles. None: the whole image at once.
+    tile_overlap : float in [0, 1), default=0.25
+        Share of ``tile_size`` by which neighbouring tiles overlap (rounded
+        down to the patch stride).
     batch_size : int, default=16
-        Images per forward pass.
+        Images (tiles, when tiling) per forward pass.
     device : str, default="cpu"
         ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
     n_jobs : int or None, default=None
@@ -235,6 +251,8 @@ class PatchEmbedder(_BaseEmbedder):
         "reduction": [StrOptions({"mean", "random"})],
         "count_include_pad": ["boolean"],
         "random_state": ["random_state"],
+        "tile_size": [Interval(numbers.Integral, 16, None, closed="left"), None],
+        "tile_overlap": [Interval(numbers.Real, 0, 1, closed="left")],
     }
 
     def __init__(
@@ -249,6 +267,8 @@ class PatchEmbedder(_BaseEmbedder):
         aggregation_size=3,
         count_include_pad=True,
         random_state=None,
+        tile_size=None,
+        tile_overlap=0.25,
         batch_size=16,
         device="cpu",
         n_jobs=None,
@@ -263,6 +283,8 @@ class PatchEmbedder(_BaseEmbedder):
         self.aggregation_size = aggregation_size
         self.count_include_pad = count_include_pad
         self.random_state = random_state
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
         self.batch_size = batch_size
         self.device = device
         self.n_jobs = n_jobs
@@ -296,6 +318,7 @@ class PatchEmbedder(_BaseEmbedder):
         self : object
         """
         super().fit(X, y)
+        self._check_tiles()
         self.feature_indices_ = None
         total = sum(self.backbone_.channels[name] for name in self.layers_)
         if self.reduction == "random" and self.n_features is not None:
@@ -303,7 +326,60 @@ class PatchEmbedder(_BaseEmbedder):
             self.feature_indices_ = np.sort(rng.choice(total, self.n_features, replace=False))
         return self
 
+    def _check_tiles(self):
+        if self.tile_size is None:
+            return
+        stride = self.backbone_.stages[self.layers_[0]]
+        height, width = self.image_shape_
+        if self.tile_size % stride or height % stride or width % stride:
+            raise ValueError(
+                f"tile_size={self.tile_size} and image_size {height} x {width} must be "
+                f"multiples of the patch stride {stride} (layer {self.layers_[0]!r}).")
+        if self.tile_size > min(height, width):
+            raise ValueError(
+                f"tile_size={self.tile_size} exceeds the image's shorter side "
+                f"({min(height, width)} px of image_size {height} x {width}).")
+
+    def _tile_layout(self, length):
+        """Tile starts (px) along an axis of ``length`` px and, per output cell,
+        the tile it comes from (the one whose centre is nearest)."""
+        stride = self.backbone_.stages[self.layers_[0]]
+        size = self.tile_size
+        overlap = int(self.tile_overlap * size) // stride * stride
+        step = max(size - overlap, stride)
+        starts = list(range(0, length - size + 1, step))
+        if starts[-1] != length - size:
+            starts.append(length - size)
+        centres = (np.asarray(starts) + size / 2) / stride
+        cells = np.arange(length // stride) + 0.5
+        owner = np.abs(cells[:, None] - centres[None]).argmin(axis=1)
+        return np.asarray(starts) // stride, owner
+
+    def _embed_tiled(self, batch):
+        """``_embed`` of each image of ``batch`` assembled from its tiles."""
+        height, width = batch.shape[-2:]
+        size, patch = self.tile_size, self.backbone_.stages[self.layers_[0]]
+        rows, row_owner = self._tile_layout(height)
+        cols, col_owner = self._tile_layout(width)
+        origins = [(r, c) for r in rows for c in cols]
+        out = []
+        for image in batch:
+            tiles = torch.stack([image[:, r * patch:r * patch + size, c * patch:c * patch + size]
+                                 for r, c in origins])
+            grids = torch.cat([self._embed(tiles[i:i + self.batch_size])
+                               for i in range(0, len(tiles), self.batch_size)])
+            grids = grids.reshape(len(rows), len(cols), *grids.shape[1:])
+            y = np.arange(height // patch)
+            x = np.arange(width // patch)
+            local_y = torch.as_tensor(y - rows[row_owner])
+            local_x = torch.as_tensor(x - cols[col_owner])
+            ty, tx = torch.as_tensor(row_owner), torch.as_tensor(col_owner)
+            out.append(grids[ty[:, None], tx[None, :], local_y[:, None], local_x[None, :]])
+        return torch.stack(out)
+
     def _embed(self, batch):
+        if self.tile_size is not None and batch.shape[-2:] != (self.tile_size, self.tile_size):
+            return self._embed_tiled(batch)
         maps = self.backbone_.extract(batch, self.layers_)
         size = maps[0].shape[-2:]
         pad = self.aggregation_size // 2
@@ -435,7 +511,60 @@ class ImageEmbedder(_BaseEmbedder):
         cells = 1 if self.keep_grid else self.grid_size ** 2
         return cells * sum(backbone.channels[name] for name in layers)
 
+    def _check_tiles(self):
+        if self.tile_size is None:
+            return
+        stride = self.backbone_.stages[self.layers_[0]]
+        height, width = self.image_shape_
+        if self.tile_size % stride or height % stride or width % stride:
+            raise ValueError(
+                f"tile_size={self.tile_size} and image_size {height} x {width} must be "
+                f"multiples of the patch stride {stride} (layer {self.layers_[0]!r}).")
+        if self.tile_size > min(height, width):
+            raise ValueError(
+                f"tile_size={self.tile_size} exceeds the image's shorter side "
+                f"({min(height, width)} px of image_size {height} x {width}).")
+
+    def _tile_layout(self, length):
+        """Tile starts (px) along an axis of ``length`` px and, per output cell,
+        the tile it comes from (the one whose centre is nearest)."""
+        stride = self.backbone_.stages[self.layers_[0]]
+        size = self.tile_size
+        overlap = int(self.tile_overlap * size) // stride * stride
+        step = max(size - overlap, stride)
+        starts = list(range(0, length - size + 1, step))
+        if starts[-1] != length - size:
+            starts.append(length - size)
+        centres = (np.asarray(starts) + size / 2) / stride
+        cells = np.arange(length // stride) + 0.5
+        owner = np.abs(cells[:, None] - centres[None]).argmin(axis=1)
+        return np.asarray(starts) // stride, owner
+
+    def _embed_tiled(self, batch):
+        """``_embed`` of each image of ``batch`` assembled from its tiles."""
+        height, width = batch.shape[-2:]
+        size, patch = self.tile_size, self.backbone_.stages[self.layers_[0]]
+        rows, row_owner = self._tile_layout(height)
+        cols, col_owner = self._tile_layout(width)
+        origins = [(r, c) for r in rows for c in cols]
+        out = []
+        for image in batch:
+            tiles = torch.stack([image[:, r * patch:r * patch + size, c * patch:c * patch + size]
+                                 for r, c in origins])
+            grids = torch.cat([self._embed(tiles[i:i + self.batch_size])
+                               for i in range(0, len(tiles), self.batch_size)])
+            grids = grids.reshape(len(rows), len(cols), *grids.shape[1:])
+            y = np.arange(height // patch)
+            x = np.arange(width // patch)
+            local_y = torch.as_tensor(y - rows[row_owner])
+            local_x = torch.as_tensor(x - cols[col_owner])
+            ty, tx = torch.as_tensor(row_owner), torch.as_tensor(col_owner)
+            out.append(grids[ty[:, None], tx[None, :], local_y[:, None], local_x[None, :]])
+        return torch.stack(out)
+
     def _embed(self, batch):
+        if self.tile_size is not None and batch.shape[-2:] != (self.tile_size, self.tile_size):
+            return self._embed_tiled(batch)
         maps = self.backbone_.extract(batch, self.layers_)
         if self.grid_size == 1 and not self.keep_grid:
             return torch.cat([fmap.mean(dim=(2, 3)) for fmap in maps], dim=1)

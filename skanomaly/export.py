@@ -103,6 +103,8 @@ def export_refusal(pipeline):
     if not isinstance(embedder, (PatchEmbedder, ImagePreprocessor)):
         return (f"the pipeline starts with {type(embedder).__name__}; only PatchEmbedder "
                 "and ImagePreprocessor pipelines are exportable yet")
+    if getattr(embedder, "tile_size", None) is not None:
+        return "its PatchEmbedder embeds tile by tile (tile_size), which is not exported yet"
     if not hasattr(head, "_export_graph"):
         return f"its graph ({type(head).__name__}) is not exportable yet"
     return head._not_exportable

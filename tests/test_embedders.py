@@ -165,3 +165,40 @@ def _cat_numpy(tensors):
     import torch
 
     return torch.cat(tensors).numpy()
+
+
+def test_tiled_grid_takes_each_cell_from_its_nearest_tile():
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 128, 192, 3)).astype(np.float32)
+    tiled = PatchEmbedder(image_size=(128, 192), tile_size=64).fit(None)
+    grid = tiled.transform(images)
+    assert grid.shape == (2, 16, 24, 152)  # the untiled grid's shape
+    # 64 px tiles overlapping by 16 px: starts 0, 48 (rows 0-6 -> tile 0) ...
+    plain = PatchEmbedder(image_size=64).fit(None)
+    rows, row_owner = tiled._tile_layout(128)
+    cols, col_owner = tiled._tile_layout(192)
+    for y, x in [(0, 0), (7, 13), (15, 23), (9, 4)]:
+        r, c = rows[row_owner[y]], cols[col_owner[x]]
+        crop = images[:, 8 * r:8 * r + 64, 8 * c:8 * c + 64]
+        np.testing.assert_allclose(grid[:, y, x], plain.transform(crop)[:, y - r, x - c],
+                                   rtol=1e-4, atol=1e-5)
+    # One tile of the whole image is the plain embedding.
+    whole = PatchEmbedder(image_size=64, tile_size=64).fit_transform(images[:, :64, :64])
+    np.testing.assert_array_equal(whole, plain.transform(images[:, :64, :64]))
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(image_size=128, tile_size=60), "multiples of the patch stride 8"),
+    (dict(image_size=(64, 128), tile_size=96), "exceeds the image's shorter side"),
+])
+def test_bad_tiles_are_refused_at_fit(params, message):
+    with pytest.raises(ValueError, match=message):
+        PatchEmbedder(**params).fit(None)
+
+
+def test_tiled_pipelines_refuse_export():
+    from skanomaly import make_patchcore
+    from skanomaly.export import export_refusal
+
+    pipe = make_patchcore(image_size=128).set_params(patchembedder__tile_size=64)
+    assert "tile by tile" in export_refusal(pipe)
