@@ -35,3 +35,14 @@ def mvtec_category(name):
     if not (root / "train").is_dir():
         pytest.skip(f"real data not found at {root}")
     return root
+
+
+@pytest.fixture
+def few_calibration_images():
+    """Tests on a handful of images: the threshold's "too few calibration
+    samples" warning is expected there, and silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*calibration samples cannot guarantee")
+        yield

@@ -511,60 +511,7 @@ class ImageEmbedder(_BaseEmbedder):
         cells = 1 if self.keep_grid else self.grid_size ** 2
         return cells * sum(backbone.channels[name] for name in layers)
 
-    def _check_tiles(self):
-        if self.tile_size is None:
-            return
-        stride = self.backbone_.stages[self.layers_[0]]
-        height, width = self.image_shape_
-        if self.tile_size % stride or height % stride or width % stride:
-            raise ValueError(
-                f"tile_size={self.tile_size} and image_size {height} x {width} must be "
-                f"multiples of the patch stride {stride} (layer {self.layers_[0]!r}).")
-        if self.tile_size > min(height, width):
-            raise ValueError(
-                f"tile_size={self.tile_size} exceeds the image's shorter side "
-                f"({min(height, width)} px of image_size {height} x {width}).")
-
-    def _tile_layout(self, length):
-        """Tile starts (px) along an axis of ``length`` px and, per output cell,
-        the tile it comes from (the one whose centre is nearest)."""
-        stride = self.backbone_.stages[self.layers_[0]]
-        size = self.tile_size
-        overlap = int(self.tile_overlap * size) // stride * stride
-        step = max(size - overlap, stride)
-        starts = list(range(0, length - size + 1, step))
-        if starts[-1] != length - size:
-            starts.append(length - size)
-        centres = (np.asarray(starts) + size / 2) / stride
-        cells = np.arange(length // stride) + 0.5
-        owner = np.abs(cells[:, None] - centres[None]).argmin(axis=1)
-        return np.asarray(starts) // stride, owner
-
-    def _embed_tiled(self, batch):
-        """``_embed`` of each image of ``batch`` assembled from its tiles."""
-        height, width = batch.shape[-2:]
-        size, patch = self.tile_size, self.backbone_.stages[self.layers_[0]]
-        rows, row_owner = self._tile_layout(height)
-        cols, col_owner = self._tile_layout(width)
-        origins = [(r, c) for r in rows for c in cols]
-        out = []
-        for image in batch:
-            tiles = torch.stack([image[:, r * patch:r * patch + size, c * patch:c * patch + size]
-                                 for r, c in origins])
-            grids = torch.cat([self._embed(tiles[i:i + self.batch_size])
-                               for i in range(0, len(tiles), self.batch_size)])
-            grids = grids.reshape(len(rows), len(cols), *grids.shape[1:])
-            y = np.arange(height // patch)
-            x = np.arange(width // patch)
-            local_y = torch.as_tensor(y - rows[row_owner])
-            local_x = torch.as_tensor(x - cols[col_owner])
-            ty, tx = torch.as_tensor(row_owner), torch.as_tensor(col_owner)
-            out.append(grids[ty[:, None], tx[None, :], local_y[:, None], local_x[None, :]])
-        return torch.stack(out)
-
     def _embed(self, batch):
-        if self.tile_size is not None and batch.shape[-2:] != (self.tile_size, self.tile_size):
-            return self._embed_tiled(batch)
         maps = self.backbone_.extract(batch, self.layers_)
         if self.grid_size == 1 and not self.keep_grid:
             return torch.cat([fmap.mean(dim=(2, 3)) for fmap in maps], dim=1)

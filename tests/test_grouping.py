@@ -1,7 +1,5 @@
 """GroupedDetector: one model per product, routed by name or by the nearest product."""
 
-import warnings
-
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -13,11 +11,7 @@ from skanomaly.datasets import load_mvtec
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _few_calibration_samples_are_expected():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*calibration samples cannot guarantee")
-        yield
+pytestmark = pytest.mark.usefixtures("few_calibration_images")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """partial_fit: new normal samples join a fitted model without a refit."""
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -12,11 +10,7 @@ from skanomaly.datasets import make_synthetic
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _few_calibration_samples_are_expected():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*calibration samples cannot guarantee")
-        yield
+pytestmark = pytest.mark.usefixtures("few_calibration_images")
 
 
 def _grids(seed, n, shape=(3, 3, 4)):
