@@ -132,9 +132,8 @@ class GroupedDetector(MetaEstimatorMixin, BaseEstimator):
             return np.repeat(self.groups_, len(images))
         return np.asarray(self.router_.predict(images))
 
-    def _per_group(self, method, X, groups):
-        check_is_fitted(self)
-        images = check_images(X)
+    def _routes(self, images, groups):
+        """Each image's product: given (checked) or routed."""
         if groups is None:
             groups = self.route(images)
         else:
@@ -143,11 +142,68 @@ class GroupedDetector(MetaEstimatorMixin, BaseEstimator):
             if unknown:
                 raise ValueError(f"Unknown product {unknown[0]!r}; fitted products: "
                                  f"{self.groups_.tolist()}.")
-        out = np.empty(len(images), dtype=np.float64)
+        return groups
+
+    def _each_group(self, X, groups, work):
+        """``work(model, images)`` on each product's share of ``X``; yields
+        (rows, result)."""
+        check_is_fitted(self)
+        images = check_images(X)
+        groups = self._routes(images, groups)
         for name, model in zip(self.groups_, self.estimators_):
             rows = np.flatnonzero(groups == name)
             if len(rows):
-                out[rows] = getattr(model, method)([images[i] for i in rows])
+                yield rows, work(model, [images[i] for i in rows])
+
+    def _per_group(self, method, X, groups):
+        out = np.empty(len(check_images(X)), dtype=np.float64)
+        for rows, values in self._each_group(X, groups, lambda m, x: getattr(m, method)(x)):
+            out[rows] = values
+        return out
+
+    def anomaly_maps(self, X, groups=None, **kwargs):
+        """Per-pixel maps, each from its product's model (its scale).
+
+        Parameters
+        ----------
+        X : list of images or ndarray of shape (n, H, W[, C])
+        groups : array-like of shape (n,) or None, default=None
+            The product of each image; None routes each image.
+        **kwargs
+            Passed to :func:`skanomaly.anomaly_maps` (``sigma``,
+            ``batch_size``); not ``return_scores``.
+
+        Returns
+        -------
+        maps : list of ndarray of shape (H_i, W_i)
+        """
+        return self._pixels(X, groups, masks=False, **kwargs)
+
+    def anomaly_masks(self, X, groups=None, **kwargs):
+        """Defect masks, each at its product's calibrated pixel threshold.
+
+        Parameters
+        ----------
+        X : list of images or ndarray of shape (n, H, W[, C])
+        groups : array-like of shape (n,) or None, default=None
+            The product of each image; None routes each image.
+        **kwargs
+            Passed to :func:`skanomaly.anomaly_masks`.
+
+        Returns
+        -------
+        masks : list of ndarray of shape (H_i, W_i), bool
+        """
+        return self._pixels(X, groups, masks=True, **kwargs)
+
+    def _pixels(self, X, groups, masks, **kwargs):
+        from .maps import anomaly_maps, anomaly_masks
+
+        draw = anomaly_masks if masks else anomaly_maps
+        out = [None] * len(check_images(X))
+        for rows, results in self._each_group(X, groups, lambda m, x: draw(m, x, **kwargs)):
+            for row, result in zip(rows, results):
+                out[row] = result
         return out
 
     def score_samples(self, X, groups=None):

@@ -78,3 +78,16 @@ def test_three_real_products_score_as_their_own_models():
         auc_grouped = roc_auc_score(target == -1, -model.decision_function(images))
         auc_single = roc_auc_score(target == -1, -single.decision_function(images))
         assert abs(auc_grouped - auc_single) <= 0.005, (name, auc_grouped, auc_single)
+
+
+def test_maps_and_masks_come_from_each_images_product(two_products):
+    from skanomaly import anomaly_maps, anomaly_masks
+
+    model, dark, light = two_products
+    test = np.concatenate([light[:1], dark, light[1:]])
+    maps = model.anomaly_maps(test)
+    masks = model.anomaly_masks(test, groups=["light", "dark", "dark", "light"])
+    assert len(maps) == len(masks) == 4 and maps[0].shape == (SIZE, SIZE)
+    np.testing.assert_allclose(maps[1], anomaly_maps(model.estimators_[0], dark[:1])[0], rtol=1e-5)
+    np.testing.assert_allclose(maps[3], anomaly_maps(model.estimators_[1], light[1:])[0], rtol=1e-5)
+    np.testing.assert_array_equal(masks[0], anomaly_masks(model.estimators_[1], light[:1])[0])
