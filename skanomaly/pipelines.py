@@ -132,6 +132,7 @@ def make_anomalydino(
     top_fraction=0.01,
     image_size=256,
     algorithm="auto",
+    train_views=1,
     contamination=0.05,
     device="cpu",
     batch_size=16,
@@ -148,9 +149,10 @@ def make_anomalydino(
     on DINOv2 patch tokens; here any registered backbone or your own weights
     (``"timm/vit_small_patch14_dinov2"`` with a local file, see
     :mod:`skanomaly.backbones`); the default is the offline EfficientNet-Lite0
-    with PatchCore's locally aware features. For a few normal images, fit on
-    :func:`~skanomaly.augment.dihedral_copies` of them (rotated references,
-    as the paper's few-shot memory).
+    with PatchCore's locally aware features. For a few normal images, set
+    ``train_views=4``: the bank then holds each image in its four right-angle
+    rotations (the paper's rotated few-shot references; the same as fitting
+    on :func:`~skanomaly.augment.dihedral_copies` of them).
 
     Parameters
     ----------
@@ -164,6 +166,9 @@ def make_anomalydino(
     image_size : int or (int, int), default=256
     algorithm : {"auto", "exact", "approximate"}, default="auto"
         Memory-bank search, see :class:`~skanomaly.KNNDetector`.
+    train_views : int in [1, 8], default=1
+        Views of each training image in the bank (see
+        :class:`~skanomaly.streaming.StreamingPipeline`); 4 for few-shot.
     contamination : float in (0, 0.5], default=0.05
     device : str, default="cpu"
     batch_size : int, default=16
@@ -182,14 +187,13 @@ def make_anomalydino(
 
     >>> import numpy as np
     >>> from skanomaly import make_anomalydino
-    >>> from skanomaly.augment import dihedral_copies
     >>> rng = np.random.default_rng(0)
     >>> few = rng.random((4, 64, 64, 3))
-    >>> pipe = make_anomalydino(image_size=64, random_state=0).fit(dihedral_copies(few))
-    >>> pipe.score_samples(rng.random((2, 64, 64, 3))).shape
-    (2,)
+    >>> pipe = make_anomalydino(image_size=64, train_views=4, random_state=0).fit(few)
+    >>> pipe[-1].memory_bank_.shape  # 16 views of 8 x 8 patches
+    (1024, 152)
     """
-    return _pipeline(
+    pipe = _pipeline(
         PatchEmbedder(backbone, image_size=image_size, **_common(device, batch_size, n_jobs, verbose)),
         KNNDetector(
             coreset_ratio=coreset_ratio, n_neighbors=1, metric="cosine",
@@ -197,6 +201,7 @@ def make_anomalydino(
             random_state=random_state,
         ),
     )
+    return pipe.set_params(train_views=train_views)
 
 @_register(
     'padim',

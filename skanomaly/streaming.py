@@ -60,6 +60,13 @@ class StreamingPipeline(Pipeline):
         As :class:`~sklearn.pipeline.Pipeline`.
     batch_size : int, default=64
         Images per scoring or embedding task.
+    train_views : int in [1, 8], default=1
+        Views of each training image that ``fit`` and ``partial_fit`` learn
+        from (:func:`~skanomaly.augment.dihedral_copies`): 1, the images as
+        given; 4, also their right-angle rotations; 8, also their mirror
+        images. The few-shot recipe (1-8 normal images, as AnomalyDINO's
+        rotated references); the views are decoded into memory, so it is
+        meant for few images. Scoring never augments.
     n_jobs : int or None, default=None
         joblib workers for those tasks; None: one, unless a
         ``joblib.parallel_backend`` context says otherwise.
@@ -83,13 +90,23 @@ class StreamingPipeline(Pipeline):
         **Pipeline._parameter_constraints,
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_jobs": [numbers.Integral, None],
+        "train_views": [Interval(numbers.Integral, 1, 8, closed="both")],
     }
 
-    def __init__(self, steps, *, batch_size=64, n_jobs=None, memory=None,
+    def __init__(self, steps, *, batch_size=64, n_jobs=None, train_views=1, memory=None,
                  transform_input=None, verbose=False):
         super().__init__(steps, memory=memory, transform_input=transform_input, verbose=verbose)
         self.batch_size = batch_size
         self.n_jobs = n_jobs
+        self.train_views = train_views
+
+    def _training_images(self, X):
+        """``X`` as a list of images, with ``train_views`` views of each."""
+        if self.train_views == 1:
+            return check_images(X)
+        from .augment import dihedral_copies
+
+        return dihedral_copies(X, self.train_views)
 
     def _streams(self):
         return self.memory is None and self._frozen_then_incremental()
@@ -118,10 +135,11 @@ class StreamingPipeline(Pipeline):
         -------
         self : StreamingPipeline
         """
-        if params or not self._streams():
-            return super().fit(X, y, **params)
         self._validate_params()
-        images = check_images(X)
+        images = self._training_images(X)
+        if params or not self._streams():
+            return super().fit(images, None if y is None else np.repeat(y, self.train_views),
+                               **params)
         for _, step in self.steps[:-1]:
             step.fit(None)  # frozen embedders: fit validates and loads weights
         self._feed(images, first="fit")
@@ -160,7 +178,7 @@ class StreamingPipeline(Pipeline):
         True
         """
         self._validate_params()
-        images = check_images(X)
+        images = self._training_images(X)
         head = self._final_estimator
         fitted = hasattr(head, "offset_")
         for _, step in self.steps[:-1]:

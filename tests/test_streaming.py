@@ -240,3 +240,20 @@ def test_an_approximate_index_shares_the_bank_in_memory_and_in_files(tmp_path):
     # Nearest rows are rows of memory_bank_ itself.
     d, i = det.index_.kneighbors(det.memory_bank_[:5], 1)
     np.testing.assert_array_equal(i[:, 0], np.arange(5))
+
+
+@pytest.mark.usefixtures("few_calibration_images")
+def test_train_views_fit_the_dihedral_copies_of_few_images(data):
+    from skanomaly import make_anomalydino
+    from skanomaly.augment import dihedral_copies
+
+    few = data.images[:3]
+    pipe = make_anomalydino(image_size=SIZE, train_views=4, random_state=0).fit(few)
+    by_hand = make_anomalydino(image_size=SIZE, random_state=0).fit(dihedral_copies(few))
+    np.testing.assert_array_equal(pipe[-1].memory_bank_, by_hand[-1].memory_bank_)
+    assert len(pipe[-1].memory_bank_) == 12 * 8 * 8  # every view's patches
+    assert clone(pipe).train_views == 4
+    # Scoring never augments: one score per image.
+    assert pipe.score_samples(data.images[30:33]).shape == (3,)
+    with pytest.raises(ValueError, match="train_views"):
+        pipe.set_params(train_views=9).fit(few)
