@@ -136,10 +136,15 @@ class StreamingPipeline(Pipeline):
         self : StreamingPipeline
         """
         self._validate_params()
-        images = self._training_images(X)
         if params or not self._streams():
-            return super().fit(images, None if y is None else np.repeat(y, self.train_views),
+            if self.train_views == 1:
+                # As Pipeline: X reaches the steps untouched (frozen embedders
+                # alone, as in ``pipe[:-1].fit(None)``, ignore it).
+                return super().fit(X, y, **params)
+            return super().fit(self._training_images(X),
+                               None if y is None else np.repeat(y, self.train_views),
                                **params)
+        images = self._training_images(X)
         for _, step in self.steps[:-1]:
             step.fit(None)  # frozen embedders: fit validates and loads weights
         self._feed(images, first="fit")

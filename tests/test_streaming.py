@@ -257,3 +257,12 @@ def test_train_views_fit_the_dihedral_copies_of_few_images(data):
     assert pipe.score_samples(data.images[30:33]).shape == (3,)
     with pytest.raises(ValueError, match="train_views"):
         pipe.set_params(train_views=9).fit(few)
+
+
+def test_a_slice_of_frozen_embedders_fits_without_images(data):
+    """``pipe[:-1].fit(None)`` loads the embedders as Pipeline's fit does
+    (their fit ignores X); the head is untouched."""
+    pipe = make_patchcore(image_size=SIZE, random_state=0).set_params(train_views=4)
+    embedders = pipe[:-1].fit(None)
+    assert embedders.transform(data.images[:2]).shape[0] == 2
+    assert not hasattr(pipe[-1], "offset_")
