@@ -1,4 +1,4 @@
-"""Command line: ``skanomaly demo|evaluate|fit|predict`` (also ``python -m skanomaly``)."""
+"""Command line: ``skanomaly demo|evaluate|fit|predict|serve|export`` (also ``python -m skanomaly``)."""
 
 import argparse
 import csv
@@ -217,6 +217,42 @@ examples:
 A .joblib file runs code when it loads: use only files you trust. A .onnx
 export loads no code.
 """
+
+
+SERVE_HELP = """\
+Open a fitted model in a local web app: drop images (or give files and
+folders here) and see each one's score, p-value, label, heatmap, mask and
+boxes in a sortable table. The image and pixel thresholds, as a
+false-alarm rate or a raw value, relabel images and redraw masks live in
+the page, without scoring again; the table exports as CSV.
+
+It binds to 127.0.0.1 (this machine only) unless --host says otherwise, and
+serves no file from disk: only the page and the results of the images given
+or dropped.
+
+examples:
+  skanomaly serve bottle.joblib ../shared/data/mvtec_bottle/test
+  skanomaly serve bottle.skops --port 9000
+"""
+
+
+def _serve(args):
+    from .serve import make_server
+
+    if Path(args.model).suffix.lower() == ".onnx":
+        raise ValueError("serve needs the fitted pipeline (.joblib or .skops from 'skanomaly fit'), "
+                         "not an ONNX export.")
+    pipe = _load_pipeline(args.model)
+    try:
+        server = make_server(pipe, args.images, host=args.host, port=args.port)
+    except OSError as exc:  # port taken, address not local
+        raise ValueError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}).") from None
+    print(f"serving {args.model} at {server.url} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
 
 
 def _training_images(folder):
@@ -485,6 +521,16 @@ def build_parser():
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
     predict.set_defaults(handler=_predict)
+    serve = commands.add_parser(
+        "serve", help="browse a model's results in a local web app", description=SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("model", metavar="MODEL", help=".skops or .joblib file from 'skanomaly fit'")
+    serve.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="images to score at start")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free one)")
+    serve.set_defaults(handler=_serve)
     export = commands.add_parser(
         "export", help="export a saved model to ONNX", description=EXPORT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
