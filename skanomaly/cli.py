@@ -14,7 +14,9 @@ EVALUATE_HELP = """\
 Fit methods on a folder in MVTec AD layout and measure them on its test split.
 
 Prints one table (image AUROC, pixel AUROC, AUPRO, F1-max, fit seconds,
-ms per image, peak RSS) and writes it as CSV and JSON. Methods that share an
+ms per image, peak RSS) and writes it as CSV and JSON, with an HTML report
+comparing the methods (ROC and PRO curves, score histograms with the
+threshold, AUROC per defect type, the hardest images with their maps). Methods that share an
 embedder share its features, so several methods cost little more than one.
 "fit s" is embedding the training images plus fitting the head; the peak RSS
 is the process's peak so far, after each method.
@@ -50,19 +52,17 @@ examples:
 
 
 def _synthetic_split(image_size, seed):
+    from sklearn.utils import Bunch
+
     from .datasets import make_synthetic
 
     data = make_synthetic(60, 30, image_size=image_size, random_state=seed)
     n_train = 40
-    train = data.images[:n_train]
     test_idx = np.arange(n_train, len(data.target))
-    return (
-        train,
-        data.images[test_idx],
-        data.target[test_idx],
-        list(data.masks[test_idx]),
-        "synthetic textures (40 train, 20 good + 30 defective test)",
-    )
+    test = Bunch(images=data.images[test_idx], target=data.target[test_idx],
+                 masks=list(data.masks[test_idx]),
+                 defect_type=[data.defect_type[i] for i in test_idx])
+    return data.images[:n_train], test, "synthetic textures (40 train, 20 good + 30 defective test)"
 
 
 def _folder_split(root):
@@ -73,22 +73,24 @@ def _folder_split(root):
         f"{root} ({len(train.images)} train, {int((test.target == 1).sum())} good + "
         f"{int((test.target == -1).sum())} defective test)"
     )
-    return train.images, test.images, test.target, test.masks, description
+    return train.images, test, description
 
 
 def _demo(args):
     from sklearn.metrics import roc_auc_score
 
     from .maps import anomaly_maps
-    from .metrics import pixel_roc_auc
+    from .metrics import f1_max, pixel_aupro, pixel_roc_auc
     from .pipelines import make_patchcore
+    from .report import summarize_result, write_report
 
     if args.data:
-        train, test, target, masks, description = _folder_split(args.data)
+        train, test, description = _folder_split(args.data)
         image_size = args.image_size or 256
     else:
         image_size = args.image_size or 128
-        train, test, target, masks, description = _synthetic_split(image_size, args.seed)
+        train, test, description = _synthetic_split(image_size, args.seed)
+    target = test.target
     print(f"data: {description}")
     pipe = make_patchcore(
         image_size=image_size, contamination=0.1, random_state=args.seed, verbose=1,
@@ -99,13 +101,17 @@ def _demo(args):
     pipe.fit(train)
     fit_s = time.perf_counter() - start
     start = time.perf_counter()
-    scores = pipe.decision_function(test)
-    ms_per_image = 1000 * (time.perf_counter() - start) / len(test)
-    labels = np.where(scores >= 0, 1, -1)  # predict's rule, without embedding again
-    maps = anomaly_maps(pipe, test)
+    maps, scores = anomaly_maps(pipe, test.images, return_scores=True)
+    ms_per_image = 1000 * (time.perf_counter() - start) / len(test.images)
+    decision = scores - pipe[-1].offset_
+    labels = np.where(decision >= 0, 1, -1)  # predict's rule, without embedding again
+    result = {"scores": decision, "maps": maps, "fit_s": fit_s, "ms_per_image": ms_per_image,
+              "image_auroc": roc_auc_score(target, decision),
+              "f1_max": f1_max(target, decision)[0],
+              "pixel_auroc": pixel_roc_auc(test.masks, maps), "aupro": pixel_aupro(test.masks, maps)}
     rows = [
-        ("image AUROC", f"{roc_auc_score(target, scores):.4f}"),
-        ("pixel AUROC", f"{pixel_roc_auc(masks, maps):.4f}"),
+        ("image AUROC", f"{result['image_auroc']:.4f}"),
+        ("pixel AUROC", f"{result['pixel_auroc']:.4f}"),
         ("defects flagged", f"{int((labels[target == -1] == -1).sum())}/{int((target == -1).sum())}"),
         ("good flagged", f"{int((labels[target == 1] == -1).sum())}/{int((target == 1).sum())}"),
         ("fit seconds", f"{fit_s:.1f}"),
@@ -116,56 +122,12 @@ def _demo(args):
     print("\nPatchCore (EfficientNet-Lite0)")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
-    report = _write_report(Path(args.out), description, rows, test, target, scores, maps, masks)
+    summary = summarize_result("PatchCore (EfficientNet-Lite0)", result, test.images, target,
+                               test.masks, test.defect_type)
+    report = write_report(Path(args.out) / "report.html", [summary],
+                          title="skanomaly demo report", description=description)
     print(f"\nreport: {report}")
     return 0
-
-
-def _write_report(folder, description, rows, images, target, scores, maps, masks):
-    """A self-contained HTML page: the metrics and overlays of the hardest cases."""
-    import base64
-    import html
-    import io
-
-    from PIL import Image
-
-    from .images import load_image
-    from .metrics import _load_mask
-    from .plotting import overlay_heatmap
-
-    maps = list(maps)
-    vmax = max(float(np.max(m)) for m in maps)
-    # The least normal-looking good images and the most normal-looking defects.
-    good = [i for i in np.argsort(scores) if target[i] == 1][:4]
-    bad = [i for i in np.argsort(-scores) if target[i] == -1][:4]
-    tiles = []
-    for i in good + bad:
-        truth = _load_mask(masks[i], maps[i].shape)
-        rgb = overlay_heatmap(load_image(images[i], i), maps[i], truth, vmin=0.0, vmax=vmax)
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="PNG")
-        data = base64.b64encode(buffer.getvalue()).decode()
-        kind = "good" if target[i] == 1 else "defect"
-        tiles.append(
-            f'<figure><img src="data:image/png;base64,{data}" width="256">'
-            f"<figcaption>{kind}, score {scores[i]:.3f}</figcaption></figure>"
-        )
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    page = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>skanomaly demo report</title>
-<style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 12px}}
-figure{{display:inline-block;margin:6px}}</style></head><body>
-<h1>PatchCore (EfficientNet-Lite0)</h1><p>{html.escape(description)}</p>
-<table>{table}</table>
-<h2>Hardest cases</h2>
-<p>Left: the good images that look least normal; right: the defects that look
-most normal. Heatmap: anomaly map (same scale for all); green: true defect outline.</p>
-{''.join(tiles)}
-</body></html>"""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "report.html"
-    path.write_text(page)
-    return path
 
 
 FIT_HELP = """\
@@ -409,6 +371,7 @@ def _evaluate(args):
     from .datasets import load_mvtec
     from .evaluation import FeatureCache, evaluate_pipeline
     from .registry import available_methods
+    from .report import summarize_result, write_report
 
     factories = {name: info.factory for name, info in available_methods().items()}
     if args.synthetic and args.model:
@@ -435,13 +398,18 @@ def _evaluate(args):
         if not args.synthetic:
             train_images = load_mvtec(args.root, "train").images
     cache = FeatureCache()
-    rows = []
+    rows, summaries = [], []
     for name, pipe, fit in jobs:
         print(f"{name}: {'fitting and ' if fit else ''}scoring ...", file=sys.stderr, flush=True)
         result = evaluate_pipeline(
             pipe, train_images, test.images, test.target, test.masks, cache=cache, fit=fit,
+            return_maps=True,
         )
-        result.pop("pipeline")
+        # The report keeps a small summary; the maps go before the next method.
+        summaries.append(summarize_result(name, result, test.images, test.target, test.masks,
+                                          getattr(test, "defect_type", None)))
+        for key in ("pipeline", "maps", "scores"):
+            result.pop(key)
         result = {"method": name, **result,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         rows.append(result)
@@ -455,7 +423,11 @@ def _evaluate(args):
         writer.writerows({key: row[key] for key, _, _ in _COLUMNS} for row in rows)
     with open(out.with_suffix(".json"), "w") as fh:
         json.dump({"root": str(args.root), "results": rows}, fh, indent=2)
-    print(f"\nwrote {out.with_suffix('.csv')} and {out.with_suffix('.json')}")
+    write_report(out.with_suffix(".html"), summaries, title="skanomaly evaluate",
+                 description=f"{args.root}: {len(test.images)} test images"
+                             + (" (painted defects on held-out normal images)" if args.synthetic else ""))
+    print(f"\nwrote {out.with_suffix('.csv')}, {out.with_suffix('.json')} and "
+          f"{out.with_suffix('.html')} (report)")
     return 0
 
 

@@ -71,7 +71,7 @@ def _image_shapes(images):
 
 
 def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_masks=None,
-                      *, cache=None, fit=True):
+                      *, cache=None, fit=True, return_maps=False):
     """Fit ``pipeline`` on normal images and measure it on labelled test images.
 
     Parameters
@@ -89,6 +89,9 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         Shares embeddings between pipelines with the same transformers.
     fit : bool, default=True
         False measures an already fitted pipeline (e.g. loaded with joblib).
+    return_maps : bool, default=False
+        Also return the test images' anomaly maps (``maps``; None for
+        image-level methods), e.g. for :func:`skanomaly.report.summarize_result`.
 
     Returns
     -------
@@ -97,7 +100,9 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         not computed), ``fit_s``
         (embedding, as measured when first computed if cached, plus head
         fit), ``ms_per_image``
-        (embedding plus scoring of the test images) and the fitted ``pipeline``.
+        (embedding plus scoring of the test images), ``scores`` (the test
+        images' ``decision_function``) and the fitted ``pipeline``; with
+        ``return_maps``, ``maps``.
 
     Examples
     --------
@@ -133,7 +138,7 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         head.fit(train_features)
         head_fit_s = time.perf_counter() - start
     test_features, embed_test_s = embed(test_images)
-    want_maps = test_masks is not None and np.ndim(test_features) == 4
+    want_maps = (test_masks is not None or return_maps) and np.ndim(test_features) == 4
     start = time.perf_counter()
     if want_maps:
         scores, patch_scores = head.score_samples_and_patches(test_features)
@@ -148,6 +153,7 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         "aupro": float("nan"),
         "fit_s": embed_train_s + head_fit_s,
         "ms_per_image": 1000 * (embed_test_s + score_s) / len(test_images),
+        "scores": np.asarray(decision, dtype=np.float64),
         "pipeline": pipeline,
     }
     if want_maps and _is_image_level(patch_scores):
@@ -157,7 +163,9 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
             patch_scores, _image_shapes(test_images),
             model_shape=_model_input_shape(transformers),
         )
-        result["pixel_auroc"] = pixel_roc_auc(test_masks, maps)
-        if any(mask is not None for mask in test_masks):
+        if test_masks is not None:
+            result["pixel_auroc"] = pixel_roc_auc(test_masks, maps)
             result["aupro"] = pixel_aupro(test_masks, maps)
+    if return_maps:
+        result["maps"] = maps if want_maps else None
     return result

@@ -45,6 +45,11 @@ def test_evaluate_writes_one_row_per_method(mvtec_like, tmp_path, capsys):
     assert rows[1]["aupro"] == "nan"  # an image-level method: no maps
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["results"][0]["fit_s"] > 0 and saved["results"][0]["peak_rss_mb"] > 0
+    # One report compares both: a section each, a PRO curve for the one with maps.
+    page = out.with_suffix(".html").read_text()
+    assert page.count('<section class="method">') == 2
+    assert "<h2>patchcore</h2>" in page and "<h2>dfkde</h2>" in page
+    assert "ROC and PRO curves" in page
 
 
 def test_evaluate_on_synthetic_defects_needs_normal_images_only(mvtec_like, tmp_path):
