@@ -80,7 +80,8 @@ class InspectionServer(ThreadingHTTPServer):
     - ``GET /``: the page.
     - ``GET /api/model``: the model's thresholds (``offset``, the pixel
       threshold at each of :data:`PIXEL_RATES`, ``contamination``).
-    - ``GET /api/results``: every result so far and how many images remain
+    - ``GET /api/results?since=N``: the results from the N-th on (each is
+      sent once to a polling page), the total, and how many images remain
       to be scored from the folders.
     - ``POST /api/images`` with an image file as the body (its name in the
       ``X-Filename`` header, URL-encoded): scores it and returns its result,
@@ -210,9 +211,12 @@ class InspectionServer(ThreadingHTTPServer):
             self._scan.start()
         super().serve_forever(poll_interval)
 
-    def snapshot(self):
+    def snapshot(self, since=0):
+        """Results from the ``since``-th on, the total so far, and how many
+        folder images are still to be scored (what ``/api/results`` sends)."""
         with self._results_lock:
-            return {"results": list(self.results), "pending": self.pending}
+            return {"results": self.results[since:], "total": len(self.results),
+                    "pending": self.pending}
 
     def start(self):
         """Serve in a background thread; returns ``self`` (see :meth:`close`)."""
@@ -269,13 +273,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload), "application/json")
 
     def do_GET(self):  # noqa: N802 (http.server's name)
-        route = urllib.parse.urlsplit(self.path).path
+        parts = urllib.parse.urlsplit(self.path)
+        route = parts.path
         if route in ("/", "/index.html"):
             self._send(HTTPStatus.OK, _page(self.server._model_info), "text/html; charset=utf-8")
         elif route == "/api/model":
             self._json(HTTPStatus.OK, self.server._model_info)
         elif route == "/api/results":
-            self._json(HTTPStatus.OK, self.server.snapshot())
+            since = urllib.parse.parse_qs(parts.query).get("since", ["0"])[0]
+            if not since.isdigit():
+                self._json(HTTPStatus.BAD_REQUEST, {"error": f"since must be a count, got {since!r}"})
+                return
+            self._json(HTTPStatus.OK, self.server.snapshot(int(since)))
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"nothing is served at {route}"})
 
@@ -416,7 +425,8 @@ img.thumb{height:40px;vertical-align:middle}
 const MODEL = __MODEL_INFO__;
 const S = {results: new Map(), sortKey: "score", sortAsc: true, imageMode: "rate",
            imageRate: MODEL.contamination, imageRaw: MODEL.offset, pixelMode: "rate",
-           pixelIndex: 0, pixelRaw: MODEL.pixel_threshold || 0, selected: null, maps: new Map()};
+           pixelIndex: 0, pixelRaw: MODEL.pixel_threshold || 0, selected: null, maps: new Map(),
+           since: 0, pending: 0};
 S.pixelIndex = Math.max(0, MODEL.pixel_rates.findIndex(r => r[0] === MODEL.contamination));
 const $ = id => document.getElementById(id);
 
@@ -575,8 +585,8 @@ async function upload(files) {
   }
 }
 async function poll() {
-  const res = await fetch("/api/results"), body = await res.json();
-  S.pending = body.pending;
+  const res = await fetch(`/api/results?since=${S.since}`), body = await res.json();
+  S.pending = body.pending; S.since = body.total;
   for (const r of body.results) if (r.error && !S.results.has(r.id) && r.source === "folder") message(r.error);
   add(body.results);
   if (body.pending) setTimeout(poll, 1000);

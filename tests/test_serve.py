@@ -101,7 +101,10 @@ def test_the_folder_scan_scores_every_file_and_names_the_bad_one(server, folder,
     body = _get(server.url + "api/results")
     assert body["pending"] == 0
     by_name = {r["name"]: r for r in body["results"]}
-    assert len(by_name) == 7
+    assert len(by_name) == 7 and body["total"] >= 7
+    # A polling page gets each result once.
+    later = _get(server.url + f"api/results?since={body['total']}")
+    assert later["results"] == [] and later["total"] == body["total"]
     assert "zz_truncated.png" in by_name["zz_truncated.png"]["error"]
     good = sorted(folder.glob("*_good.png"))[0]
     expected = pipe.score_samples([str(good)])[0]
@@ -140,6 +143,9 @@ def test_a_truncated_upload_is_refused_by_name(server, folder):
 
 
 def test_nothing_is_served_from_disk(server):
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(server.url + "api/results?since=-1", timeout=10)
+    assert info.value.code == 400
     for path in ("../../etc/passwd", "serve.py", "api/../../etc/hostname", "zz_truncated.png"):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(server.url + path, timeout=10)
