@@ -90,8 +90,9 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
     fit : bool, default=True
         False measures an already fitted pipeline (e.g. loaded with joblib).
     return_maps : bool, default=False
-        Also return the test images' anomaly maps (``maps``; None for
-        image-level methods), e.g. for :func:`skanomaly.report.summarize_result`.
+        Also return the test images' ``decision_function`` values
+        (``scores``) and anomaly maps (``maps``; None for image-level
+        methods), e.g. for :func:`skanomaly.report.summarize_result`.
 
     Returns
     -------
@@ -100,9 +101,8 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         not computed), ``fit_s``
         (embedding, as measured when first computed if cached, plus head
         fit), ``ms_per_image``
-        (embedding plus scoring of the test images), ``scores`` (the test
-        images' ``decision_function``) and the fitted ``pipeline``; with
-        ``return_maps``, ``maps``.
+        (embedding plus scoring of the test images) and the fitted
+        ``pipeline``; with ``return_maps``, ``scores`` and ``maps``.
 
     Examples
     --------
@@ -153,7 +153,6 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         "aupro": float("nan"),
         "fit_s": embed_train_s + head_fit_s,
         "ms_per_image": 1000 * (embed_test_s + score_s) / len(test_images),
-        "scores": np.asarray(decision, dtype=np.float64),
         "pipeline": pipeline,
     }
     if want_maps and _is_image_level(patch_scores):
@@ -167,5 +166,6 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
             result["pixel_auroc"] = pixel_roc_auc(test_masks, maps)
             result["aupro"] = pixel_aupro(test_masks, maps)
     if return_maps:
+        result["scores"] = np.asarray(decision, dtype=np.float64)
         result["maps"] = maps if want_maps else None
     return result

@@ -67,7 +67,9 @@ def _decode_upload(data, name):
     try:
         image = Image.open(io.BytesIO(data))
         image.load()  # decode now: a truncated file fails here, not later
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise ValueError(f"{name}: not a readable image (unknown file format).") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt
         raise ValueError(f"{name}: not a readable image ({exc}).") from None
     return image
 
@@ -386,10 +388,14 @@ th{cursor:pointer;background:#f3f3f3;user-select:none}
 td.name,th[data-key=name]{text-align:left}
 tr.flagged td.label{color:#b00;font-weight:600}
 tr.failed td{color:#999}
+td.error{white-space:normal;text-align:left;max-width:22em;color:#b00}
 tr.selected{background:#ffd}
 #main{display:flex;gap:1.5em;align-items:flex-start}
-#detail{position:sticky;top:1em}
+#results{flex:0 0 auto}
+#detail{position:sticky;top:1em;flex:1 1 auto;min-width:300px}
 #stack{position:relative;display:inline-block}
+#stack{max-width:100%}
+#stack img{display:block;max-width:100%}
 #stack canvas{position:absolute;left:0;top:0;width:100%;height:100%}
 img.thumb{height:40px;vertical-align:middle}
 </style></head>
@@ -499,7 +505,7 @@ function render() {
     const cells = [v.r.id, v.r.name, v.r.error ? v.r.error : fmt(v.r.score, 4),
                    fmt(v.r.p_value, 3), v.label, v.area === null ? "" : fmt(v.area, 2),
                    v.r.error || !MODEL.has_maps ? "" : v.boxes];
-    ["id", "name", "score", "pvalue", "label", "area", "boxes"].forEach((cls, i) => {
+    ["id", "name", v.r.error ? "score error" : "score", "pvalue", "label", "area", "boxes"].forEach((cls, i) => {
       const td = document.createElement("td"); td.className = cls; td.textContent = cells[i]; tr.append(td);
     });
     const td = document.createElement("td");
