@@ -29,6 +29,7 @@ for random initialisation (tests only: random features detect nothing).
 import contextlib
 import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -423,7 +424,7 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
     name : str, default="efficientnet_lite0"
         A name from :func:`list_backbones`, or ``"timm/<name>"`` /
         ``"torchvision/<name>"`` for any model of those zoos.
-    weights : "default", str, path-like or None, default="default"
+    weights : "default", str, path-like, mapping or None, default="default"
         ``"default"``: the registry's ImageNet weights (see the module notes).
         A path: a local state dict for the same architecture, ``.pth`` (a
         checkpoint dict with a ``"state_dict"`` or ``"model"`` entry also
@@ -456,6 +457,8 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
         state = spec.default_weights()
     elif weights is None:
         state = None
+    elif isinstance(weights, Mapping):
+        state = dict(weights)
     elif isinstance(weights, (str, os.PathLike)):
         path = os.fspath(weights)
         if not os.path.isfile(path):
@@ -463,7 +466,7 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
         state = _read_state_dict(path)
     else:
         raise ValueError(
-            "weights must be 'default', a path to a state dict, or None; "
+            "weights must be 'default', a path to a state dict, a state dict, or None; "
             f"got {weights!r}."
         )
     if state is not None:

@@ -9,6 +9,7 @@ scikit-learn transformers: ``fit`` validates parameters and loads the weights,
 """
 
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -116,12 +117,16 @@ class _BaseEmbedder(TransformerMixin, BaseEstimator):
         state = dict(super().__getstate__())  # a copy: never strip the live object
         backbone = state.pop("backbone_", None)
         state.pop("_device_", None)
-        if backbone is not None:
+        if backbone is not None and not isinstance(self.weights, Mapping):
             state["_backbone_state"] = _as_numpy_state(backbone.model)
+        elif backbone is not None:
+            state["_backbone_in_weights"] = True  # the state dict is stored once, as a parameter
         return state
 
     def __setstate__(self, state):
         weights = state.pop("_backbone_state", None)
+        if state.pop("_backbone_in_weights", False):
+            weights = state["weights"]
         super().__setstate__(state)
         if weights is not None:
             backbone = _build_architecture(self.backbone)
@@ -179,7 +184,7 @@ class PatchEmbedder(_BaseEmbedder):
         Module names to tap, or strides (``(4, 8, 16)``: the last module at
         each); None takes the backbone's default (strides 8 and 16;
         ``("blocks.2", "blocks.4")`` for EfficientNet-Lite0).
-    weights : "default", path or None, default="default"
+    weights : "default", path, mapping or None, default="default"
         Where the weights come from, see :func:`skanomaly.backbones.load_backbone`.
     image_size : int or (int, int), default=256
         Every image is resized to this (height, width) before the backbone.
@@ -426,7 +431,7 @@ class ImageEmbedder(_BaseEmbedder):
     layers : tuple of str or int, or None, default=None
         Modules to pool, or strides (as in :class:`PatchEmbedder`); None
         takes the backbone's deepest stage (stride 32).
-    weights : "default", path or None, default="default"
+    weights : "default", path, mapping or None, default="default"
         Where the weights come from, see :func:`skanomaly.backbones.load_backbone`.
     image_size : int or (int, int), default=256
         Every image is resized to this before the backbone.

@@ -6,6 +6,7 @@ import numbers
 import numpy as np
 import torch
 from scipy.special import logsumexp
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..coreset import kcenter_greedy
@@ -195,6 +196,29 @@ class KNNDetector(_BaseDetector):
         self.top_fraction = top_fraction
         self.algorithm = algorithm
         self.random_state = random_state
+
+    @classmethod
+    def _from_memory_bank(cls, bank, calibration_grids, **params):
+        """A fitted detector around a bank chosen elsewhere (an imported
+        model): the bank as given, the threshold from ``calibration_grids``
+        (patch grids of normal images the bank has not seen), which do not
+        join the bank, so scores stay those of the given bank."""
+        head = cls(calibration_in_bank=False, **params)
+        head._validate_params()
+        bank = np.ascontiguousarray(bank, dtype=np.float32)
+        if bank.ndim != 2 or len(bank) == 0:
+            raise ValueError(f"A memory bank must be a non-empty (m, d) array, got shape {bank.shape}.")
+        if len(calibration_grids) == 0:
+            raise ValueError("The threshold needs calibration images (normal, not in the bank); got none.")
+        X = head._check_features(calibration_grids, reset=True)
+        if X.shape[-1] != bank.shape[1]:
+            raise ValueError(f"The bank has {bank.shape[1]} features, the images' patches "
+                             f"{X.shape[-1]}.")
+        rng = check_random_state(head.random_state)
+        head.memory_bank_, head.n_filtered_patches_ = bank, 0
+        head._build_index(rng)
+        head._calibrate(X, np.arange(X.shape[0]), rng)
+        return head
 
     def _can_partial_fit(self):
         return True
