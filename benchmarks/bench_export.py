@@ -81,9 +81,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--anomalib", action="store_true",
                         help="add anomalib's PatchCore through OpenVINO (same weights and bank)")
-    parser.add_argument("--out", default="benchmarks/results/export.json")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "export.json"))
     args = parser.parse_args(argv)
     root = Path(args.data) / args.set
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     train = load_mvtec(root, split="train")
     test = load_mvtec(root, split="test")
     paths = [str(p) for p in test.images]
