@@ -1,4 +1,4 @@
-"""Command line: ``skanomaly demo|evaluate|fit|predict|serve|export`` (also ``python -m skanomaly``)."""
+"""Command line: ``skanomaly demo|evaluate|fit|predict|serve|export|from-anomalib`` (also ``python -m skanomaly``)."""
 
 import argparse
 import csv
@@ -214,6 +214,34 @@ def _serve(args):
         server.serve_forever()
     finally:
         server.server_close()
+    return 0
+
+
+FROM_ANOMALIB_HELP = """\
+Turn an anomalib 2.x PatchCore checkpoint (.ckpt) into a skanomaly model
+file, without anomalib and without running code from the checkpoint. Its
+scores are anomalib's raw image scores (negated: higher = more normal); the
+threshold is set on --calibration, normal images that were not in the
+checkpoint's training set. The model then works with every command:
+predict, serve, export (ONNX, no torch on the line PC), evaluate --model.
+
+examples:
+  skanomaly from-anomalib results/Patchcore/bottle/v0/weights/lightning/model.ckpt \\
+      --calibration held_out_good/ -o bottle.skops
+  skanomaly export bottle.skops -o bottle.onnx
+"""
+
+
+def _from_anomalib(args):
+    from .anomalib_import import load_anomalib_checkpoint
+    from .persistence import save_model
+
+    calibration = _training_images(args.calibration)
+    pipe = load_anomalib_checkpoint(args.checkpoint, calibration, contamination=args.contamination)
+    out = save_model(pipe, args.output)
+    head = pipe.steps[-1][1]
+    print(f"{args.checkpoint}: {pipe.steps[0][1].backbone}, bank {head.memory_bank_.shape[0]} x "
+          f"{head.memory_bank_.shape[1]}, threshold from {len(calibration)} images -> {out}")
     return 0
 
 
@@ -503,6 +531,18 @@ def build_parser():
                        help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free one)")
     serve.set_defaults(handler=_serve)
+    from_anomalib = commands.add_parser(
+        "from-anomalib", help="an anomalib PatchCore checkpoint as a skanomaly model",
+        description=FROM_ANOMALIB_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from_anomalib.add_argument("checkpoint", metavar="CKPT", help="anomalib's model.ckpt")
+    from_anomalib.add_argument("--calibration", required=True, metavar="DIR",
+                               help="normal images not in the checkpoint's training set")
+    from_anomalib.add_argument("-o", "--output", required=True, metavar="FILE",
+                               help="model file to write: NAME.skops or NAME.joblib")
+    from_anomalib.add_argument("--contamination", type=float, default=0.05,
+                               help="target false-alarm rate on normal images (default 0.05)")
+    from_anomalib.set_defaults(handler=_from_anomalib)
     export = commands.add_parser(
         "export", help="export a saved model to ONNX", description=EXPORT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,

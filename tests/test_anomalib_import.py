@@ -137,6 +137,28 @@ def test_the_imported_pipeline_saves_and_refits_with_its_weights(checkpoint, dat
     np.testing.assert_array_equal(embedder.transform(test), pipe[0].transform(test))
 
 
+def test_the_command_line_makes_a_model_file_every_command_reads(checkpoint, data, tmp_path,
+                                                                 capsys):
+    from PIL import Image
+
+    from skanomaly.cli import main
+
+    path, _, _ = checkpoint
+    for kind, images in (("good", data.images[8:12]), ("new", data.images[12:14])):
+        (tmp_path / kind).mkdir()
+        for i, image in enumerate(images):
+            Image.fromarray(np.asarray(image)).save(tmp_path / kind / f"{i}.png")
+    model = tmp_path / "m.joblib"
+    assert main(["from-anomalib", str(path), "--calibration", str(tmp_path / "good"),
+                 "-o", str(model)]) == 0
+    assert "bank" in capsys.readouterr().out
+    assert main(["predict", str(model), str(tmp_path / "new"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "predictions.csv").read_text().count("\n") == 3
+    assert main(["from-anomalib", str(tmp_path / "none.ckpt"), "--calibration",
+                 str(tmp_path / "good"), "-o", str(model)]) == 1
+    assert "none.ckpt" in capsys.readouterr().err
+
+
 def test_no_code_from_the_file_runs(tmp_path, data):
     marker = tmp_path / "ran"
 
