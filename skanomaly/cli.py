@@ -209,6 +209,9 @@ def _serve(args):
         server = make_server(pipe, args.images, host=args.host, port=args.port)
     except OSError as exc:  # port taken, address not local
         raise ValueError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}).") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"skanomaly serve: warning: listening on {args.host}: other machines that can "
+              "reach it see the results and can score images.", file=sys.stderr)
     print(f"serving {args.model} at {server.url} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

@@ -243,7 +243,10 @@ def _model_info(pipeline):
         raise ValueError(
             f"serve needs a fitted skanomaly pipeline, got a {type(pipeline).__name__}."
         )
-    has_maps = getattr(head, "calibration_patch_scores_", None) is not None
+    # An image-level head (DFKDE, GANomaly) keeps one "patch" score per
+    # calibration image: its grid is 1 x 1, no map.
+    patch_scores = getattr(head, "calibration_patch_scores_", None)
+    has_maps = patch_scores is not None and len(patch_scores) > len(head.calibration_scores_)
     rates = sorted(set(PIXEL_RATES) | {float(head.contamination)})
     return {
         "model": " -> ".join(type(step).__name__ for _, step in pipeline.steps),

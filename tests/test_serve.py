@@ -175,6 +175,22 @@ def test_the_command_line_refuses_exports_and_a_taken_port(pipe, tmp_path, capsy
     assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
 
 
+def test_an_image_level_method_is_served_without_maps(data):
+    from skanomaly import make_dfkde
+
+    pipe = make_dfkde(image_size=SIZE, random_state=0).fit(data.images[:30])
+    server = make_server(pipe, port=0).start()
+    try:
+        info = _get(server.url + "api/model")
+        assert not info["has_maps"] and info["pixel_rates"] == [] and info["pixel_threshold"] is None
+        status, result = _post(server.url, _png_bytes(data.images[45]), "part.png")
+        assert status == 200 and "map" not in result
+        assert result["score"] == pytest.approx(pipe.score_samples(
+            [np.asarray(Image.open(__import__("io").BytesIO(_png_bytes(data.images[45]))))])[0], rel=1e-5)
+    finally:
+        server.close()
+
+
 # --- in a real browser -------------------------------------------------------
 
 def _chromium():
