@@ -166,7 +166,7 @@ class InspectionServer(ThreadingHTTPServer):
         from .maps import anomaly_maps
         from .plotting import overlay_heatmap
 
-        rgb = load_image(image)  # names nothing on success; errors below name the file
+        rgb = load_image(image)  # an unreadable file raises a ValueError naming its path
         with self._model_lock:
             self.n_model_calls += 1
             if self._model_info["has_maps"]:
@@ -188,7 +188,7 @@ class InspectionServer(ThreadingHTTPServer):
         else:
             shown = overlay_heatmap(rgb, amap, vmin=0.0, vmax=2.0 * self._model_info["pixel_threshold"])
             h, w = _fit_within(amap.shape, MAP_SIDE)
-            small = Image.fromarray(amap.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
+            small = Image.fromarray(np.ascontiguousarray(amap, dtype=np.float32)).resize((w, h), Image.BILINEAR)
             result["map"] = {
                 "width": w, "height": h,
                 "data": base64.b64encode(np.asarray(small, dtype="<f4").tobytes()).decode("ascii"),
