@@ -94,6 +94,10 @@ def _read_checkpoint(path):
             f"{path!r} is not an anomalib PatchCore checkpoint (it needs a state_dict with "
             "model.memory_bank and the model's hyper_parameters)."
         )
+    odd = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if odd:  # a tensor stored by a builder this reader does not let through
+        raise ValueError(f"{path!r}: state_dict entries {odd[:3]} are not plain tensors; "
+                         "this reader takes the tensors torch.save writes.")
     return checkpoint
 
 

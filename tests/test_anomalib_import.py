@@ -176,12 +176,14 @@ def test_no_code_from_the_file_runs(tmp_path, data):
 
 @pytest.mark.parametrize("content, match", [
     (b"not a checkpoint", "not a readable Lightning checkpoint"),
-    (None, "not an anomalib PatchCore checkpoint"),
+    ({"state_dict": {"weight": torch.zeros(1)}}, "not an anomalib PatchCore checkpoint"),
+    ({"state_dict": {"model.memory_bank": torch.zeros(2, 2), "extra": _PrecisionType(1)},
+      "hyper_parameters": {}}, "not plain tensors"),
 ])
 def test_other_files_are_refused_by_name(tmp_path, data, content, match):
     path = tmp_path / "other.ckpt"
-    if content is None:
-        torch.save({"state_dict": {"weight": torch.zeros(1)}}, path)
+    if isinstance(content, dict):
+        torch.save(content, path)
     else:
         path.write_bytes(content)
     with pytest.raises(ValueError, match=match) as info:
