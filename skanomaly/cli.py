@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .report import _METRIC_COLUMNS
+
 EVALUATE_HELP = """\
 Fit methods on a folder in MVTec AD layout and measure them on its test split.
 
@@ -311,7 +313,7 @@ def _load_model(path):
         return (scores_and_maps, lambda scores: exported.conformal_pvalues(scores=scores),
                 exported.offset_, exported.metadata_.get("pixel_threshold"))
     from .calibration import _pvalues_of_scores, pixel_threshold
-    from .maps import _NoMapsError, anomaly_maps
+    from .maps import _draws_maps, _NoMapsError, anomaly_maps
 
     pipe = _load_pipeline(model)
     head = pipe.steps[-1][1]
@@ -322,9 +324,8 @@ def _load_model(path):
         except _NoMapsError:  # an image-level method (DFKDE, GANomaly, ...)
             return None, pipe.score_samples(paths)
 
-    has_maps = getattr(head, "calibration_patch_scores_", None) is not None
     return (scores_and_maps, lambda scores: _pvalues_of_scores(head, scores), head.offset_,
-            pixel_threshold(pipe) if has_maps else None)
+            pixel_threshold(pipe) if _draws_maps(head) else None)
 
 
 def _predict(args):
@@ -347,16 +348,9 @@ def _predict(args):
     return 1 if n_failed else 0
 
 
-_COLUMNS = [
-    ("method", "method", "{}"),
-    ("image_auroc", "image AUROC", "{:.4f}"),
-    ("pixel_auroc", "pixel AUROC", "{:.4f}"),
-    ("aupro", "AUPRO", "{:.4f}"),
-    ("f1_max", "F1-max", "{:.4f}"),
-    ("fit_s", "fit s", "{:.1f}"),
-    ("ms_per_image", "ms/image", "{:.1f}"),
-    ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
-]
+# evaluate's table: the report's metric columns, between the method and the
+# process's peak memory.
+_COLUMNS = [("method", "method", ""), *_METRIC_COLUMNS, ("peak_rss_mb", "peak RSS MB", ".0f")]
 
 
 def format_table(rows):
@@ -364,8 +358,8 @@ def format_table(rows):
     cells = [[title for _, title, _ in _COLUMNS]]
     for row in rows:
         cells.append([
-            "-" if isinstance(row[key], float) and np.isnan(row[key]) else fmt.format(row[key])
-            for key, _, fmt in _COLUMNS
+            "-" if isinstance(row[key], float) and np.isnan(row[key]) else format(row[key], spec)
+            for key, _, spec in _COLUMNS
         ])
     widths = [max(len(line[i]) for line in cells) for i in range(len(_COLUMNS))]
     return "\n".join(

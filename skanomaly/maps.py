@@ -23,6 +23,15 @@ def _is_image_level(patch_scores):
     return patch_scores.shape[1:] == (1, 1)
 
 
+def _draws_maps(head):
+    """Whether a fitted head draws anomaly maps, from its calibration state:
+    it keeps every patch score of its calibration images, so more patch
+    scores than images means a grid larger than 1 x 1 (image-level heads,
+    DFKDE or GANomaly, keep one per image)."""
+    patch_scores = getattr(head, "calibration_patch_scores_", None)
+    return patch_scores is not None and len(patch_scores) > len(head.calibration_scores_)
+
+
 def _model_input_shape(transformers, default=None):
     """The (height, width) the pipeline's embedder resizes images to, or ``default``."""
     for _, step in transformers.steps:

@@ -19,6 +19,19 @@ __all__ = [
 ]
 
 
+def _png_data_url(rgb):
+    """An (H, W, 3) uint8 array as a ``data:image/png;base64,...`` URL, for
+    pages that must open without their image files (report, app)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def overlay_heatmap(image, anomaly_map, mask=None, *, vmin=None, vmax=None, alpha=0.6):
     """An image with its anomaly map blended over it, and a mask outline.
 

@@ -14,9 +14,7 @@ in memory: :func:`summarize_result` per method (while its maps exist), then
 :func:`write_report` once.
 """
 
-import base64
 import html
-import io
 import os
 from pathlib import Path
 
@@ -33,6 +31,16 @@ _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
             "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 # The region of the PRO curve that AUPRO integrates (MVTec AD's definition).
 _PRO_MAX_FPR = 0.3
+# A method's measurements as evaluate's table and the report show them:
+# (key of evaluate_pipeline's result, title, format spec).
+_METRIC_COLUMNS = (
+    ("image_auroc", "image AUROC", ".4f"),
+    ("pixel_auroc", "pixel AUROC", ".4f"),
+    ("aupro", "AUPRO", ".4f"),
+    ("f1_max", "F1-max", ".4f"),
+    ("fit_s", "fit s", ".1f"),
+    ("ms_per_image", "ms/image", ".1f"),
+)
 
 
 def _thin(x, y, n=_CURVE_POINTS):
@@ -47,11 +55,11 @@ def _thin(x, y, n=_CURVE_POINTS):
 def _png(rgb, side=256):
     from PIL import Image
 
+    from .plotting import _png_data_url
+
     image = Image.fromarray(rgb)
     image.thumbnail((side, side))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png_data_url(np.asarray(image))
 
 
 def summarize_result(method, result, images, target, masks=None, defect_types=None):
@@ -103,8 +111,8 @@ def summarize_result(method, result, images, target, masks=None, defect_types=No
         raise ValueError(f"{method}: {len(scores)} scores, {len(images)} images and "
                          f"{len(target)} labels; they must match.")
     maps = result.get("maps")
-    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "fit_s", "ms_per_image")
-    summary = {"method": method, **{k: float(result[k]) for k in keys if k in result}}
+    summary = {"method": method,
+               **{k: float(result[k]) for k, _, _ in _METRIC_COLUMNS if k in result}}
     fpr, tpr, _ = roc_curve(target == -1, -scores)
     summary["roc"] = _thin(fpr, tpr)
     summary["scores_normal"] = (-scores[target == 1]).tolist()
@@ -137,8 +145,8 @@ def summarize_result(method, result, images, target, masks=None, defect_types=No
 
 
 def _axes_svg(width, height, xmax, ymax, xlabel, ylabel, body, pad=40):
-    """An SVG chart frame with ticks at quarters, around ``body`` (in data units
-    mapped by the caller through ``_xy``)."""
+    """An SVG chart frame with ticks at quarters of ``xmax`` and ``ymax``,
+    around ``body`` (SVG elements already in pixel coordinates)."""
     ticks = []
     for k in range(5):
         fx, fy = pad + k * (width - 2 * pad) / 4, height - pad - k * (height - 2 * pad) / 4
@@ -244,13 +252,10 @@ def write_report(path, summaries, *, title="skanomaly report", description=""):
     """
     if not summaries:
         raise ValueError("write_report needs at least one method's summary.")
-    columns = (("image AUROC", "image_auroc", ".4f"), ("pixel AUROC", "pixel_auroc", ".4f"),
-               ("AUPRO", "aupro", ".4f"), ("F1-max", "f1_max", ".4f"),
-               ("fit s", "fit_s", ".1f"), ("ms/image", "ms_per_image", ".1f"))
-    head = "".join(f"<th>{name}</th>" for name, _, _ in columns)
+    head = "".join(f"<th>{title}</th>" for _, title, _ in _METRIC_COLUMNS)
     rows = "".join(
         f"<tr><td>{html.escape(s['method'])}</td>"
-        + "".join(f"<td>{_fmt(s, key, spec)}</td>" for _, key, spec in columns) + "</tr>"
+        + "".join(f"<td>{_fmt(s, key, spec)}</td>" for key, _, spec in _METRIC_COLUMNS) + "</tr>"
         for s in summaries
     )
     charts = [_curves_svg([(s["method"], s["roc"]) for s in summaries], 1.0,

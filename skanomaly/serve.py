@@ -43,14 +43,6 @@ MAX_UPLOAD = 64 * 2**20
 PIXEL_RATES = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 
 
-def _png_data_url(rgb):
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _fit_within(shape, side):
     """``(h, w)`` scaled so that the longer side is at most ``side``."""
     h, w = shape
@@ -164,7 +156,7 @@ class InspectionServer(ThreadingHTTPServer):
         from .calibration import _pvalues_of_scores
         from .images import load_image
         from .maps import anomaly_maps
-        from .plotting import overlay_heatmap
+        from .plotting import _png_data_url, overlay_heatmap
 
         rgb = load_image(image)  # an unreadable file raises a ValueError naming its path
         with self._model_lock:
@@ -237,16 +229,14 @@ class InspectionServer(ThreadingHTTPServer):
 def _model_info(pipeline):
     """What the page needs to apply thresholds itself."""
     from .calibration import pixel_threshold
+    from .maps import _draws_maps
 
     head = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else None
     if head is None or not hasattr(head, "offset_"):
         raise ValueError(
             f"serve needs a fitted skanomaly pipeline, got a {type(pipeline).__name__}."
         )
-    # An image-level head (DFKDE, GANomaly) keeps one "patch" score per
-    # calibration image: its grid is 1 x 1, no map.
-    patch_scores = getattr(head, "calibration_patch_scores_", None)
-    has_maps = patch_scores is not None and len(patch_scores) > len(head.calibration_scores_)
+    has_maps = _draws_maps(head)
     rates = sorted(set(PIXEL_RATES) | {float(head.contamination)})
     return {
         "model": " -> ".join(type(step).__name__ for _, step in pipeline.steps),
