@@ -428,8 +428,9 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
         ``"default"``: the registry's ImageNet weights (see the module notes).
         A path: a local state dict for the same architecture, ``.pth`` (a
         checkpoint dict with a ``"state_dict"`` or ``"model"`` entry also
-        works) or ``.safetensors``. ``None``: random initialisation, for
-        tests only.
+        works) or ``.safetensors``. A mapping: the state dict itself (torch
+        tensors or numpy arrays; arrays let a ``.skops`` file hold it).
+        ``None``: random initialisation, for tests only.
 
     Returns
     -------
@@ -458,7 +459,8 @@ def load_backbone(name="efficientnet_lite0", weights="default"):
     elif weights is None:
         state = None
     elif isinstance(weights, Mapping):
-        state = dict(weights)
+        state = {key: value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+                 for key, value in weights.items()}
     elif isinstance(weights, (str, os.PathLike)):
         path = os.fspath(weights)
         if not os.path.isfile(path):

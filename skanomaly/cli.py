@@ -223,7 +223,7 @@ def _serve(args):
 
 
 FROM_ANOMALIB_HELP = """\
-Turn an anomalib 2.x PatchCore checkpoint (.ckpt) into a skanomaly model
+Turn an anomalib 2.x PatchCore or PaDiM checkpoint (.ckpt) into a skanomaly model
 file, without anomalib and without running code from the checkpoint. Its
 scores are anomalib's raw image scores (negated: higher = more normal); the
 threshold is set on --calibration, normal images that were not in the
@@ -245,8 +245,13 @@ def _from_anomalib(args):
     pipe = load_anomalib_checkpoint(args.checkpoint, calibration, contamination=args.contamination)
     out = save_model(pipe, args.output)
     head = pipe.steps[-1][1]
-    print(f"{args.checkpoint}: {pipe.steps[0][1].backbone}, bank {head.memory_bank_.shape[0]} x "
-          f"{head.memory_bank_.shape[1]}, threshold from {len(calibration)} images -> {out}")
+    if hasattr(head, "memory_bank_"):
+        model = f"PatchCore, bank {head.memory_bank_.shape[0]} x {head.memory_bank_.shape[1]}"
+    else:
+        h, w, d = head.mean_.shape
+        model = f"PaDiM, {h} x {w} Gaussians of {d} features"
+    print(f"{args.checkpoint}: {pipe.steps[0][1].backbone}, {model}, threshold from "
+          f"{len(calibration)} images -> {out}")
     return 0
 
 
@@ -529,7 +534,7 @@ def build_parser():
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free one)")
     serve.set_defaults(handler=_serve)
     from_anomalib = commands.add_parser(
-        "from-anomalib", help="an anomalib PatchCore checkpoint as a skanomaly model",
+        "from-anomalib", help="an anomalib PatchCore or PaDiM checkpoint as a skanomaly model",
         description=FROM_ANOMALIB_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from_anomalib.add_argument("checkpoint", metavar="CKPT", help="anomalib's model.ckpt")

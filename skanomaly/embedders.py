@@ -205,6 +205,10 @@ class PatchEmbedder(_BaseEmbedder):
         patches are damped towards zero; False averages the real neighbours
         only. Chosen on the four-set panel (``benchmarks/bench_accuracy.py``):
         True raised PatchCore's image AUROC on its worst set and its mean.
+    upsampling : {"bilinear", "nearest"}, default="bilinear"
+        How the coarser taps are resized to the finest tap's grid before
+        they are concatenated. ``"nearest"`` repeats each coarse cell, as
+        anomalib's PaDiM does (an imported PaDiM model needs it).
     tile_size : int or None, default=None
         Embed each resized image tile by tile: square tiles of this many
         pixels (a multiple of the patch stride, at most the image's
@@ -255,6 +259,7 @@ class PatchEmbedder(_BaseEmbedder):
         "aggregation_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "reduction": [StrOptions({"mean", "random"})],
         "count_include_pad": ["boolean"],
+        "upsampling": [StrOptions({"bilinear", "nearest"})],
         "random_state": ["random_state"],
         "tile_size": [Interval(numbers.Integral, 16, None, closed="left"), None],
         "tile_overlap": [Interval(numbers.Real, 0, 1, closed="left")],
@@ -271,6 +276,7 @@ class PatchEmbedder(_BaseEmbedder):
         reduction="mean",
         aggregation_size=3,
         count_include_pad=True,
+        upsampling="bilinear",
         random_state=None,
         tile_size=None,
         tile_overlap=0.25,
@@ -287,6 +293,7 @@ class PatchEmbedder(_BaseEmbedder):
         self.reduction = reduction
         self.aggregation_size = aggregation_size
         self.count_include_pad = count_include_pad
+        self.upsampling = upsampling
         self.random_state = random_state
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
@@ -396,7 +403,10 @@ class PatchEmbedder(_BaseEmbedder):
                     count_include_pad=self.count_include_pad,
                 )
             if fmap.shape[-2:] != size:
-                fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
+                if self.upsampling == "nearest":
+                    fmap = F.interpolate(fmap, size=size, mode="nearest")
+                else:
+                    fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
             parts.append(fmap)
         feats = torch.cat(parts, dim=1).permute(0, 2, 3, 1)
         if self.feature_indices_ is not None:

@@ -1,5 +1,5 @@
-"""anomalib PatchCore checkpoints in: read without anomalib and without
-running code from the file, scored as anomalib's formula scores."""
+"""anomalib PatchCore and PaDiM checkpoints in: read without anomalib and
+without running code from the file, scored as anomalib's formulas score."""
 
 import os
 import pickle
@@ -110,6 +110,137 @@ def checkpoint(data, tmp_path_factory):
     return path, extractor, bank
 
 
+PADIM_LAYERS = ["layer1", "layer2", "layer3"]
+
+
+def _padim_extractor():
+    import timm
+
+    torch.manual_seed(1)
+    return timm.create_model("resnet18", pretrained=False, features_only=True,
+                             out_indices=(1, 2, 3)).eval()
+
+
+def _padim_reference_embedding(extractor, images, idx):
+    """anomalib's PadimModel embedding, written out here: the taps as they
+    are, the deeper ones resized to the first by repetition (nearest), the
+    channels ``idx`` in their order."""
+    pixels = np.stack(images).astype(np.float32)
+    if np.stack(images).dtype == np.uint8:
+        pixels /= 255
+    pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    x = F.interpolate(pixels, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        maps = extractor((x - mean) / std)
+    size = maps[0].shape[-2:]
+    embedding = torch.cat([maps[0]] + [F.interpolate(m, size=size, mode="nearest") for m in maps[1:]], 1)
+    return embedding[:, idx].double()  # (n, d, h, w)
+
+
+def _padim_reference_scores(embedding, mean, inverse, sigma=4):
+    """anomalib's PaDiM image score in float64: Mahalanobis distances, the map
+    upsampled (bilinear) to the image, a Gaussian blur (sigma 4 px, 33 px
+    window, reflected borders), its maximum."""
+    n, d, h, w = embedding.shape
+    delta = embedding.reshape(n, d, h * w) - mean[None]
+    d2 = torch.einsum("ndp,pde,nep->np", delta, inverse, delta)
+    distance = d2.clamp(min=0).sqrt().reshape(n, 1, h, w)
+    up = F.interpolate(distance, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    x = np.arange(33) - 16.0
+    line = np.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel = torch.from_numpy(np.outer(line, line) / np.outer(line, line).sum())[None, None]
+    blurred = F.conv2d(F.pad(up, (16, 16, 16, 16), mode="reflect"), kernel)
+    return blurred.amax(dim=(1, 2, 3)).numpy()
+
+
+def _save_padim_checkpoint(path, extractor, idx, mean, inverse, **overrides):
+    """A checkpoint laid out as anomalib 2.x's Engine writes one for Padim
+    (without the blur kernel buffer: the reader then builds anomalib's own)."""
+    state = {PREFIX + k: v for k, v in extractor.state_dict().items()}
+    state.update({"model.idx": idx, "model.gaussian.mean": mean.float(),
+                  "model.gaussian.inv_covariance": inverse.float(),
+                  "post_processor._image_threshold": torch.tensor(3.0)})
+    state.update(overrides)
+    steps = [{"class_path": "torchvision.transforms.v2.Resize", "init_args": {"size": [SIZE, SIZE]}},
+             {"class_path": "torchvision.transforms.v2.Normalize",
+              "init_args": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}]
+    torch.save({"state_dict": state,
+                "hyper_parameters": {"backbone": "resnet18", "layers": PADIM_LAYERS,
+                                     "pre_trained": False, "n_features": None},
+                "anomalib_pre_processor_config": {"transform": {"init_args": {"transforms": steps}}}},
+               path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def padim_checkpoint(data, tmp_path_factory):
+    extractor = _padim_extractor()
+    idx = torch.randperm(64 + 128 + 256, generator=torch.Generator().manual_seed(0))[:40]
+    train = _padim_reference_embedding(extractor, list(data.images[:8]), idx)
+    n, d, h, w = train.shape
+    feats = train.reshape(n, d, h * w).permute(2, 0, 1)  # (positions, n, d)
+    mean = feats.mean(1)
+    centred = feats - mean[:, None]
+    cov = centred.transpose(1, 2) @ centred / (n - 1) + 0.01 * torch.eye(d, dtype=torch.float64)
+    inverse = torch.linalg.inv(cov)
+    path = _save_padim_checkpoint(tmp_path_factory.mktemp("padim") / "model.ckpt", extractor, idx,
+                                  mean.T.contiguous(), inverse)
+    return path, extractor, idx, mean.T.contiguous(), inverse
+
+
+def test_padim_scores_are_anomalibs_formula_on_anomalibs_features(padim_checkpoint, data):
+    path, extractor, idx, mean, inverse = padim_checkpoint
+    pipe = load_anomalib_checkpoint(path, list(data.images[8:12]), random_state=0)
+    test = list(data.images[12:])
+    expected = _padim_reference_scores(_padim_reference_embedding(extractor, test, idx),
+                                       mean.float().double(), inverse.float().double())
+    np.testing.assert_allclose(-pipe.score_samples(test), expected, rtol=1e-4)
+    head = pipe[-1]
+    assert head.anomalib_image_threshold_ == pytest.approx(3.0)
+    assert head.mean_.shape == (SIZE // 4, SIZE // 4, 40) and np.isfinite(head.offset_)
+    np.testing.assert_array_equal(pipe[0].feature_indices_, idx.numpy())  # anomalib's order
+    assert not hasattr(head, "partial_fit")  # anomalib keeps no sums to continue from
+    labels = pipe.predict(test)
+    assert set(np.unique(labels)) <= {-1, 1}
+
+
+def test_an_imported_padim_saves_exports_and_maps(padim_checkpoint, data, tmp_path):
+    from skanomaly import anomaly_maps
+    from skanomaly.persistence import load_model, save_model
+
+    path, *_ = padim_checkpoint
+    pipe = load_anomalib_checkpoint(path, list(data.images[8:12]), random_state=0)
+    test = list(data.images[12:])
+    save_model(pipe, tmp_path / "m.skops")
+    np.testing.assert_array_equal(load_model(tmp_path / "m.skops").score_samples(test),
+                                  pipe.score_samples(test))
+    assert anomaly_maps(pipe, test).shape == (len(test), SIZE, SIZE)
+    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    del onnxruntime
+    import skanomaly_runtime
+    from skanomaly.export import to_onnx
+
+    to_onnx(pipe, tmp_path / "m.onnx")
+    exported = skanomaly_runtime.load(tmp_path / "m.onnx")
+    np.testing.assert_allclose(exported.score_samples(test), pipe.score_samples(test), rtol=1e-4)
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"model.idx": torch.tensor([0, 0, 1])}, "model.idx does not pick distinct channels"),
+    ({"model.idx": torch.tensor([5000])}, "model.idx does not pick distinct channels"),
+    ({"model.gaussian.mean": torch.zeros(40, 7)}, "its taps give 16 x 16 grids of 40 features"),
+])
+def test_padim_statistics_that_do_not_fit_are_refused(padim_checkpoint, data, tmp_path,
+                                                      override, match):
+    _, extractor, idx, mean, inverse = padim_checkpoint
+    path = _save_padim_checkpoint(tmp_path / "bad.ckpt", extractor, idx, mean, inverse, **override)
+    with pytest.raises(ValueError, match=match) as info:
+        load_anomalib_checkpoint(path, list(data.images[:2]))
+    assert "bad.ckpt" in str(info.value)
+
+
 def test_scores_are_anomalibs_formula_on_anomalibs_features(checkpoint, data):
     path, extractor, bank = checkpoint
     pipe = load_anomalib_checkpoint(path, list(data.images[8:12]), random_state=0)
@@ -176,7 +307,7 @@ def test_no_code_from_the_file_runs(tmp_path, data):
 
 @pytest.mark.parametrize("content, match", [
     (b"not a checkpoint", "not a readable Lightning checkpoint"),
-    ({"state_dict": {"weight": torch.zeros(1)}}, "not an anomalib PatchCore checkpoint"),
+    ({"state_dict": {"weight": torch.zeros(1)}}, "not an anomalib PatchCore or PaDiM checkpoint"),
     ({"state_dict": {"model.memory_bank": torch.zeros(2, 2), "extra": _PrecisionType(1)},
       "hyper_parameters": {}}, "not plain tensors"),
 ])
@@ -203,16 +334,17 @@ def test_unsupported_preprocessing_and_missing_calibration(checkpoint, data, tmp
         load_anomalib_checkpoint(tmp_path / "nowhere.ckpt", list(data.images[:2]))
 
 
-def test_real_anomalib_checkpoint(tmp_path, data):
+@pytest.mark.parametrize("name, layers", [("Patchcore", LAYERS), ("Padim", PADIM_LAYERS)])
+def test_real_anomalib_checkpoint(tmp_path, data, name, layers):
     """With anomalib installed (optional; CI has it not): a checkpoint its
     Engine wrote, scored as its own forward scores, to its float32 rounding
     (its distances come from ||a||^2 - 2ab + ||b||^2)."""
     pytest.importorskip("anomalib", reason="anomalib is not installed (optional)")
     import warnings
 
+    import anomalib.models
     from anomalib.data import Folder
     from anomalib.engine import Engine
-    from anomalib.models import Patchcore
     from PIL import Image
 
     for kind in ("good", "bad"):
@@ -226,13 +358,14 @@ def test_real_anomalib_checkpoint(tmp_path, data):
         warnings.simplefilter("ignore")
         datamodule = Folder(name="syn", root=tmp_path / "data", normal_dir="good",
                             abnormal_dir="bad", train_batch_size=8, eval_batch_size=8, num_workers=0)
-        model = Patchcore(backbone="resnet18", pre_trained=False, layers=LAYERS)
+        model_class = getattr(anomalib.models, name)
+        model = model_class(backbone="resnet18", pre_trained=False, layers=layers)
         engine = Engine(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path / "run", logger=False)
         engine.fit(model=model, datamodule=datamodule)
     ckpt = engine.trainer.checkpoint_callback.best_model_path
     test = paths["good"][6:] + paths["bad"]
     pipe = load_anomalib_checkpoint(ckpt, paths["good"][:6])
-    loaded = Patchcore.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    loaded = model_class.load_from_checkpoint(ckpt, map_location="cpu").eval()
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), np.float32) / 255)
                      .permute(2, 0, 1) for p in test])
     with torch.no_grad():

@@ -135,6 +135,21 @@ def test_count_include_pad_damps_border_patches_only(images):
                                rtol=1e-4, atol=1e-5)
 
 
+def test_nearest_upsampling_repeats_each_coarse_cell(images):
+    """Taps at strides 8 and 16: with ``"nearest"`` each
+    stride-16 cell fills a 2 x 2 block of the stride-8 grid unchanged; the
+    stride-8 tap itself is the same either way."""
+    params = dict(image_size=64, layers=("blocks.2", "blocks.4"), aggregation_size=1)
+    nearest = PatchEmbedder(upsampling="nearest", **params).fit_transform(images)
+    bilinear = PatchEmbedder(**params).fit_transform(images)
+    fine = PatchEmbedder(image_size=64, layers=("blocks.2",), aggregation_size=1).fit_transform(images)
+    d = fine.shape[-1]
+    np.testing.assert_allclose(nearest[..., :d], fine, rtol=1e-5, atol=1e-6)
+    coarse = nearest[..., d:]
+    np.testing.assert_array_equal(coarse[:, 0::2, 0::2], coarse[:, 1::2, 1::2])
+    assert not np.allclose(bilinear[..., d:], coarse)
+
+
 def test_decoding_ahead_gives_the_same_batches_and_names_a_bad_file(tmp_path, images):
     from PIL import Image
 
