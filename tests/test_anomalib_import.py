@@ -279,10 +279,10 @@ def test_the_command_line_makes_a_model_file_every_command_reads(checkpoint, dat
         (tmp_path / kind).mkdir()
         for i, image in enumerate(images):
             Image.fromarray(np.asarray(image)).save(tmp_path / kind / f"{i}.png")
-    model = tmp_path / "m.joblib"
+    model = tmp_path / "m.skops"
     assert main(["from-anomalib", str(path), "--calibration", str(tmp_path / "good"),
                  "-o", str(model)]) == 0
-    assert "bank" in capsys.readouterr().out
+    assert "PatchCore, bank" in capsys.readouterr().out  # a .skops file holds the weights
     assert main(["predict", str(model), str(tmp_path / "new"), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "predictions.csv").read_text().count("\n") == 3
     assert main(["from-anomalib", str(tmp_path / "none.ckpt"), "--calibration",
