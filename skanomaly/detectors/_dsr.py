@@ -7,7 +7,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 from torch import nn
 
-from ._synthetic import _Bottleneck, _focal_loss, _perlin_masks, _SegmentationNet
+from ._synthetic import _Bottleneck, _evidence, _focal_loss, _perlin_masks, _SegmentationNet
 from ._trainable import _EpochBar, _standardise_channels, _train_stage, _TrainableDetector
 
 # Weight of the encoder's commitment to its codes (van den Oord et al., 2017).
@@ -32,7 +32,7 @@ class _DSR(nn.Module):
         self.restriction = _Bottleneck(code_size, code_size, width)
         self.object_decoder = nn.Sequential(nn.Conv2d(code_size, width, 3, padding=1),
                                             nn.ReLU(inplace=True), nn.Conv2d(width, n_features, 1))
-        self.detector = _SegmentationNet(2 * n_features, width)
+        self.detector = _SegmentationNet(3 * n_features, width)
 
     def stage_one(self):
         return [*self.encoder.parameters(), self.codebook, *self.general_decoder.parameters()]
@@ -80,14 +80,14 @@ class _DSR(nn.Module):
             general = z + self.general_decoder(altered) - self.general_decoder(codes)
         restored = self.restriction(altered)
         specific = self.object_decoder(restored)
-        logits = self.detector(torch.cat([general, specific], 1))
+        logits = self.detector(_evidence(general, specific))
         return ((restored - codes).pow(2).mean() + (specific - z).pow(2).mean()
                 + _focal_loss(logits, masks))
 
     def forward(self, z):
         codes, _ = self.quantise(self.encoder(z))
         specific = self.object_decoder(self.restriction(codes))
-        return torch.sigmoid(self.detector(torch.cat([z, specific], 1)))
+        return torch.sigmoid(self.detector(_evidence(z, specific)))
 
 
 class DSRDetector(_TrainableDetector):
@@ -112,7 +112,12 @@ class DSRDetector(_TrainableDetector):
     decodes the quantised codes, but a codebook learned on the product's
     normal features alone quantises a real defect to normal codes, so its
     decoding loses where the defect is (bottle, seed 0: pixel AUROC 0.761
-    from the decoding, 0.855 from the features).
+    from the decoding, 0.855 from the features). The detection network
+    also sees the saturated squared residual between the general and the
+    object-specific views, as :class:`DRAEMDetector` does: a real defect
+    is rebuilt as normal by the object-specific decoder, so its residual
+    marks it however unlike the code swaps it looks (bottle, seed 0: image /
+    pixel AUROC 0.963 / 0.855 without it, 0.999 / 0.954 with it).
 
     What differs from the paper, so that it trains in CPU minutes: the
     paper's VQ model is trained on ImageNet images with two codebook levels;
