@@ -17,7 +17,7 @@ OpenVINO export does), fed batches of 16 images decoded and resized from the
 same paths (its maps stay at 256 px).
 
     python benchmarks/bench_export.py --methods patchcore,padim --set mvtec_bottle
-    python benchmarks/bench_export.py --methods patchcore --anomalib
+    python benchmarks/bench_export.py --methods patchcore --anomalib --float32-search
 """
 
 import argparse
@@ -73,6 +73,22 @@ def _anomalib_openvino(pipe, folder, batch_size=16):
     return call
 
 
+def _float32_search(pipe):
+    """The estimator's call with the bfloat16 ranking switched off: the search
+    a CPU without native bfloat16 runs (a proxy for one on this machine)."""
+    import skanomaly.neighbors as neighbors
+
+    def call(paths):
+        native = neighbors._native_bfloat16
+        neighbors._native_bfloat16 = lambda: False
+        try:
+            return anomaly_maps(pipe, paths, return_scores=True)
+        finally:
+            neighbors._native_bfloat16 = native
+
+    return call
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="patchcore")
@@ -81,6 +97,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--anomalib", action="store_true",
                         help="add anomalib's PatchCore through OpenVINO (same weights and bank)")
+    parser.add_argument("--float32-search", action="store_true",
+                        help="add the torch estimator with its float32 search, as it runs on "
+                             "CPUs without native bfloat16 (e.g. AVX2-only)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "export.json"))
     args = parser.parse_args(argv)
     root = Path(args.data) / args.set
@@ -93,6 +112,8 @@ def main(argv=None):
         pipe = factories()[name](random_state=0).fit(train.images)
         path = to_onnx(pipe, Path(args.out).with_name(f"{args.set}_{name}.onnx"))
         calls = {"torch estimator": lambda x: anomaly_maps(pipe, x, return_scores=True)}
+        if args.float32_search:
+            calls["torch estimator, float32 search"] = _float32_search(pipe)
         for backend in ("onnxruntime", "openvino"):
             try:
                 model = skanomaly_runtime.load(path, backend=backend)
