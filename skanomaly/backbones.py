@@ -27,6 +27,7 @@ for random initialisation (tests only: random features detect nothing).
 """
 
 import contextlib
+import copy
 import numbers
 import os
 from collections.abc import Mapping
@@ -573,6 +574,75 @@ def _build_architecture(name):
     """Architecture only (no weight loading); used when unpickling."""
     spec = _spec(name)
     return _wrap(name, spec, spec.build())
+
+
+# Convolution classes whose forward adds ``self.bias`` (timm's "same"-padded
+# one included): a batch norm after one of them can be folded into it.
+_FOLDABLE_CONVOLUTIONS = ("Conv2d", "Conv2dSame")
+# Largest relative change of a probe's features that folding may cause (float
+# rounding is ~1e-6); beyond it the network is left as it was.
+_FOLD_TOLERANCE = 1e-4
+
+
+def _fold_batch_norms(backbone):
+    """Fold every inference-mode batch norm that directly follows a
+    convolution into that convolution (scaled weights, shifted bias), in place.
+
+    For frozen feature extractors only: the network then computes the same
+    features (to float rounding) with one pass over each activation fewer,
+    about a quarter of EfficientNet-Lite0's CPU time. timm's
+    ``BatchNormAct2d`` keeps its activation. A probe batch checks the result;
+    a network whose features would change is left unfolded. Returns whether
+    anything was folded.
+    """
+    model = backbone.model
+    folded = copy.deepcopy(model)
+    if not _fold_children(folded):
+        return False
+    probe = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    probe = probe.to(next(model.parameters()).device)
+    layers = backbone.default_layers
+    with torch.inference_mode():
+        before = backbone.extract(probe, layers)
+        backbone.model, backbone._modules = folded, dict(folded.named_modules())
+        backbone.model.to(memory_format=torch.channels_last)
+        after = backbone.extract(probe, layers)
+    if any(float((a - b).abs().max()) > _FOLD_TOLERANCE * float(b.abs().max()) + 1e-12
+           for a, b in zip(after, before)):
+        backbone.model, backbone._modules = model, dict(model.named_modules())
+        return False
+    return True
+
+
+def _fold_children(module):
+    """Fold each (convolution, batch norm) pair of consecutive children, recursively."""
+    changed = False
+    names = list(module._modules)
+    for first, second in zip(names, names[1:]):
+        conv, norm = module._modules[first], module._modules[second]
+        if type(conv).__name__ not in _FOLDABLE_CONVOLUTIONS or not isinstance(conv, torch.nn.Conv2d):
+            continue
+        plain = type(norm) is torch.nn.BatchNorm2d
+        with_act = type(norm).__name__ == "BatchNormAct2d" and isinstance(norm, torch.nn.BatchNorm2d)
+        if not (plain or with_act) or norm.running_mean is None or not norm.affine:
+            continue
+        with torch.no_grad():
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            if conv.bias is not None:
+                shift = shift + conv.bias * scale
+            conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+            conv.bias = torch.nn.Parameter(shift.clone(), requires_grad=False)
+        if with_act:
+            rest = [m for m in (getattr(norm, "drop", None), getattr(norm, "act", None))
+                    if m is not None and not isinstance(m, torch.nn.Identity)]
+            module._modules[second] = torch.nn.Sequential(*rest) if rest else torch.nn.Identity()
+        else:
+            module._modules[second] = torch.nn.Identity()
+        changed = True
+    for child in module.children():
+        changed = _fold_children(child) or changed
+    return changed
 
 
 def _as_numpy_state(model):

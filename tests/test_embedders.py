@@ -217,3 +217,28 @@ def test_tiled_pipelines_refuse_export():
 
     pipe = make_patchcore(image_size=128).set_params(patchembedder__tile_size=64)
     assert "tile by tile" in export_refusal(pipe)
+
+
+def test_frozen_backbones_fold_their_batch_norms_and_keep_their_features(images):
+    import torch
+
+    from skanomaly.backbones import _as_numpy_state, _fold_batch_norms, load_backbone
+
+    backbone = load_backbone("efficientnet_lite0")
+    x = torch.from_numpy(images[:2]).permute(0, 3, 1, 2).contiguous()
+    layers = ("blocks.2", "blocks.4")
+    with torch.inference_mode():
+        before = backbone.extract(x, layers)
+        assert _fold_batch_norms(backbone)
+        after = backbone.extract(x, layers)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.model.modules())
+    for a, b in zip(after, before):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+    # A file written before folding (the unfolded state, no flag) still loads.
+    embedder = PatchEmbedder(image_size=64).fit()
+    state = embedder.__getstate__()
+    assert state.pop("_backbone_folded")
+    state["_backbone_state"] = _as_numpy_state(load_backbone("efficientnet_lite0").model)
+    old = PatchEmbedder.__new__(PatchEmbedder)
+    old.__setstate__(state)
+    np.testing.assert_allclose(old.transform(images), embedder.transform(images), rtol=1e-4, atol=1e-4)
