@@ -588,10 +588,12 @@ def test_dsr_quantised_model_is_fitted_first_then_frozen():
 
 
 def test_dsr_factory_separates_synthetic_defects(synthetic):
-    # Image level only: DSR's maps are still weak (bottle pixel AUROC 0.855,
-    # issue 16), so its pixel AUROC is not held to the 0.8 of the other heads.
+    # Image level only: on these 64 px images DSR's grid is 8 x 8 cells and
+    # its maps are weak (pixel AUROC 0.42-0.63 at seeds 0-2, against 0.954 on
+    # bottle at 256 px), so they are not held to the 0.8 of the other heads.
+    # 20 epochs: at 10, one seed in five (0) was still at 0.625.
     from sklearn.metrics import roc_auc_score
 
-    pipe = _quiet(make_dsr(image_size=64, max_epochs=10, random_state=0), synthetic.images[:30])
+    pipe = _quiet(make_dsr(image_size=64, max_epochs=20, random_state=0), synthetic.images[:30])
     test, y = synthetic.images[30:], synthetic.target[30:]
     assert roc_auc_score(y, pipe.decision_function(test)) >= 0.85
