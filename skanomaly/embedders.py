@@ -245,7 +245,8 @@ class PatchEmbedder(_BaseEmbedder):
     Attributes
     ----------
     backbone_ : Backbone
-        The loaded, frozen network.
+        The loaded, frozen network, each batch norm folded into the
+        convolution before it (same features to float rounding, less time).
     layers_ : tuple of str
         The tapped modules, fine to coarse.
     image_shape_ : (int, int)
@@ -478,7 +479,8 @@ class ImageEmbedder(_BaseEmbedder):
     Attributes
     ----------
     backbone_ : Backbone
-        The loaded, frozen network.
+        The loaded, frozen network, each batch norm folded into the
+        convolution before it (same features to float rounding, less time).
     layers_ : tuple of str
         The pooled modules, fine to coarse.
     image_shape_ : (int, int)
