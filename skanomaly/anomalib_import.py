@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .detectors import GaussianDetector
+from .detectors._base import _TorchGaussianBlur
 
 __all__ = ["load_anomalib_checkpoint"]
 
@@ -218,10 +219,10 @@ def load_anomalib_checkpoint(path, calibration_images, *, contamination=0.05, ba
     size, mean, std = _preprocessing(checkpoint, path)
     weights = _backbone_weights(backbone, state, path)
     kind = _model_kind(state)
+    common = dict(weights=weights, layers=layers, image_size=size, batch_size=batch_size)
     if kind == "padim":
-        embedder = PatchEmbedder(f"timm/{backbone}", weights=weights, layers=layers, image_size=size,
-                                 aggregation_size=1, upsampling="nearest",
-                                 batch_size=batch_size).fit(None)
+        embedder = PatchEmbedder(f"timm/{backbone}", aggregation_size=1, upsampling="nearest",
+                                 **common).fit(None)
         indices = state["model.idx"].long().numpy()
         total = embedder.n_features_out_
         if (indices.ndim != 1 or len(indices) == 0 or indices.min() < 0 or indices.max() >= total
@@ -232,8 +233,7 @@ def load_anomalib_checkpoint(path, calibration_images, *, contamination=0.05, ba
         embedder.set_params(n_features=len(indices), reduction="random")
         embedder.feature_indices_, embedder.n_features_out_ = indices, len(indices)
     else:
-        embedder = PatchEmbedder(f"timm/{backbone}", weights=weights, layers=layers, image_size=size,
-                                 batch_size=batch_size).fit(None)
+        embedder = PatchEmbedder(f"timm/{backbone}", **common).fit(None)
     spec = embedder.backbone_
     if mean is not None and (not np.allclose(spec.mean, mean) or not np.allclose(spec.std, std)):
         raise ValueError(
@@ -278,7 +278,7 @@ def _padim_head(state, grids, image_shape, path, **params):
     head._validate_params()
     head.mean_ = np.ascontiguousarray(mean.T.reshape(h, w, d), dtype=np.float32)
     head.precision_ = np.ascontiguousarray(inverse.reshape(h, w, d, d), dtype=np.float32)
-    sign, logdet = np.linalg.slogdet(inverse)
+    _, logdet = np.linalg.slogdet(inverse)
     head._logdet = -logdet  # of the covariance, for score_type="nll"
     head.pca_ = None
     head._grid_shape = (h, w)
@@ -290,11 +290,9 @@ def _padim_head(state, grids, image_shape, path, **params):
 
 
 def _gaussian_kernel(sigma):
-    """anomalib's ``GaussianBlur2d`` kernel: ``2 * int(4 sigma + 0.5) + 1`` wide, sums to 1."""
-    radius = int(4.0 * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    line = np.exp(-0.5 * (x / sigma) ** 2)
-    line /= line.sum()
+    """anomalib's ``GaussianBlur2d`` kernel: ``2 * int(4 sigma + 0.5) + 1`` wide,
+    sums to 1; the outer product of our maps' blur kernel with itself."""
+    line = _TorchGaussianBlur(sigma).kernel.double().numpy()
     return np.outer(line, line)
 
 
