@@ -47,6 +47,16 @@ def _as_tensor(X):
 # constant below rounds that up with room to spare.
 _BF16_DOT_ERROR = 3 * 2.0**-8 + 2.0**-11
 _BF16_MAX_FEATURES = 1600
+# The search's GEMM returns whole squared distances (see
+# _augmented_for_distances), so its error has three parts. -2 q.r from
+# rounded inputs: 2 (2u + u^2) |q| |r|, plus the float32 sum's gamma_d
+# (1 + u)^2 |q| |r|, together below _BF16_DISTANCE_ERROR |q| |r|. The
+# float32 parts (the norms, their bfloat16 hi + lo split, u^2, the centring,
+# and the sum over the norm columns): below _F32_NORM_ERROR times
+# (max |r|^2 + 2 |q|^2 + offset). The output's own rounding: u |value|.
+_BF16_UNIT = 2.0**-8
+_BF16_DISTANCE_ERROR = 4 * _BF16_UNIT + 2.0**-11
+_F32_NORM_ERROR = 2.0**-12
 # Candidates one query may have before it is ranked in float32 instead.
 _MAX_CANDIDATES = 4096
 
@@ -66,45 +76,86 @@ def _pair_distances(queries, reference):
     return torch.linalg.vector_norm(queries - reference, dim=-1)
 
 
+def _bfloat16_keys_up(values):
+    """int16 keys of ``values`` (float64, >= 0) rounded up to bfloat16.
+
+    Non-negative bfloat16 numbers order as their int16 bit patterns, so a
+    comparison with these keys is a comparison with the values.
+    """
+    single = values.astype(np.float32)
+    single = np.where(single < values, np.nextafter(single, np.float32(np.inf)), single)
+    bits = single.view(np.uint32)
+    keys = (bits >> 16) + ((bits & 0xFFFF) != 0)
+    return np.minimum(keys, 0x7F80).astype(np.int16)  # 0x7F80: +inf
+
+
+def _augmented_for_distances(q_centred, r_centred, r_sq):
+    """bfloat16 operands whose product is each pair's squared distance.
+
+    ``[q, 1, 1, c_q] . [-2 r, hi(|r|^2), lo(|r|^2), 1] = c_q + |r|^2 - 2 q.r``,
+    with ``|r|^2`` split in two bfloat16 parts so it keeps float32's
+    precision, and ``c_q >= |q|^2 + offset`` rounded up: every computed value
+    is then positive (the offset exceeds the error) and ranks as the squared
+    distance. One GEMM leaves nothing to add before the row minimum and the
+    candidate test, which read its bfloat16 output directly. Returns the two
+    operands and each query's error bound (module notes).
+    """
+    n, d = q_centred.shape
+    width = d + 3 + (d + 3) % 2  # even: bfloat16 GEMMs take pairs
+    q_sq = (q_centred * q_centred).sum(1).double()
+    s_max = float(r_sq.max())
+    bound = (_BF16_DISTANCE_ERROR * s_max**0.5) * q_sq.sqrt() + _F32_NORM_ERROR * (s_max + 2 * q_sq)
+    offset = (4 * bound).clamp(min=1e-30)
+    bound = bound * (1 + 2.0**-9)  # the offset's own share of the float32 sum
+    queries = torch.zeros((n, width), dtype=torch.bfloat16)
+    queries[:, :d] = q_centred
+    queries[:, d:d + 2] = 1
+    queries[:, d + 2] = torch.from_numpy(_bfloat16_keys_up((q_sq + offset).numpy())).view(
+        torch.bfloat16)
+    reference = torch.zeros((len(r_centred), width), dtype=torch.bfloat16)
+    reference[:, :d] = -2 * r_centred  # scaling by 2 commutes with rounding
+    high = r_sq.bfloat16()
+    reference[:, d] = high
+    reference[:, d + 1] = r_sq - high.float()
+    reference[:, d + 2] = 1
+    return queries, reference, bound.numpy()
+
+
 def _nearest_bfloat16(q, r, block_bytes):
     """Exact nearest neighbour of each row of q among the rows of r.
 
     Rows are centred on the reference mean (distances do not change, the
-    rounding bound shrinks with the norms), ranked by a bfloat16 GEMM, and
-    every reference whose rank is within twice the error bound of the row's
-    best is a candidate; the candidate at the smallest true distance wins
+    rounding bound shrinks with the norms) and a bfloat16 GEMM computes
+    every squared distance to within a proven bound e (plus u of the value);
+    every reference whose computed value could still be the row's true best
+    is a candidate, and the candidate at the smallest true distance wins
     (lowest index on ties).
     """
     m = r.shape[0]
     mean = r.mean(0)
     centred = r - mean
     r_sq = (centred * centred).sum(1)
-    r_low = centred.bfloat16()
-    q_centred = q - mean
-    q_low = q_centred.bfloat16()
-    # The true best rank is at most (best computed + bound) and a reference
-    # ranks at least (its computed - bound); bound = 2 * error of q.r.
-    margin = (4 * _BF16_DOT_ERROR * float(r_sq.max().sqrt())) * torch.linalg.vector_norm(
-        q_centred, dim=1)
+    queries, reference, bound = _augmented_for_distances(q - mean, centred, r_sq)
     chunk = _rows_per_block(m, block_bytes)
     rows_in_chunk = min(chunk, q.shape[0])
     # Buffers reused across chunks: fresh (chunk, m) blocks would cost page
     # faults comparable to the GEMM itself.
     product = torch.empty((rows_in_chunk, m), dtype=torch.bfloat16)
-    rank = torch.empty((rows_in_chunk, m), dtype=torch.float32)
+    keys = product.view(torch.int16).numpy()
     mask = np.empty((rows_in_chunk, m), dtype=bool)
-    rank_np = rank.numpy()
     distances = np.empty(q.shape[0], dtype=np.float32)
     indices = np.empty(q.shape[0], dtype=np.int64)
+    u = _BF16_UNIT
     for start in range(0, q.shape[0], chunk):
         stop = min(start + chunk, q.shape[0])
         n = stop - start
-        torch.mm(q_low[start:stop], r_low.T, out=product[:n])
-        block = rank[:n]
-        block.copy_(product[:n])
-        torch.add(r_sq, block, alpha=-2.0, out=block)
-        threshold = (block.amin(1) + margin[start:stop]).numpy()
-        np.less_equal(rank_np[:n], threshold[:, None], out=mask[:n])
+        torch.mm(queries[start:stop], reference.T, out=product[:n])
+        lowest = (keys[:n].min(1).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        # A row j is a candidate unless v_j - e - 2u v_j > v_min + e + 2u v_min,
+        # i.e. unless its value exceeds this threshold (values are positive).
+        threshold = (lowest * (1 + 2 * u) + 2 * bound[start:stop]) / (1 - 2 * u)
+        np.less_equal(keys[:n], _bfloat16_keys_up(threshold * (1 + 2.0**-20))[:, None],
+                      out=mask[:n])
         rows, cols = np.divmod(np.flatnonzero(mask[:n]), m)
         # Many near-equal rows (an uncompressed bank of flat background) can
         # make a query's candidates numerous; such queries take the float32

@@ -172,3 +172,25 @@ def test_layers_by_stride_tap_the_same_depths_on_any_backbone():
         "layer1", "layer2", "layer3")
     with pytest.raises(ValueError, match=r"no stage at stride\(s\) \[3\]"):
         lite0.check_layers((3, 8))
+
+
+@pytest.mark.parametrize("kernel, stride, dilation", [(3, 2, 1), (5, 2, 1), (3, 1, 1), (4, 2, 1), (3, 2, 2)])
+@pytest.mark.parametrize("size", [(16, 16), (15, 17), (9, 12)])
+def test_inner_same_padding_matches_timm(kernel, stride, dilation, size):
+    # The folded network's same-padded convolutions pad inside the
+    # convolution; TensorFlow's padding puts the odd pixel after the image,
+    # on each axis separately, at any size.
+    from timm.layers import Conv2dSame
+
+    from skanomaly.backbones import _InnerSamePaddedConv2d
+
+    torch.manual_seed(0)
+    reference = Conv2dSame(6, 6, kernel, stride=stride, dilation=dilation, groups=3)
+    inner = Conv2dSame(6, 6, kernel, stride=stride, dilation=dilation, groups=3)
+    inner.load_state_dict(reference.state_dict())
+    inner.__class__ = _InnerSamePaddedConv2d
+    x = torch.randn(2, 6, *size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected, got = reference(x), inner(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 from scipy.spatial.distance import cdist
 
@@ -98,3 +99,39 @@ def test_crowded_candidates_fall_back(monkeypatch):
     np.testing.assert_allclose(full[np.arange(len(queries)), idx[:, 0]], full.min(axis=1),
                                rtol=1e-5, atol=1e-6)
     assert sum(calls) == 5  # only the crowded queries took the float32 ranking
+
+
+@pytest.mark.parametrize("scale, shift", [(1.0, 0.0), (10.0, 50.0), (1e-3, 1.0), (300.0, -2e3)])
+def test_bfloat16_distances_within_their_bound(scale, shift):
+    # The search's GEMM returns c_q + |r|^2 - 2 q.r; the candidate rule rests
+    # on |computed - exact| <= bound + 2u |computed| and on every value
+    # being positive, checked here against float64 at several scales.
+    rng = np.random.default_rng(5)
+    r = torch.from_numpy((rng.normal(size=(300, 48)) * scale + shift).astype(np.float32))
+    q = torch.from_numpy(np.concatenate([
+        r[:20].numpy(),  # queries on bank rows: zero distances
+        (rng.normal(size=(40, 48)) * scale * 3 + shift).astype(np.float32),
+    ]))
+    mean = r.mean(0)
+    centred = r - mean
+    queries, reference, bound = neighbors._augmented_for_distances(
+        q - mean, centred, (centred * centred).sum(1))
+    computed = (queries @ reference.T).double().numpy()
+    q_centred = (q - mean).double().numpy()
+    # c_q stands for |q|^2 + offset: the product is c_q - |q|^2 + |q - r|^2.
+    constant = queries[:, 48 + 2].double().numpy() - (q_centred**2).sum(1)
+    exact = constant[:, None] + cdist(q_centred, centred.double().numpy()) ** 2
+    assert (computed > 0).all()
+    u = neighbors._BF16_UNIT
+    assert (np.abs(computed - exact) <= bound[:, None] + 2 * u * computed).all()
+
+
+def test_queries_on_bank_rows(gemm):
+    # Training patches scored against a bank that holds them: distance 0, and
+    # the lowest index among duplicated rows.
+    rng = np.random.default_rng(6)
+    r = rng.normal(size=(200, 16)).astype(np.float32) * 4 + 7
+    r = np.concatenate([r, r[:50]])
+    dist, idx = kneighbors(r[:80], r, 1, block_bytes=2048)
+    np.testing.assert_array_equal(dist[:, 0], 0.0)
+    np.testing.assert_array_equal(idx[:, 0], np.arange(80))
