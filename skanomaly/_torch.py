@@ -85,14 +85,12 @@ def _load_resized(images, start, shape):
     return _resize(_decode(images, start), shape)
 
 
-def _resized_batches(images, batch_size, shape):
-    """``(start, batch)`` for consecutive batches of ``images``, as ``_load_resized``.
+def _decoded_batches(images, batch_size):
+    """``(start, arrays)`` for consecutive batches of ``images``, decoded.
 
     The next batch is decoded in a background thread while the caller works
     on this one (file decoding releases the GIL), so decoding is off the
-    backbone's critical path. Resizing stays on the calling thread: torch ops
-    from two threads would each start a full team of intra-op threads.
-    A decoding error is raised at the batch it belongs to.
+    critical path. A decoding error is raised at the batch it belongs to.
     """
     if not len(images):
         return
@@ -103,4 +101,15 @@ def _resized_batches(images, batch_size, shape):
             following = start + batch_size
             if following < len(images):
                 pending = pool.submit(_decode, images[following:following + batch_size], following)
-            yield start, _resize(arrays, shape)
+            yield start, arrays
+
+
+def _resized_batches(images, batch_size, shape):
+    """``(start, batch)`` for consecutive batches of ``images``, as
+    ``_load_resized``, decoded ahead as :func:`_decoded_batches`.
+
+    Resizing stays on the calling thread: torch ops from two threads would
+    each start a full team of intra-op threads.
+    """
+    for start, arrays in _decoded_batches(images, batch_size):
+        yield start, _resize(arrays, shape)

@@ -9,7 +9,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from skanomaly_runtime._regions import MIN_AREA
 
-from .images import check_images, load_image
+from ._torch import _decoded_batches
+from .images import check_images
 
 __all__ = ["anomaly_boxes", "anomaly_maps", "anomaly_masks", "upsample_patch_scores"]
 
@@ -164,11 +165,7 @@ def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
     transformers = estimator[:-1]
     images = check_images(X)
     maps, scores = [], []
-    for start in range(0, len(images), batch_size):
-        arrays = [
-            load_image(item, index=start + i)
-            for i, item in enumerate(images[start:start + batch_size])
-        ]
+    for _, arrays in _decoded_batches(images, batch_size):
         features = transformers.transform(arrays)
         if np.ndim(features) != 4:
             raise _NoMapsError(

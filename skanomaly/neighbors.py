@@ -59,6 +59,8 @@ _BF16_DISTANCE_ERROR = 4 * _BF16_UNIT + 2.0**-11
 _F32_NORM_ERROR = 2.0**-12
 # Candidates one query may have before it is ranked in float32 instead.
 _MAX_CANDIDATES = 4096
+# Columns per interleaved group of the candidate scan (_candidates).
+_GROUP_ROWS = 64
 
 
 @functools.cache
@@ -121,6 +123,22 @@ def _augmented_for_distances(q_centred, r_centred, r_sq):
     return queries, reference, bound.numpy()
 
 
+def _candidates(grouped, group_min, limits):
+    """(rows, cols) of the entries of ``keys`` at most their row's limit,
+    rows ascending and columns ascending within a row.
+
+    ``grouped`` is ``keys`` (n, m) viewed as (n, m // g, g): column j in
+    group j // g, and ``group_min`` each group's minimum (one vectorised
+    pass). Only the few groups whose minimum is within the limit are looked
+    at entry by entry, instead of scanning an (n, m) mask.
+    """
+    n, groups, width = grouped.shape
+    rows, group = np.divmod(np.flatnonzero(group_min <= limits[:, None]), groups)
+    inside, step = np.nonzero(grouped[rows, group] <= limits[rows, None])
+    # Groups ascend within each row, so the columns do too.
+    return rows[inside], group[inside] * width + step
+
+
 def _nearest_bfloat16(q, r, block_bytes):
     """Exact nearest neighbour of each row of q among the rows of r.
 
@@ -136,13 +154,19 @@ def _nearest_bfloat16(q, r, block_bytes):
     centred = r - mean
     r_sq = (centred * centred).sum(1)
     queries, reference, bound = _augmented_for_distances(q - mean, centred, r_sq)
-    chunk = _rows_per_block(m, block_bytes)
+    # Whole groups of _GROUP_ROWS columns (see _candidates): the rows added to
+    # the reference are at 2^100 from everything, never a candidate.
+    groups = -(-m // _GROUP_ROWS)
+    filler = torch.zeros((groups * _GROUP_ROWS - m, reference.shape[1]), dtype=torch.bfloat16)
+    filler[:, q.shape[1]] = 2.0**100
+    reference = torch.cat([reference, filler])
+    chunk = _rows_per_block(len(reference), block_bytes)
     rows_in_chunk = min(chunk, q.shape[0])
     # Buffers reused across chunks: fresh (chunk, m) blocks would cost page
     # faults comparable to the GEMM itself.
-    product = torch.empty((rows_in_chunk, m), dtype=torch.bfloat16)
+    product = torch.empty((rows_in_chunk, len(reference)), dtype=torch.bfloat16)
     keys = product.view(torch.int16).numpy()
-    mask = np.empty((rows_in_chunk, m), dtype=bool)
+    group_min_buffer = torch.empty((rows_in_chunk, groups), dtype=torch.int16)
     distances = np.empty(q.shape[0], dtype=np.float32)
     indices = np.empty(q.shape[0], dtype=np.int64)
     u = _BF16_UNIT
@@ -150,13 +174,19 @@ def _nearest_bfloat16(q, r, block_bytes):
         stop = min(start + chunk, q.shape[0])
         n = stop - start
         torch.mm(queries[start:stop], reference.T, out=product[:n])
-        lowest = (keys[:n].min(1).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        grouped = keys[:n].reshape(n, groups, _GROUP_ROWS)
+        # torch reduces short rows with vector instructions and threads,
+        # numpy one row at a time.
+        group_min = torch.amin(product[:n].view(torch.int16).view(n, groups, _GROUP_ROWS), dim=2,
+                               out=group_min_buffer[:n]).numpy()
+        lowest = (group_min.min(1).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
         # A row j is a candidate unless v_j - e - 2u v_j > v_min + e + 2u v_min,
         # i.e. unless its value exceeds this threshold (values are positive).
         threshold = (lowest * (1 + 2 * u) + 2 * bound[start:stop]) / (1 - 2 * u)
-        np.less_equal(keys[:n], _bfloat16_keys_up(threshold * (1 + 2.0**-20))[:, None],
-                      out=mask[:n])
-        rows, cols = np.divmod(np.flatnonzero(mask[:n]), m)
+        rows, cols = _candidates(grouped, group_min,
+                                 _bfloat16_keys_up(threshold * (1 + 2.0**-20)))
+        keep = cols < m
+        rows, cols = rows[keep], cols[keep]
         # Many near-equal rows (an uncompressed bank of flat background) can
         # make a query's candidates numerous; such queries take the float32
         # ranking instead, so time and memory stay bounded.
