@@ -1,10 +1,12 @@
 """Torch plumbing shared by embedders and trainable heads: device, threads, progress."""
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+
+from skanomaly_runtime._resize import resize_image
+from skanomaly_runtime.images import _decoded_batches
 
 from .images import load_image
 
@@ -59,57 +61,25 @@ def _progress(total, enabled, desc):
         yield bar.update
 
 
-def _decode(images, start):
-    """Decoded RGB arrays of ``images``; ``start`` numbers them in errors."""
-    return [load_image(item, index=start + offset) for offset, item in enumerate(images)]
-
-
-def _resize(arrays, shape):
-    """One (n, 3, H, W) float tensor of RGB arrays, each resized (antialiased
-    bilinear) to ``shape``."""
-    height, width = shape
-    tensors = []
-    for array in arrays:
-        rgb = torch.from_numpy(array).permute(2, 0, 1)[None]
-        if rgb.shape[-2:] != (height, width):
-            rgb = F.interpolate(
-                rgb, size=(height, width), mode="bilinear", align_corners=False, antialias=True,
-            )
-        tensors.append(rgb)
-    return torch.cat(tensors)
-
-
 def _load_resized(images, start, shape):
     """Decode images to one (n, 3, H, W) float tensor in [0, 1], each resized
-    (antialiased bilinear) to ``shape``; ``start`` numbers them in errors."""
-    return _resize(_decode(images, start), shape)
+    to ``shape``; ``start`` numbers them in errors.
 
-
-def _decoded_batches(images, batch_size):
-    """``(start, arrays)`` for consecutive batches of ``images``, decoded.
-
-    The next batch is decoded in a background thread while the caller works
-    on this one (file decoding releases the GIL), so decoding is off the
-    critical path. A decoding error is raised at the batch it belongs to.
+    The resize is antialiased bilinear with Pillow's filter, which torch's
+    ``antialias=True`` reproduces to float rounding, in C without the GIL:
+    the torch-free runtime resizes with the same function.
     """
-    if not len(images):
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_decode, images[:batch_size], 0)
-        for start in range(0, len(images), batch_size):
-            arrays = pending.result()
-            following = start + batch_size
-            if following < len(images):
-                pending = pool.submit(_decode, images[following:following + batch_size], following)
-            yield start, arrays
+    return torch.from_numpy(np.stack([
+        resize_image(load_image(item, index=start + offset), shape)
+        for offset, item in enumerate(images)
+    ]))
 
 
 def _resized_batches(images, batch_size, shape):
     """``(start, batch)`` for consecutive batches of ``images``, as
-    ``_load_resized``, decoded ahead as :func:`_decoded_batches`.
-
-    Resizing stays on the calling thread: torch ops from two threads would
-    each start a full team of intra-op threads.
+    ``_load_resized``; the next batch is decoded and resized in a background
+    thread (:func:`~skanomaly_runtime.images._decoded_batches`) while the
+    caller runs the network on this one.
     """
-    for start, arrays in _decoded_batches(images, batch_size):
-        yield start, _resize(arrays, shape)
+    for start, arrays in _decoded_batches(images, batch_size, lambda a: resize_image(a, shape)):
+        yield start, torch.from_numpy(np.stack(arrays))

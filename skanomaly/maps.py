@@ -8,8 +8,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from skanomaly_runtime._regions import MIN_AREA
+from skanomaly_runtime.images import _decoded_batches
 
-from ._torch import _decoded_batches
 from .images import check_images
 
 __all__ = ["anomaly_boxes", "anomaly_maps", "anomaly_masks", "upsample_patch_scores"]

@@ -30,7 +30,7 @@ import numpy as np
 from ._calibration import conformal_pvalues_of
 from ._regions import MIN_AREA, region_boxes
 from ._resize import resize_image, resize_map
-from .images import check_images, load_image
+from .images import _decoded_batches, check_images
 
 __all__ = ["ExportedModel", "load"]
 
@@ -213,14 +213,14 @@ class ExportedModel:
     def _scores_and_maps(self, X, *, maps):
         images = check_images(X)
         scores, out = [], []
-        for start in range(0, len(images), self.batch_size):
-            arrays = [load_image(item, index=start + i)
-                      for i, item in enumerate(images[start:start + self.batch_size])]
-            batch = np.stack([resize_image(a, self._input_shape) for a in arrays])
-            image_scores, _, model_maps = self._run_graph(batch)
+        def prepare(array):  # in the decoding thread: only the resized copy is kept
+            return array.shape[:2], resize_image(array, self._input_shape)
+
+        for _, items in _decoded_batches(images, self.batch_size, prepare):
+            image_scores, _, model_maps = self._run_graph(np.stack([image for _, image in items]))
             scores.append(-np.asarray(image_scores, dtype=np.float64))
             if maps:
-                out.extend(resize_map(m, a.shape[:2]) for m, a in zip(model_maps, arrays))
+                out.extend(resize_map(m, shape) for m, (shape, _) in zip(model_maps, items))
         return np.concatenate(scores), out
 
 

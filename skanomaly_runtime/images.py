@@ -15,6 +15,7 @@ everywhere:
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,28 @@ def image_files(items):
         else:
             raise ValueError(f"No such file or folder: {os.fspath(item)!r}.")
     return paths
+
+
+def _decoded_batches(images, batch_size, prepare=None):
+    """``(start, items)`` for consecutive batches of ``images``: each image
+    decoded by :func:`load_image`, then passed through ``prepare`` if given.
+
+    The next batch is decoded (and prepared) in a background thread while
+    the caller works on this one: Pillow decodes and resizes without the
+    GIL, so that work leaves the critical path. A decoding error is raised
+    at the batch it belongs to.
+    """
+    def work(part, start):
+        arrays = (load_image(item, index=start + i) for i, item in enumerate(part))
+        return [array if prepare is None else prepare(array) for array in arrays]
+
+    if not len(images):
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(work, images[:batch_size], 0)
+        for start in range(0, len(images), batch_size):
+            items = pending.result()
+            following = start + batch_size
+            if following < len(images):
+                pending = pool.submit(work, images[following:following + batch_size], following)
+            yield start, items

@@ -104,7 +104,9 @@ def test_openvino_backend_gives_the_same_scores(exported, synthetic):
 
 
 @pytest.mark.parametrize("shape, size", [((37, 53), (64, 64)), ((200, 120), (64, 48)),
-                                         ((64, 64), (64, 64)), ((5, 300), (32, 32))])
+                                         ((64, 64), (64, 64)), ((5, 300), (32, 32)),
+                                         ((900, 700), (256, 256)), ((1, 40), (8, 8)),
+                                         ((300, 31), (64, 32))])
 def test_numpy_resizes_are_torchs(shape, size):
     rgb = np.random.default_rng(0).random(shape + (3,), dtype=np.float32)
     expected = F.interpolate(torch.from_numpy(rgb).permute(2, 0, 1)[None], size=size,
