@@ -8,6 +8,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from skanomaly_runtime._regions import MIN_AREA
+from skanomaly_runtime._resize import resize_image
 from skanomaly_runtime.images import _decoded_batches
 
 from .images import check_images
@@ -31,6 +32,18 @@ def _draws_maps(head):
     DFKDE or GANomaly, keep one per image)."""
     patch_scores = getattr(head, "calibration_patch_scores_", None)
     return patch_scores is not None and len(patch_scores) > len(head.calibration_scores_)
+
+
+def _resizing_first_step_shape(transformers):
+    """``image_shape_`` of the pipeline's first step when it is one of ours,
+    which begins by resizing every image to it; else None."""
+    from .embedders import _BaseEmbedder
+    from .preprocessing import ImagePreprocessor
+
+    first = transformers.steps[0][1]
+    if isinstance(first, (_BaseEmbedder, ImagePreprocessor)):
+        return tuple(first.image_shape_)
+    return None
 
 
 def _model_input_shape(transformers, default=None):
@@ -164,9 +177,19 @@ def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
         raise ValueError(f"Need sigma >= 0 and batch_size >= 1, got {sigma}, {batch_size}.")
     transformers = estimator[:-1]
     images = check_images(X)
+    resize_to = _resizing_first_step_shape(transformers)
+
+    def prepare(array):  # in the decoding thread, one batch ahead
+        if resize_to is None:
+            return array.shape[:2], array
+        # What the first step would do first; it then finds each image at
+        # its size and only transposes it back.
+        return array.shape[:2], resize_image(array, resize_to).transpose(1, 2, 0)
+
     maps, scores = [], []
-    for _, arrays in _decoded_batches(images, batch_size):
-        features = transformers.transform(arrays)
+    for _, items in _decoded_batches(images, batch_size, prepare):
+        shapes = [shape for shape, _ in items]
+        features = transformers.transform([array for _, array in items])
         if np.ndim(features) != 4:
             raise _NoMapsError(
                 "anomaly_maps needs patch grids (n, h, w, d) from the pipeline's "
@@ -184,7 +207,7 @@ def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
             )
         scores.append(batch_scores)
         maps.extend(upsample_patch_scores(
-            patch_scores, [array.shape[:2] for array in arrays],
+            patch_scores, shapes,
             model_shape=_model_input_shape(transformers, tuple(patch_scores.shape[1:])),
             sigma=sigma,
         ))

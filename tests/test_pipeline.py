@@ -70,6 +70,23 @@ def test_anomaly_maps_match_each_input_size(data, fitted):
     assert maps[1].max() > maps[0].max()
 
 
+def test_maps_of_pipelines_that_begin_with_a_users_step(data, fitted):
+    # anomaly_maps resizes ahead for our own first steps only; a pipeline that
+    # begins with a step of the user's gets the decoded images as they are,
+    # and here (a pass-through step) the same maps and scores.
+    from sklearn.preprocessing import FunctionTransformer
+
+    big = np.kron(data.images[-1], np.ones((2, 3, 1), dtype=np.uint8))  # 128 x 192
+    images = [data.images[0], big, data.images[30]]
+    wrapped = Pipeline([("pass", FunctionTransformer(lambda X: X))] + fitted.steps)
+    maps, scores = anomaly_maps(wrapped, images, batch_size=2, return_scores=True)
+    expected_maps, expected_scores = anomaly_maps(fitted, images, batch_size=2, return_scores=True)
+    assert [m.shape for m in maps] == [(SIZE, SIZE), (128, 192), (SIZE, SIZE)]
+    for got, expected in zip(maps, expected_maps):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+
+
 def test_anomaly_maps_errors(fitted):
     with pytest.raises(ValueError, match="Pipeline"):
         anomaly_maps(fitted[-1], np.zeros((1, 8, 8)))
