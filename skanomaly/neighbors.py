@@ -59,8 +59,8 @@ _BF16_DISTANCE_ERROR = 4 * _BF16_UNIT + 2.0**-11
 _F32_NORM_ERROR = 2.0**-12
 # Candidates one query may have before it is ranked in float32 instead.
 _MAX_CANDIDATES = 4096
-# Columns per interleaved group of the candidate scan (_candidates).
-_GROUP_ROWS = 64
+# Consecutive columns per group of the candidate scan (_candidates).
+_GROUP_COLUMNS = 64
 
 
 @functools.cache
@@ -91,7 +91,7 @@ def _bfloat16_keys_up(values):
     return np.minimum(keys, 0x7F80).astype(np.int16)  # 0x7F80: +inf
 
 
-def _augmented_for_distances(q_centred, r_centred, r_sq):
+def _augmented_for_distances(q_centred, r_centred, r_sq, n_rows=None):
     """bfloat16 operands whose product is each pair's squared distance.
 
     ``[q, 1, 1, c_q] . [-2 r, hi(|r|^2), lo(|r|^2), 1] = c_q + |r|^2 - 2 q.r``,
@@ -99,8 +99,10 @@ def _augmented_for_distances(q_centred, r_centred, r_sq):
     precision, and ``c_q >= |q|^2 + offset`` rounded up: every computed value
     is then positive (the offset exceeds the error) and ranks as the squared
     distance. One GEMM leaves nothing to add before the row minimum and the
-    candidate test, which read its bfloat16 output directly. Returns the two
-    operands and each query's error bound (module notes).
+    candidate test, which read its bfloat16 output directly. The reference
+    operand has ``n_rows`` rows (default: one per reference): those past the
+    references are at 2^100 from every query, never a candidate. Returns the
+    two operands and each query's error bound (module notes).
     """
     n, d = q_centred.shape
     width = d + 3 + (d + 3) % 2  # even: bfloat16 GEMMs take pairs
@@ -114,22 +116,23 @@ def _augmented_for_distances(q_centred, r_centred, r_sq):
     queries[:, d:d + 2] = 1
     queries[:, d + 2] = torch.from_numpy(_bfloat16_keys_up((q_sq + offset).numpy())).view(
         torch.bfloat16)
-    reference = torch.zeros((len(r_centred), width), dtype=torch.bfloat16)
-    reference[:, :d] = -2 * r_centred  # scaling by 2 commutes with rounding
+    m = len(r_centred)
+    reference = torch.zeros((m if n_rows is None else n_rows, width), dtype=torch.bfloat16)
+    reference[:m, :d] = -2 * r_centred  # scaling by 2 commutes with rounding
     high = r_sq.bfloat16()
-    reference[:, d] = high
-    reference[:, d + 1] = r_sq - high.float()
+    reference[:m, d] = high
+    reference[:m, d + 1] = r_sq - high.float()
+    reference[m:, d] = 2.0**100
     reference[:, d + 2] = 1
     return queries, reference, bound.numpy()
 
 
 def _candidates(grouped, group_min, limits):
-    """(rows, cols) of the entries of ``keys`` at most their row's limit,
-    rows ascending and columns ascending within a row.
+    """(rows, cols) of the entries of an (n, m) key block at most their
+    row's limit, rows ascending and columns ascending within a row.
 
-    ``grouped`` is ``keys`` (n, m) viewed as (n, m // g, g): column j in
-    group j // g, and ``group_min`` each group's minimum (one vectorised
-    pass). Only the few groups whose minimum is within the limit are looked
+    ``grouped`` is the block viewed as (n, m // g, g): column j in group
+    j // g, and ``group_min`` each group's minimum (one vectorised pass). Only the few groups whose minimum is within the limit are looked
     at entry by entry, instead of scanning an (n, m) mask.
     """
     n, groups, width = grouped.shape
@@ -153,13 +156,11 @@ def _nearest_bfloat16(q, r, block_bytes):
     mean = r.mean(0)
     centred = r - mean
     r_sq = (centred * centred).sum(1)
-    queries, reference, bound = _augmented_for_distances(q - mean, centred, r_sq)
-    # Whole groups of _GROUP_ROWS columns (see _candidates): the rows added to
-    # the reference are at 2^100 from everything, never a candidate.
-    groups = -(-m // _GROUP_ROWS)
-    filler = torch.zeros((groups * _GROUP_ROWS - m, reference.shape[1]), dtype=torch.bfloat16)
-    filler[:, q.shape[1]] = 2.0**100
-    reference = torch.cat([reference, filler])
+    # Whole groups of _GROUP_COLUMNS columns (see _candidates): the reference
+    # is padded with rows that are never a candidate.
+    groups = -(-m // _GROUP_COLUMNS)
+    queries, reference, bound = _augmented_for_distances(q - mean, centred, r_sq,
+                                                         groups * _GROUP_COLUMNS)
     # The bfloat16 block takes block_bytes: twice the float32 path's rows,
     # half the Python steps per query (about a sixth less time on a bottle
     # bank than at half the rows).
@@ -168,7 +169,7 @@ def _nearest_bfloat16(q, r, block_bytes):
     # Buffers reused across chunks: fresh (chunk, m) blocks would cost page
     # faults comparable to the GEMM itself.
     product = torch.empty((rows_in_chunk, len(reference)), dtype=torch.bfloat16)
-    keys = product.view(torch.int16).numpy()
+    keys = product.view(torch.int16)
     group_min_buffer = torch.empty((rows_in_chunk, groups), dtype=torch.int16)
     distances = np.empty(q.shape[0], dtype=np.float32)
     indices = np.empty(q.shape[0], dtype=np.int64)
@@ -177,16 +178,15 @@ def _nearest_bfloat16(q, r, block_bytes):
         stop = min(start + chunk, q.shape[0])
         n = stop - start
         torch.mm(queries[start:stop], reference.T, out=product[:n])
-        grouped = keys[:n].reshape(n, groups, _GROUP_ROWS)
+        grouped = keys[:n].view(n, groups, _GROUP_COLUMNS)
         # torch reduces short rows with vector instructions and threads,
         # numpy one row at a time.
-        group_min = torch.amin(product[:n].view(torch.int16).view(n, groups, _GROUP_ROWS), dim=2,
-                               out=group_min_buffer[:n]).numpy()
+        group_min = torch.amin(grouped, dim=2, out=group_min_buffer[:n]).numpy()
         lowest = (group_min.min(1).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
         # A row j is a candidate unless v_j - e - 2u v_j > v_min + e + 2u v_min,
         # i.e. unless its value exceeds this threshold (values are positive).
         threshold = (lowest * (1 + 2 * u) + 2 * bound[start:stop]) / (1 - 2 * u)
-        rows, cols = _candidates(grouped, group_min,
+        rows, cols = _candidates(grouped.numpy(), group_min,
                                  _bfloat16_keys_up(threshold * (1 + 2.0**-20)))
         keep = cols < m
         rows, cols = rows[keep], cols[keep]
