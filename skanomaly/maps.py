@@ -11,7 +11,9 @@ from skanomaly_runtime._regions import MIN_AREA
 from skanomaly_runtime._resize import resize_image
 from skanomaly_runtime.images import _decoded_batches
 
+from .embedders import _BaseEmbedder
 from .images import check_images
+from .preprocessing import ImagePreprocessor
 
 __all__ = ["anomaly_boxes", "anomaly_maps", "anomaly_masks", "upsample_patch_scores"]
 
@@ -37,9 +39,6 @@ def _draws_maps(head):
 def _resizing_first_step_shape(transformers):
     """``image_shape_`` of the pipeline's first step when it is one of ours,
     which begins by resizing every image to it; else None."""
-    from .embedders import _BaseEmbedder
-    from .preprocessing import ImagePreprocessor
-
     first = transformers.steps[0][1]
     if isinstance(first, (_BaseEmbedder, ImagePreprocessor)):
         return tuple(first.image_shape_)
