@@ -664,9 +664,10 @@ def make_cflow(
     *,
     n_blocks=8,
     positional_encoding=128,
+    hidden_ratio=3.0,
     image_size=256,
     max_epochs=None,
-    batch_size=None,
+    batch_size=1,
     learning_rate=None,
     contamination=0.05,
     device="cpu",
@@ -676,10 +677,13 @@ def make_cflow(
 ):
     """CFlow (Gudovskiy et al., 2022): a per-patch flow conditioned on position.
 
-    ``make_pipeline(PatchEmbedder(...), FlowDetector(kernel_size=1,
-    positional_encoding=128))``: each patch feature is modelled on its own
-    (1x1 coupling nets), conditioned on a sinusoidal encoding of its grid
-    position; a patch's score is its negative log-likelihood.
+    ``make_pipeline(PatchEmbedder(), FlowDetector(kernel_size=1,
+    positional_encoding=128, hidden_ratio=3, batch_size=1))``: each patch
+    feature is modelled on its own (1x1 coupling nets), conditioned on a
+    sinusoidal encoding of its grid position; a patch's score is its
+    negative log-likelihood. The patches are PatchCore's 3x3-averaged ones;
+    CFlow's unpooled features scored higher on tire and lower on the
+    panel's mean and worst set (README).
 
     Parameters
     ----------
@@ -688,10 +692,21 @@ def make_cflow(
         Coupling blocks of the flow.
     positional_encoding : int, default=128
         Channels of the positional condition (a multiple of 4).
+    hidden_ratio : float, default=3.0
+        Hidden channels of each coupling net, as a multiple of the feature
+        dimension. CFlow's coupling nets are twice as wide as their input
+        (half the features plus the condition: 2 x (76 + 128) = 408 for
+        Lite0's 152 features, 2.7x); a flow as wide as the features
+        underfits (panel figures in the README).
     image_size : int or (int, int), default=256
-    max_epochs, batch_size, learning_rate : int, int, float or None
+    max_epochs, learning_rate : int, float or None
         Training settings of :class:`~skanomaly.detectors.FlowDetector`;
         None keeps its defaults.
+    batch_size : int, default=1
+        Images per optimiser step. Every patch is a sample of a per-patch
+        flow, so one image already holds ~1,000 of them (CFlow trains on
+        batches of 64 patches); more steps per epoch is what the flow
+        needs to converge in its epochs.
     contamination : float in (0, 0.5], default=0.05
     device : str, default="cpu"
     n_jobs : int or None, default=None
@@ -716,6 +731,7 @@ def make_cflow(
         PatchEmbedder(backbone, image_size=image_size, n_jobs=n_jobs, device=device, verbose=verbose),
         FlowDetector(
             n_blocks=n_blocks, kernel_size=1, positional_encoding=positional_encoding,
+            hidden_ratio=hidden_ratio,
             **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
                         contamination),
         ),
