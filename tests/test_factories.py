@@ -11,8 +11,10 @@ from skanomaly import (
     KNNDetector,
     anomaly_maps,
     make_anomalydino,
+    make_cflow,
     make_dfkde,
     make_dfm,
+    make_fastflow,
     make_padim,
     make_reverse_distillation,
     make_softpatch,
@@ -99,6 +101,8 @@ def test_factory_heads_and_defaults():
     assert isinstance(make_dfkde()[-1], KDEDetector) and make_dfkde()[-1].n_components == 16
     # Reverse Distillation scores over a blurred map, STFPM over raw patches.
     assert make_stfpm()[-1].image_score_sigma == 0 < make_reverse_distillation()[-1].image_score_sigma
+    # CFlow scores over a blurred NLL map, FastFlow over raw patches.
+    assert make_fastflow()[-1].image_score_sigma == 0 < make_cflow()[-1].image_score_sigma
     dino = make_anomalydino()[-1]
     assert dino.metric == "cosine" and dino.top_fraction == 0.01 and dino.mode == "patchcore"
 

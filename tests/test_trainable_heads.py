@@ -65,7 +65,8 @@ def _quiet(estimator, X):
 
 GRID_HEADS = {
     "fastflow": lambda **kw: FlowDetector(**{"max_epochs": 3, **kw}),
-    "cflow": lambda **kw: FlowDetector(kernel_size=1, positional_encoding=8, **{"max_epochs": 3, **kw}),
+    "cflow": lambda **kw: FlowDetector(kernel_size=1, positional_encoding=8, image_score_sigma=1.0,
+                                       **{"max_epochs": 3, **kw}),
     "simplenet": lambda **kw: SimpleNetDetector(hidden_size=32, **{"max_epochs": 3, **kw}),
     "mambaad": lambda **kw: StateSpaceDetector(hidden_size=16, **{"max_epochs": 3, **kw}),
     "dsr": lambda **kw: DSRDetector(n_codes=16, code_size=8, width=8,
@@ -253,6 +254,7 @@ def test_non_finite_loss_is_a_clear_error(monkeypatch):
         (FlowDetector(positional_encoding=6), _grids(), "multiple of 4"),
         (FlowDetector(), np.zeros((6, 2, 2, 1), dtype=np.float32), "at least 2 features"),
         (FlowDetector(learning_rate=-1.0), _grids(), "learning_rate"),
+        (FlowDetector(image_score_sigma=-0.5), _grids(), "image_score_sigma"),
         (SimpleNetDetector(noise_std=0), _grids(), "noise_std"),
         (StateSpaceDetector(state_size=0), _grids(), "state_size"),
         (StateSpaceDetector(image_score_sigma=-1), _grids(), "image_score_sigma"),

@@ -97,7 +97,8 @@ class FlowDetector(_TrainableDetector):
     A stack of affine coupling blocks (Dinh et al., 2017) maps the normal
     patch features of a frozen backbone to a standard Gaussian. A patch's
     anomaly score is its negative log-likelihood under the flow; an image's
-    the largest of its patches'. With ``kernel_size=3`` the coupling nets are
+    the largest of its patches' (after an optional blur,
+    ``image_score_sigma``). With ``kernel_size=3`` the coupling nets are
     convolutions over the patch grid alternating 3x3 and 1x1 kernels
     (FastFlow, Yu et al., 2021); with ``kernel_size=1`` and
     ``positional_encoding`` channels each patch is modelled on its own,
@@ -122,6 +123,11 @@ class FlowDetector(_TrainableDetector):
         Channels of the positional condition (a multiple of 4); 0 for none.
     clamp : float, default=2.0
         Log-scales are soft-clamped to (-clamp, clamp).
+    image_score_sigma : float, default=0.0
+        The image score is the largest patch NLL after a Gaussian blur of
+        this many grid cells (0: the largest raw patch NLL).
+        ``score_patches`` is not blurred. :func:`~skanomaly.make_cflow`
+        sets it (panel figures in the README); FastFlow keeps 0.
     max_epochs : int, default=30
         Passes over the training images.
     batch_size : int, default=16
@@ -193,6 +199,7 @@ class FlowDetector(_TrainableDetector):
         "kernel_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "positional_encoding": [Interval(numbers.Integral, 0, None, closed="left")],
         "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
+        "image_score_sigma": [Interval(numbers.Real, 0, None, closed="left")],
     }
 
     def __init__(
@@ -203,6 +210,7 @@ class FlowDetector(_TrainableDetector):
         kernel_size=3,
         positional_encoding=0,
         clamp=2.0,
+        image_score_sigma=0.0,
         max_epochs=30,
         batch_size=16,
         learning_rate=1e-3,
@@ -220,6 +228,7 @@ class FlowDetector(_TrainableDetector):
         self.kernel_size = kernel_size
         self.positional_encoding = positional_encoding
         self.clamp = clamp
+        self.image_score_sigma = image_score_sigma
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
