@@ -1,8 +1,8 @@
 """Trainable heads' image score (``image_score_sigma``), swept over the panel.
 
 For each shared set and seed, each method's factory (a head with an
-``image_score_sigma`` parameter: Reverse Distillation, STFPM, MambaAD-style)
-is fitted once from image paths with its defaults; the image AUROC is then
+``image_score_sigma`` parameter: Reverse Distillation, STFPM, MambaAD-style,
+CFlow) is fitted once from image paths with its defaults; the image AUROC is then
 computed from ``score_samples`` for several ``image_score_sigma`` values
 (``set_params`` on the fitted pipeline: the blur only changes how patch
 scores become the image score), and the pixel AUROC of ``anomaly_maps``
