@@ -54,6 +54,10 @@ def conformal_offset(calibration_scores, contamination):
     return float(scores[k - 1])
 
 
+# Every head with an ``image_score_sigma`` validates it with this one rule.
+_IMAGE_SCORE_SIGMA_CONSTRAINT = [Interval(numbers.Real, 0, None, closed="left")]
+
+
 def _smoothed_max(patch, sigma):
     """Per image, the largest patch score after a Gaussian blur of ``sigma`` cells.
 

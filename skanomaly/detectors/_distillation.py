@@ -9,6 +9,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ..backbones import _build_architecture, load_backbone
+from ._base import _IMAGE_SCORE_SIGMA_CONSTRAINT
 from ._trainable import _PixelHeadMixin, _TrainableDetector
 
 
@@ -264,7 +265,7 @@ class DistillationDetector(_PixelHeadMixin, _TrainableDetector):
         "weights": "no_validation",
         "layers": [list, tuple, None],
         "width": [Interval(numbers.Integral, 1, None, closed="left")],
-        "image_score_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "image_score_sigma": _IMAGE_SCORE_SIGMA_CONSTRAINT,
     }
 
     def __init__(

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..backbones import _build_architecture, load_backbone
 from ._synthetic import _Bottleneck, _evidence, _focal_loss, _paint_anomalies, _SegmentationNet
+from ._base import _IMAGE_SCORE_SIGMA_CONSTRAINT
 from ._trainable import _PixelHeadMixin, _TrainableDetector
 
 
@@ -180,7 +181,7 @@ class DRAEMDetector(_PixelHeadMixin, _TrainableDetector):
         "backbone": [str],
         "weights": "no_validation",
         "width": [Interval(numbers.Integral, 1, None, closed="left")],
-        "image_score_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "image_score_sigma": _IMAGE_SCORE_SIGMA_CONSTRAINT,
     }
 
     def __init__(

@@ -8,6 +8,7 @@ from sklearn.utils._param_validation import Interval
 from torch import nn
 
 from ._synthetic import _Bottleneck, _evidence, _focal_loss, _perlin_masks, _SegmentationNet
+from ._base import _IMAGE_SCORE_SIGMA_CONSTRAINT
 from ._trainable import _EpochBar, _standardise_channels, _train_stage, _TrainableDetector
 
 # Weight of the encoder's commitment to its codes (van den Oord et al., 2017).
@@ -208,7 +209,7 @@ class DSRDetector(_TrainableDetector):
         "code_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "width": [Interval(numbers.Integral, 1, None, closed="left")],
         "vq_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "image_score_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "image_score_sigma": _IMAGE_SCORE_SIGMA_CONSTRAINT,
     }
 
     def __init__(

@@ -7,6 +7,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 from torch import nn
 
+from ._base import _IMAGE_SCORE_SIGMA_CONSTRAINT
 from ._trainable import _standardise_channels, _TrainableDetector
 
 
@@ -199,7 +200,7 @@ class FlowDetector(_TrainableDetector):
         "kernel_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "positional_encoding": [Interval(numbers.Integral, 0, None, closed="left")],
         "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
-        "image_score_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "image_score_sigma": _IMAGE_SCORE_SIGMA_CONSTRAINT,
     }
 
     def __init__(

@@ -7,7 +7,13 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import _BaseDetector, _smoothed_max, _torch_smoothed_max, _TorchGaussianBlur
+from ._base import (
+    _IMAGE_SCORE_SIGMA_CONSTRAINT,
+    _BaseDetector,
+    _smoothed_max,
+    _torch_smoothed_max,
+    _TorchGaussianBlur,
+)
 
 # Positions whose (d, d) matrices are processed at once: bounds the temporary
 # (positions, n_images, d) block when estimating per-position covariances.
@@ -136,7 +142,7 @@ class GaussianDetector(_BaseDetector):
         "score_type": [StrOptions({"mahalanobis", "nll", "reconstruction"})],
         "regularization": [Interval(numbers.Real, 0, None, closed="left")],
         "regularization_scale": [StrOptions({"absolute", "position", "global"})],
-        "image_score_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "image_score_sigma": _IMAGE_SCORE_SIGMA_CONSTRAINT,
         "calibration_in_model": ["boolean"],
     }
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval
 from torch import nn
 
+from ._base import _IMAGE_SCORE_SIGMA_CONSTRAINT
 from ._trainable import _standardise_channels, _TrainableDetector
 
 # S4D-Lin initialisation (Gu et al., 2022): the discretisation step of each
@@ -237,7 +238,7 @@ class StateSpaceDetector(_TrainableDetector):
         "hidden_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "state_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_layers": [Interval(numbers.Integral, 1, None, closed="left")],
-        "image_score_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "image_score_sigma": _IMAGE_SCORE_SIGMA_CONSTRAINT,
     }
 
     def __init__(
