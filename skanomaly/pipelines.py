@@ -706,8 +706,9 @@ def make_cflow(
         PaDiM's and the student-teacher heads' were (the best worst set
         among means within 0.003 of the best): image AUROC mean / worst set
         0.870 / 0.786 raw, 0.877 / 0.799 at one cell, 0.874 / 0.797 at two
-        (seed 0, ``benchmarks/bench_score_sigma.py --methods cflow``). A defect raises neighbouring patches; one noisy patch's
-        NLL does not carry the image.
+        (seed 0, ``benchmarks/bench_score_sigma.py --methods cflow``). A
+        defect raises neighbouring patches; one noisy patch's NLL does not
+        carry the image.
     image_size : int or (int, int), default=256
     max_epochs, learning_rate : int, float or None
         Training settings of :class:`~skanomaly.detectors.FlowDetector`;
