@@ -8,6 +8,7 @@ from sklearn.metrics import roc_auc_score
 from .images import check_images, load_image
 from .maps import _is_image_level, _model_input_shape, upsample_patch_scores
 from .metrics import f1_max, pixel_aupro, pixel_roc_auc
+from .streaming import StreamingPipeline
 
 __all__ = ["FeatureCache", "evaluate_pipeline"]
 
@@ -78,6 +79,10 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
     ----------
     pipeline : Pipeline
         Transformers then a detector head; fitted here unless ``fit=False``.
+        A :class:`~skanomaly.streaming.StreamingPipeline` (what the
+        factories return) is fitted as its own ``fit`` would fit it: its
+        ``train_views`` of each image, and the head fitted chunk by chunk
+        when ``fit`` streams, so the result is the model a user gets.
     train_images : list of images or None
         Normal images (ignored when ``fit=False``).
     test_images : list of images
@@ -133,9 +138,16 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
 
     embed_train_s = head_fit_s = 0.0
     if fit:
+        streaming = isinstance(pipeline, StreamingPipeline)
+        if streaming:
+            train_images = pipeline._training_images(train_images)  # its train_views
         train_features, embed_train_s = embed(train_images)
         start = time.perf_counter()
-        head.fit(train_features)
+        if streaming and pipeline._streams():
+            # The model pipeline.fit(train_images) would give: the same chunks.
+            pipeline._fit_head_streamed(train_features)
+        else:
+            head.fit(train_features)
         head_fit_s = time.perf_counter() - start
     test_features, embed_test_s = embed(test_images)
     want_maps = (test_masks is not None or return_maps) and np.ndim(test_features) == 4

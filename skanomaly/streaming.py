@@ -25,6 +25,19 @@ def _call(pipeline, method, images):
     return getattr(Pipeline, method)(pipeline, images)
 
 
+def _even_chunks(n_items, most):
+    """The one chunking rule of training data: ``range(n_items)`` cut into the
+    fewest near-equal runs of at most ``most`` items (None: one run).
+
+    Near-equal rather than full runs plus a remainder: a streamed fit then
+    gives the coreset the same chunks as the head's own ``fit`` on all the
+    features, and no run is a small leftover.
+    """
+    if most is None or n_items <= most:
+        return [np.arange(n_items)]
+    return np.array_split(np.arange(n_items), -(-n_items // most))
+
+
 class StreamingPipeline(Pipeline):
     """A scikit-learn Pipeline that streams images through its steps.
 
@@ -39,12 +52,13 @@ class StreamingPipeline(Pipeline):
       third-party head with that method): the images are embedded a chunk at
       a time and the head is fitted on the first chunk and ``partial_fit``
       on each further one, so the features of the whole training set never
-      sit in memory together. A chunk is as many images as a memory bank's
+      sit in memory together. The images are cut into the fewest near-equal
+      chunks of at most as many images as a memory bank's
       ``coreset_chunk_size`` patches hold (256 images of 32 x 32 patches by
       default: MVTec-sized sets are one chunk, and the model is the plain
-      pipeline's, up to the float rounding of convolutions), or
-      ``batch_size`` images for heads without that parameter. Otherwise
-      ``fit`` is ``Pipeline.fit``.
+      pipeline's, up to the float rounding of convolutions; 320 images are
+      two chunks of 160), or of ``batch_size`` images for heads without
+      that parameter. Otherwise ``fit`` is ``Pipeline.fit``.
     - **partial_fit** adds new normal images to the fitted model the same
       way (see the head's ``partial_fit``).
     - **score_samples, decision_function, predict** run on batches of
@@ -199,22 +213,36 @@ class StreamingPipeline(Pipeline):
         ``fit`` or ``partial_fit``) on the first chunk, ``partial_fit`` on the rest."""
         transformers = self.steps[:-1]
         head = self._final_estimator
-        params = head.get_params()
-        if "coreset_chunk_size" not in params:
-            chunk = self.batch_size
-        elif params["coreset_chunk_size"] is None:
-            chunk = len(images)
-        else:  # a memory bank's coreset budget, in images
-            grid = np.shape(_transform(transformers, images[:1]))
-            patches = int(np.prod(grid[1:-1])) if len(grid) == 4 else 1
-            chunk = max(1, params["coreset_chunk_size"] // patches)
+        most = self._images_per_chunk(lambda: np.shape(_transform(transformers, images[:1])))
         method = first
-        for start in range(0, len(images), chunk):
-            part = images[start:start + chunk]
+        for chunk in _even_chunks(len(images), most):
+            part = images[chunk[0]:chunk[-1] + 1]
             batches = [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
             features = np.concatenate(Parallel(n_jobs=self.n_jobs)(
                 delayed(_transform)(transformers, b) for b in batches))
             getattr(head, method)(features.astype(np.float32, copy=False))
+            method = "partial_fit"
+
+    def _images_per_chunk(self, embedded_shape):
+        """Most images per streamed chunk: as many as a memory bank's
+        ``coreset_chunk_size`` patches hold (``embedded_shape()``, the shape of
+        embedded images, is only called then), else ``batch_size``."""
+        params = self._final_estimator.get_params()
+        if "coreset_chunk_size" not in params:
+            return self.batch_size
+        if params["coreset_chunk_size"] is None:
+            return None
+        grid = embedded_shape()
+        patches = int(np.prod(grid[1:-1])) if len(grid) == 4 else 1
+        return max(1, params["coreset_chunk_size"] // patches)
+
+    def _fit_head_streamed(self, features):
+        """Fit the head on embedded training ``features`` chunk by chunk, as
+        ``fit`` streams them (used to evaluate on cached features)."""
+        head = self._final_estimator
+        method = "fit"
+        for chunk in _even_chunks(len(features), self._images_per_chunk(lambda: features.shape)):
+            getattr(head, method)(features[chunk[0]:chunk[-1] + 1])
             method = "partial_fit"
 
     def _batched(self, method, X):

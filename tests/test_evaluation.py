@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.base import clone
 
 from skanomaly import ImageEmbedder, make_patchcore
 from skanomaly.datasets import make_synthetic
@@ -35,3 +36,28 @@ def test_evaluate_pipeline_reports_scores_and_maps():
     assert result["fit_s"] > 0 and result["ms_per_image"] > 0
     with pytest.raises(ValueError):
         evaluate_pipeline(make_patchcore(image_size=48), data.images[:18], [], [])
+
+
+def test_evaluate_pipeline_fits_the_model_that_fit_gives():
+    # Past the coreset budget fit streams in chunks (11 images of 6 x 6
+    # patches, at most 4 per chunk: 4 + 4 + 3), and the figures must be
+    # those of the model a user's pipe.fit(images) gives, not of one
+    # head.fit on all the features (which would hold out and select
+    # differently). Also with train_views, which fit applies.
+    data = make_synthetic(11, 0, image_size=48, random_state=0)
+    test = make_synthetic(4, 4, image_size=48, random_state=1)
+    for views in (1, 4):
+        pipe = make_patchcore(image_size=48, random_state=0)
+        pipe.set_params(knndetector__coreset_chunk_size=4 * 6 * 6, train_views=views)
+        expected = clone(pipe).fit(data.images)
+        result = evaluate_pipeline(pipe, data.images, test.images, test.target, cache=FeatureCache())
+        got = result["pipeline"][-1]
+        np.testing.assert_allclose(got.memory_bank_, expected[-1].memory_bank_, atol=1e-4)
+        np.testing.assert_allclose(got.calibration_scores_, expected[-1].calibration_scores_,
+                                   rtol=1e-4)
+    one_fit = make_patchcore(image_size=48, random_state=0)
+    one_fit.set_params(knndetector__coreset_chunk_size=4 * 6 * 6)
+    features = one_fit[:-1].fit(None).transform(data.images)
+    assert len(one_fit[-1].fit(features).calibration_scores_) != len(
+        evaluate_pipeline(clone(one_fit), data.images, test.images,
+                          test.target)["pipeline"][-1].calibration_scores_)

@@ -39,12 +39,14 @@ def test_streaming_fit_never_embeds_the_whole_training_set(data):
     head = KNNDetector(random_state=0, coreset_chunk_size=5 * 8 * 8)
     pipe = StreamingPipeline([("patchembedder", _CountingEmbedder(image_size=SIZE)),
                               ("knndetector", head)], batch_size=4)
-    pipe.fit(data.images[:24])
+    pipe.fit(data.images[:22])
     assert max(_CountingEmbedder.calls) <= 4
-    # The public protocol by hand: the head fitted on the first chunk of 5
-    # images (its coreset budget) and partial_fit on each further one.
+    # The public protocol by hand: 22 images cut into the fewest near-equal
+    # chunks of at most 5 (the coreset budget), 5 + 5 + 4 + 4 + 4, never a
+    # leftover of 2; the head fitted on the first and partial_fit on the rest.
     embedder = PatchEmbedder(image_size=SIZE).fit(None)
-    chunks = [embedder.transform(data.images[i:min(i + 5, 24)]) for i in range(0, 24, 5)]
+    bounds = [0, 5, 10, 14, 18, 22]
+    chunks = [embedder.transform(data.images[a:b]) for a, b in zip(bounds, bounds[1:])]
     by_hand = KNNDetector(random_state=0, coreset_chunk_size=5 * 8 * 8).fit(chunks[0])
     for features in chunks[1:]:
         by_hand.partial_fit(features)
