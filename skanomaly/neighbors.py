@@ -357,6 +357,9 @@ class ApproximateNeighbors:
         The cell centres.
     cell_sizes_ : ndarray of shape (n_cells,)
         Reference rows per cell.
+    n_clustered_ : int
+        Reference rows the cells were clustered on (rows given later to
+        ``add`` are not counted).
 
     Examples
     --------
@@ -394,20 +397,74 @@ class ApproximateNeighbors:
             centres = _kmeans(sample, int(n_cells), generator)
             _, label = _kneighbors_float32(points, centres, 1)
         label = label[:, 0]
-        # Rows sorted by cell, so each cell is one contiguous block.
-        order = np.argsort(label, kind="stable")
         sizes = np.bincount(label, minlength=len(centres))
         filled = sizes > 0
         self.cluster_centers_ = centres.numpy()[filled]
-        self.cell_sizes_ = sizes[filled]
         self.n_probe = min(int(n_probe), len(self.cluster_centers_))
+        self.n_clustered_ = m
+        # Rows sorted by cell, so each cell is one contiguous block.
+        cell = np.cumsum(filled) - 1  # centre index -> filled-cell index
+        self._place(np.empty((0, reference.shape[1]), np.float32), np.empty(0, np.int64),
+                    np.zeros(len(self.cluster_centers_), np.int64), reference, cell[label],
+                    np.arange(m))
+
+    def _place(self, old, old_order, old_sizes, new, new_cell, new_ids):
+        """Lay out ``old`` (cell-sorted rows with their caller indices and cell
+        sizes) and the ``new`` rows of cells ``new_cell``: each cell's old
+        rows, then its new ones, as one contiguous block per cell."""
+        new_sizes = np.bincount(new_cell, minlength=len(old_sizes))
+        self.cell_sizes_ = old_sizes + new_sizes
         self._offsets = np.r_[0, np.cumsum(self.cell_sizes_)]
-        self._order = order
-        self._sorted = reference[order]
+        by_cell = np.argsort(new_cell, kind="stable")
+        sorted_cell = new_cell[by_cell]
+        rank = np.arange(len(new)) - np.r_[0, np.cumsum(new_sizes)][sorted_cell]
+        new_pos = self._offsets[sorted_cell] + old_sizes[sorted_cell] + rank
+        old_pos = (np.repeat(self._offsets[:-1] - np.r_[0, np.cumsum(old_sizes)][:-1], old_sizes)
+                   + np.arange(len(old)))
+        self._sorted = np.empty((len(old) + len(new), new.shape[1]), dtype=np.float32)
+        self._sorted[old_pos], self._sorted[new_pos] = old, new[by_cell]
+        self._order = np.empty(len(self._sorted), dtype=np.int64)
+        self._order[old_pos], self._order[new_pos] = old_order, new_ids[by_cell]
         # Squared row norms of the ranking GEMM, once: every query reads them.
         self._sorted_sq = np.einsum("ij,ij->i", self._sorted, self._sorted)
         # Any query's probed cells hold at least this many rows.
         self._min_candidates = int(np.sort(self.cell_sizes_)[:self.n_probe].sum())
+
+    def add(self, rows):
+        """Add reference rows to the cells of their nearest centres, without
+        clustering again.
+
+        The added rows are numbered after the existing ones (``kneighbors``
+        answers ``len(reference) + i`` for the i-th). Cells grow, so a query
+        compares more rows; build a new index once the reference has grown
+        well past the ``n_clustered_`` rows it was clustered on.
+
+        Parameters
+        ----------
+        rows : array-like of shape (k, d)
+
+        Returns
+        -------
+        self : ApproximateNeighbors
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skanomaly.neighbors import ApproximateNeighbors
+        >>> ref = np.random.default_rng(0).normal(size=(500, 8)).astype(np.float32)
+        >>> index = ApproximateNeighbors(ref[:400], random_state=0).add(ref[400:])
+        >>> index.kneighbors(ref[[0, 450]], 1)[1][:, 0].tolist()
+        [0, 450]
+        """
+        d = self._sorted.shape[1]
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != d:
+            raise ValueError(f"rows must be 2D with {d} columns, got shape {rows.shape}.")
+        with torch.inference_mode():
+            _, cell = _kneighbors_float32(rows, self.cluster_centers_, 1)
+        self._place(self._sorted, self._order, self.cell_sizes_, rows, cell[:, 0],
+                    len(self._sorted) + np.arange(len(rows)))
+        return self
 
     def _share_rows(self):
         """The reference rows in the index's cell order, and from now on the

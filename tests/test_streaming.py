@@ -268,3 +268,41 @@ def test_a_slice_of_frozen_embedders_fits_without_images(data):
     embedders = pipe[:-1].fit(None)
     assert embedders.transform(data.images[:2]).shape[0] == 2
     assert not hasattr(pipe[-1], "offset_")
+
+
+def test_an_index_files_new_rows_in_its_cells():
+    ref = np.random.default_rng(0).normal(size=(600, 8)).astype(np.float32)
+    index = ApproximateNeighbors(ref[:400], random_state=0)
+    centres = index.cluster_centers_.copy()
+    assert index.add(ref[400:]) is index
+    np.testing.assert_array_equal(index.cluster_centers_, centres)  # no new k-means
+    assert index.n_clustered_ == 400 and index.cell_sizes_.sum() == 600
+    # Every row, old or new, lies in its nearest centre's cell, which is probed.
+    distances, found = index.kneighbors(ref, 1)
+    np.testing.assert_array_equal(found[:, 0], np.arange(600))
+    np.testing.assert_array_equal(distances, 0.0)
+    queries = ref[::7] + 0.3
+    exact = kneighbors(queries, ref, 3)[1]
+    assert (index.kneighbors(queries, 3)[1][:, 0] == exact[:, 0]).mean() > 0.9
+    with pytest.raises(ValueError, match="8 columns"):
+        index.add(ref[:2, :5])
+
+
+def test_a_growing_bank_is_clustered_again_only_past_half_again_its_size():
+    rng = np.random.default_rng(2)
+    first = rng.normal(size=(30, 4, 4, 8)).astype(np.float32)
+    more = rng.normal(size=(30, 4, 4, 8)).astype(np.float32)
+    params = dict(coreset_ratio=1.0, calibration_size=4, random_state=0)
+    det = KNNDetector(algorithm="approximate", **params).fit(first)
+    # The 4 calibration images join the cells built on the other 26.
+    assert det.index_.n_clustered_ == 26 * 16 and len(det.memory_bank_) == 30 * 16
+    assert det.index_._sorted is det.memory_bank_
+    det.partial_fit(more)  # 26 more images: past 1.5x, so a new index
+    assert det.index_.n_clustered_ == 56 * 16 and len(det.memory_bank_) == 60 * 16
+    assert det.index_._sorted is det.memory_bank_
+    exact = KNNDetector(algorithm="exact", **params).fit(first).partial_fit(more)
+    # Same rows in another order; 16 patches per image are all searched exactly.
+    np.testing.assert_array_equal(np.sort(det.memory_bank_, axis=0),
+                                  np.sort(exact.memory_bank_, axis=0))
+    test = rng.normal(size=(5, 4, 4, 8)).astype(np.float32)
+    np.testing.assert_allclose(det.score_samples(test), exact.score_samples(test), rtol=1e-6)

@@ -260,8 +260,19 @@ class KNNDetector(_BaseDetector):
             self._add_spade_images(X, fit_idx)
             return
         extra, n_filtered = self._select_bank(X, fit_idx, rng)
-        self.memory_bank_ = np.ascontiguousarray(np.concatenate([self.memory_bank_, extra]))
         self.n_filtered_patches_ += n_filtered
+        if not len(extra):
+            return
+        index = getattr(self, "index_", None)
+        grown = len(self.memory_bank_) + len(extra)
+        if (index is not None and self._searches_approximately(grown)
+                and grown <= _INDEX_REBUILD_GROWTH * getattr(index, "n_clustered_", 0)):
+            # Cells clustered on a bank not much smaller still fit it: file
+            # the new rows in them instead of a k-means on the whole bank
+            # (fit's streamed chunks and calibration images, partial_fit).
+            self.memory_bank_ = index.add(extra)._share_rows()
+            return
+        self.memory_bank_ = np.ascontiguousarray(np.concatenate([self.memory_bank_, extra]))
         self._build_index(rng)
 
     def _add_spade_images(self, X, idx):
@@ -296,11 +307,13 @@ class KNNDetector(_BaseDetector):
             del grids
         return np.ascontiguousarray(np.concatenate(bank)), n_filtered
 
+    def _searches_approximately(self, n_rows):
+        return n_rows > 1 and (self.algorithm == "approximate" or (
+            self.algorithm == "auto" and n_rows > _APPROXIMATE_FROM_ROWS))
+
     def _build_index(self, rng):
         self.index_ = None
-        approximate = self.algorithm == "approximate" or (
-            self.algorithm == "auto" and len(self.memory_bank_) > _APPROXIMATE_FROM_ROWS)
-        if approximate and len(self.memory_bank_) > 1:
+        if self._searches_approximately(len(self.memory_bank_)):
             self.index_ = ApproximateNeighbors(
                 self.memory_bank_, random_state=int(rng.randint(np.iinfo(np.int32).max)),
             )
@@ -469,6 +482,13 @@ def _patch_distance(euclidean, metric):
 # features, ~0.3 s per 1,024-patch image on 2 cores), the inverted file about
 # its square root.
 _APPROXIMATE_FROM_ROWS = 100_000
+
+# A bank grown to at most this multiple of the rows its inverted file was
+# clustered on joins the existing cells; past it the index is built again.
+# Cells then hold up to 1.5x the rows a fresh index's would, so a query
+# compares at most ~9% more rows (2 sqrt(m) centres + 8 cells of them), and
+# a bank streamed in chunks is clustered O(log) times instead of per chunk.
+_INDEX_REBUILD_GROWTH = 1.5
 
 # Patches per image re-searched exactly after an approximate search.
 _EXACT_TOP_PATCHES = 32
