@@ -402,33 +402,24 @@ class ApproximateNeighbors:
         self.cluster_centers_ = centres.numpy()[filled]
         self.n_probe = min(int(n_probe), len(self.cluster_centers_))
         self.n_clustered_ = m
-        # Rows sorted by cell, so each cell is one contiguous block.
         cell = np.cumsum(filled) - 1  # centre index -> filled-cell index
-        self._place(np.empty((0, reference.shape[1]), np.float32), np.empty(0, np.int64),
-                    np.zeros(len(self.cluster_centers_), np.int64), reference, cell[label],
-                    np.arange(m))
+        self._lay_out(reference, np.arange(m), cell[label])
 
-    def _place(self, old, old_order, old_sizes, new, new_cell, new_ids):
-        """Lay out ``old`` (cell-sorted rows with their caller indices and cell
-        sizes) and the ``new`` rows of cells ``new_cell``: each cell's old
-        rows, then its new ones, as one contiguous block per cell."""
-        new_sizes = np.bincount(new_cell, minlength=len(old_sizes))
-        self.cell_sizes_ = old_sizes + new_sizes
-        self._offsets = np.r_[0, np.cumsum(self.cell_sizes_)]
-        by_cell = np.argsort(new_cell, kind="stable")
-        sorted_cell = new_cell[by_cell]
-        rank = np.arange(len(new)) - np.r_[0, np.cumsum(new_sizes)][sorted_cell]
-        new_pos = self._offsets[sorted_cell] + old_sizes[sorted_cell] + rank
-        old_pos = (np.repeat(self._offsets[:-1] - np.r_[0, np.cumsum(old_sizes)][:-1], old_sizes)
-                   + np.arange(len(old)))
-        self._sorted = np.empty((len(old) + len(new), new.shape[1]), dtype=np.float32)
-        self._sorted[old_pos], self._sorted[new_pos] = old, new[by_cell]
-        self._order = np.empty(len(self._sorted), dtype=np.int64)
-        self._order[old_pos], self._order[new_pos] = old_order, new_ids[by_cell]
+    def _lay_out(self, rows, ids, cell):
+        """Keep ``rows`` (numbered ``ids`` for the caller) sorted by ``cell``,
+        so each cell is one contiguous block."""
+        by_cell = np.argsort(cell, kind="stable")
+        self._set_cells(np.bincount(cell, minlength=len(self.cluster_centers_)))
+        self._sorted = rows[by_cell]
+        self._order = ids[by_cell]
         # Squared row norms of the ranking GEMM, once: every query reads them.
         self._sorted_sq = np.einsum("ij,ij->i", self._sorted, self._sorted)
+
+    def _set_cells(self, sizes):
+        self.cell_sizes_ = sizes
+        self._offsets = np.r_[0, np.cumsum(sizes)]
         # Any query's probed cells hold at least this many rows.
-        self._min_candidates = int(np.sort(self.cell_sizes_)[:self.n_probe].sum())
+        self._min_candidates = int(np.sort(sizes)[:self.n_probe].sum())
 
     def add(self, rows):
         """Add reference rows to the cells of their nearest centres, without
@@ -462,8 +453,23 @@ class ApproximateNeighbors:
             raise ValueError(f"rows must be 2D with {d} columns, got shape {rows.shape}.")
         with torch.inference_mode():
             _, cell = _kneighbors_float32(rows, self.cluster_centers_, 1)
-        self._place(self._sorted, self._order, self.cell_sizes_, rows, cell[:, 0],
-                    len(self._sorted) + np.arange(len(rows)))
+        by_cell = np.argsort(cell[:, 0], kind="stable")
+        n_old, old_offsets = len(self._sorted), self._offsets
+        added = np.bincount(cell[:, 0], minlength=len(self.cluster_centers_))
+        new_starts = np.r_[0, np.cumsum(added)]
+        self._set_cells(self.cell_sizes_ + added)
+        parts = [(self._sorted, rows[by_cell]), (self._order, n_old + by_cell),
+                 (self._sorted_sq, np.einsum("ij,ij->i", rows, rows)[by_cell])]
+        laid = [np.empty((self._offsets[-1],) + old.shape[1:], old.dtype) for old, _ in parts]
+        # Cell by cell, its old rows then its new ones: block copies, each
+        # array allocated once (a bank of 100,000s of rows is costly to copy).
+        for c in np.flatnonzero(self.cell_sizes_):
+            at, old_lo, old_hi = self._offsets[c], old_offsets[c], old_offsets[c + 1]
+            mid = at + old_hi - old_lo
+            for out, (old, new) in zip(laid, parts):
+                out[at:mid] = old[old_lo:old_hi]
+                out[mid:self._offsets[c + 1]] = new[new_starts[c]:new_starts[c + 1]]
+        self._sorted, self._order, self._sorted_sq = laid
         return self
 
     def _share_rows(self):
