@@ -38,6 +38,16 @@ def _even_chunks(n_items, most):
     return np.array_split(np.arange(n_items), -(-n_items // most))
 
 
+def _spread(total, sizes):
+    """``total`` held-out samples spread over chunks of ``sizes`` in
+    proportion (cumulative ceilings, so the first chunk holds out at least
+    one), the first chunk keeping at least one sample to learn from."""
+    edges = -(-np.cumsum(sizes) * total // sum(sizes))
+    share = np.diff(np.r_[0, edges])
+    share[0] = min(share[0], sizes[0] - 1)
+    return [int(k) for k in share]
+
+
 class StreamingPipeline(Pipeline):
     """A scikit-learn Pipeline that streams images through its steps.
 
@@ -58,7 +68,10 @@ class StreamingPipeline(Pipeline):
       default: MVTec-sized sets are one chunk, and the model is the plain
       pipeline's, up to the float rounding of convolutions; 320 images are
       two chunks of 160), or of ``batch_size`` images for heads without
-      that parameter. Otherwise ``fit`` is ``Pipeline.fit``.
+      that parameter. The images held out to calibrate the threshold are,
+      in all, as many as the head's own ``fit`` would hold out of the whole
+      set (PatchCore's 10%, at most 100), spread over the chunks. Otherwise
+      ``fit`` is ``Pipeline.fit``.
     - **partial_fit** adds new normal images to the fitted model the same
       way (see the head's ``partial_fit``).
     - **score_samples, decision_function, predict** run on batches of
@@ -209,19 +222,49 @@ class StreamingPipeline(Pipeline):
         return self
 
     def _feed(self, images, first):
-        """Embed ``images`` a chunk at a time into the head: ``first`` (its
-        ``fit`` or ``partial_fit``) on the first chunk, ``partial_fit`` on the rest."""
+        """Embed ``images`` a chunk at a time into the head (``_into_head``)."""
         transformers = self.steps[:-1]
-        head = self._final_estimator
-        most = self._images_per_chunk(lambda: np.shape(_transform(transformers, images[:1])))
-        method = first
-        for chunk in _even_chunks(len(images), most):
+
+        def embedded(chunk):
             part = images[chunk[0]:chunk[-1] + 1]
             batches = [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
             features = np.concatenate(Parallel(n_jobs=self.n_jobs)(
                 delayed(_transform)(transformers, b) for b in batches))
-            getattr(head, method)(features.astype(np.float32, copy=False))
-            method = "partial_fit"
+            return features.astype(np.float32, copy=False)
+
+        most = self._images_per_chunk(lambda: np.shape(_transform(transformers, images[:1])))
+        self._into_head(len(images), most, embedded, first)
+
+    def _into_head(self, n_images, most, features_of, first):
+        """The streamed fit's one loop: the features of each chunk of
+        ``range(n_images)`` (``features_of(chunk)``) into the head, its
+        ``first`` method (``fit`` or ``partial_fit``) on the first chunk and
+        ``partial_fit`` on the rest.
+
+        A streamed ``fit`` of a skanomaly head holds out as many images in
+        all as its ``fit`` would hold out of the whole set (the
+        ``calibration_size`` rule, with its cap), spread over the chunks in
+        proportion: the threshold is calibrated as for one ``fit``, and a
+        capped share stays capped however many chunks there are.
+        ``partial_fit`` keeps the head's per-call rule.
+        """
+        from .detectors._base import _BaseDetector  # detectors import this module
+
+        head = self._final_estimator
+        chunks = _even_chunks(n_images, most)
+        held_out = [None] * len(chunks)
+        if (first == "fit" and isinstance(head, _BaseDetector) and len(chunks) > 1
+                and len(chunks[0]) > 1):
+            head._validate_params()
+            held_out = _spread(head._n_held_out(n_images), [len(c) for c in chunks])
+        for i, (chunk, n_held_out) in enumerate(zip(chunks, held_out)):
+            features = features_of(chunk)
+            if n_held_out is None:
+                getattr(head, first if i == 0 else "partial_fit")(features)
+            elif i == 0:
+                head._fit(features, n_held_out)
+            else:
+                head._partial_fit(features, n_held_out)
 
     def _images_per_chunk(self, embedded_shape):
         """Most images per streamed chunk: as many as a memory bank's
@@ -239,11 +282,8 @@ class StreamingPipeline(Pipeline):
     def _fit_head_streamed(self, features):
         """Fit the head on embedded training ``features`` chunk by chunk, as
         ``fit`` streams them (used to evaluate on cached features)."""
-        head = self._final_estimator
-        method = "fit"
-        for chunk in _even_chunks(len(features), self._images_per_chunk(lambda: features.shape)):
-            getattr(head, method)(features[chunk[0]:chunk[-1] + 1])
-            method = "partial_fit"
+        most = self._images_per_chunk(lambda: features.shape)
+        self._into_head(len(features), most, lambda chunk: features[chunk[0]:chunk[-1] + 1], "fit")
 
     def _batched(self, method, X):
         images = check_images(X)

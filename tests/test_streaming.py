@@ -41,15 +41,18 @@ def test_streaming_fit_never_embeds_the_whole_training_set(data):
                               ("knndetector", head)], batch_size=4)
     pipe.fit(data.images[:22])
     assert max(_CountingEmbedder.calls) <= 4
-    # The public protocol by hand: 22 images cut into the fewest near-equal
-    # chunks of at most 5 (the coreset budget), 5 + 5 + 4 + 4 + 4, never a
-    # leftover of 2; the head fitted on the first and partial_fit on the rest.
+    # The protocol by hand: 22 images cut into the fewest near-equal chunks
+    # of at most 5 (the coreset budget), 5 + 5 + 4 + 4 + 4, never a leftover
+    # of 2; the head fitted on the first and partial_fit on the rest. In all
+    # they hold out what one fit holds out of 22 (10%: 3), spread in
+    # proportion (cumulative ceilings of 3 x 5/22, 10/22, ...: 1, 1, 0, 1, 0).
     embedder = PatchEmbedder(image_size=SIZE).fit(None)
     bounds = [0, 5, 10, 14, 18, 22]
     chunks = [embedder.transform(data.images[a:b]) for a, b in zip(bounds, bounds[1:])]
-    by_hand = KNNDetector(random_state=0, coreset_chunk_size=5 * 8 * 8).fit(chunks[0])
-    for features in chunks[1:]:
-        by_hand.partial_fit(features)
+    by_hand = KNNDetector(random_state=0, coreset_chunk_size=5 * 8 * 8)._fit(chunks[0], 1)
+    for features, n_held_out in zip(chunks[1:], [1, 0, 1, 0]):
+        by_hand._partial_fit(features, n_held_out)
+    assert len(pipe[-1].calibration_scores_) == 3
     np.testing.assert_allclose(pipe[-1].memory_bank_, by_hand.memory_bank_, atol=1e-4)
     np.testing.assert_allclose(pipe[-1].calibration_scores_, by_hand.calibration_scores_,
                                rtol=1e-4)
@@ -288,7 +291,7 @@ def test_an_index_files_new_rows_in_its_cells():
         index.add(ref[:2, :5])
 
 
-def test_a_growing_bank_is_clustered_again_only_past_half_again_its_size():
+def test_a_growing_bank_is_clustered_again_only_past_twice_its_size():
     rng = np.random.default_rng(2)
     first = rng.normal(size=(30, 4, 4, 8)).astype(np.float32)
     more = rng.normal(size=(30, 4, 4, 8)).astype(np.float32)
@@ -297,7 +300,7 @@ def test_a_growing_bank_is_clustered_again_only_past_half_again_its_size():
     # The 4 calibration images join the cells built on the other 26.
     assert det.index_.n_clustered_ == 26 * 16 and len(det.memory_bank_) == 30 * 16
     assert det.index_._sorted is det.memory_bank_
-    det.partial_fit(more)  # 26 more images: past 1.5x, so a new index
+    det.partial_fit(more)  # 26 more images: past 2x the 26 clustered, so a new index
     assert det.index_.n_clustered_ == 56 * 16 and len(det.memory_bank_) == 60 * 16
     assert det.index_._sorted is det.memory_bank_
     exact = KNNDetector(algorithm="exact", **params).fit(first).partial_fit(more)
@@ -306,3 +309,28 @@ def test_a_growing_bank_is_clustered_again_only_past_half_again_its_size():
                                   np.sort(exact.memory_bank_, axis=0))
     test = rng.normal(size=(5, 4, 4, 8)).astype(np.float32)
     np.testing.assert_allclose(det.score_samples(test), exact.score_samples(test), rtol=1e-6)
+
+
+def test_a_streamed_fit_holds_out_what_one_fit_would(data, monkeypatch):
+    from skanomaly.detectors import _knn
+
+    images = data.images[:24]
+
+    def streamed(head, batch_size=4):
+        return StreamingPipeline([("patchembedder", PatchEmbedder(image_size=SIZE)),
+                                  ("head", head)], batch_size=batch_size)
+
+    # Six chunks of 4 images; per chunk the 10% rule would hold out 6 in all.
+    monkeypatch.setattr(_knn.KNNDetector, "_calibration_cap", 2)
+    pipe = streamed(KNNDetector(coreset_chunk_size=4 * 8 * 8, random_state=0)).fit(images)
+    assert len(pipe[-1].calibration_scores_) == 2  # ceil(2.4) = 3, capped at 2
+    pipe = streamed(KNNDetector(coreset_chunk_size=4 * 8 * 8, calibration_size=5,
+                                random_state=0)).fit(images)
+    assert len(pipe[-1].calibration_scores_) == 5  # not 5 per chunk
+    padim = make_padim(image_size=SIZE, random_state=0).set_params(batch_size=4).fit(images)
+    assert len(padim[-1].calibration_scores_) == 3  # ceil(2.4), as one fit of the 24
+    # Too many to hold out: the error one fit gives, and nothing fitted.
+    head = KNNDetector(coreset_chunk_size=4 * 8 * 8, calibration_size=24)
+    with pytest.raises(ValueError, match="calibration_size=24 leaves no sample"):
+        streamed(head).fit(images)
+    assert not hasattr(head, "offset_")

@@ -183,20 +183,27 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         X = validate_data(self, X, reset=reset, dtype=np.float32)
         return X[:, None, None, :]
 
-    def _calibration_split(self, n_samples, rng, allow_empty_fit=False):
+    def _calibration_split(self, n_samples, rng, allow_empty_fit=False, n_held_out=None):
         """Indices of the samples to learn from and of those held out.
 
         ``allow_empty_fit`` (``partial_fit``): a batch may be held out whole,
         and an integer ``calibration_size`` is capped by the batch.
+        ``n_held_out``: hold out this many instead (a streamed fit's share of
+        the whole training set, see ``_n_held_out``).
         """
+        if n_held_out is None:
+            n_held_out = self._n_held_out(n_samples, allow_empty_fit)
+        order = rng.permutation(n_samples)
+        return np.sort(order[n_held_out:]), np.sort(order[:n_held_out])
+
+    def _n_held_out(self, n_samples, allow_empty_fit=False):
+        """How many of ``n_samples`` samples ``fit`` (or, with
+        ``allow_empty_fit``, ``partial_fit``) holds out for calibration."""
         name = type(self).__name__
         if allow_empty_fit:
             if isinstance(self.calibration_size, numbers.Integral):
-                n_cal = min(int(self.calibration_size), n_samples)
-            else:
-                n_cal = self._share_held_out(n_samples)
-            order = rng.permutation(n_samples)
-            return np.sort(order[n_cal:]), np.sort(order[:n_cal])
+                return min(int(self.calibration_size), n_samples)
+            return self._share_held_out(n_samples)
         if n_samples < 2:
             raise ValueError(
                 f"{name} needs at least 2 samples (some to learn from, some to "
@@ -209,10 +216,8 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
                     f"calibration_size={n_cal} leaves no sample to learn from "
                     f"out of {n_samples}."
                 )
-        else:
-            n_cal = min(self._share_held_out(n_samples), n_samples - 1)
-        order = rng.permutation(n_samples)
-        return np.sort(order[n_cal:]), np.sort(order[:n_cal])
+            return n_cal
+        return min(self._share_held_out(n_samples), n_samples - 1)
 
     def _share_held_out(self, n_samples):
         """Samples a fractional ``calibration_size`` holds out of ``n_samples``."""
@@ -241,9 +246,7 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         self : object
             Fitted detector.
         """
-        self._validate_params()
-        X = self._check_features(X, reset=True)
-        return self._fit_checked(X)
+        return self._fit(X)
 
     def _can_partial_fit(self):
         return False
@@ -286,17 +289,33 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         """
         if not hasattr(self, "offset_"):
             return self.fit(X)
+        return self._partial_fit(X)
+
+    def _partial_fit(self, X, n_held_out=None):
+        """``partial_fit`` of a fitted detector, holding out ``n_held_out``
+        samples of ``X`` (None: the ``calibration_size`` rule)."""
         self._validate_params()
         X = self._check_features(X, reset=False)
         rng = check_random_state(self.random_state)
-        fit_idx, cal_idx = self._calibration_split(X.shape[0], rng, allow_empty_fit=True)
+        fit_idx, cal_idx = self._calibration_split(X.shape[0], rng, allow_empty_fit=True,
+                                                   n_held_out=n_held_out)
         self._update_normal(X, fit_idx, rng)
         self._calibrate(X, cal_idx, rng, merge=True)
         return self
 
-    def _fit_checked(self, X):
+    def _fit(self, X, n_held_out=None):
+        """``fit``, holding out ``n_held_out`` samples (None: the
+        ``calibration_size`` rule); at least one, and one left to learn from."""
+        self._validate_params()
+        X = self._check_features(X, reset=True)
+        if n_held_out is not None and not 1 <= n_held_out < X.shape[0]:
+            raise ValueError(f"{type(self).__name__} needs 1 to {X.shape[0] - 1} of "
+                             f"{X.shape[0]} samples held out; got {n_held_out}.")
+        return self._fit_checked(X, n_held_out)
+
+    def _fit_checked(self, X, n_held_out=None):
         rng = check_random_state(self.random_state)
-        fit_idx, cal_idx = self._calibration_split(X.shape[0], rng)
+        fit_idx, cal_idx = self._calibration_split(X.shape[0], rng, n_held_out=n_held_out)
         self._fit_normal(X, fit_idx, rng)
         self._calibrate(X, cal_idx, rng)
         return self
