@@ -98,7 +98,9 @@ class KNNDetector(_BaseDetector):
         cells (:class:`~skanomaly.neighbors.ApproximateNeighbors`), each
         patch compared with the bank rows of its 8 nearest cells only,
         worth it for banks of hundreds of thousands of entries; building it
-        costs a k-means on the bank at fit time. The 32 highest-scoring
+        costs a k-means on the bank at fit time, done again only once the
+        bank has doubled (rows added by later chunks, calibration images or
+        ``partial_fit`` join the existing cells). The 32 highest-scoring
         patches of each image are then searched exactly, so image scores
         (a maximum, which one missed neighbour would inflate) stay exact in
         practice. PatchCore mode only.
