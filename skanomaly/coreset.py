@@ -21,6 +21,17 @@ bfloat16 as a screen: a row whose estimate, minus a proven rounding bound,
 is not below its current bound cannot move, and only the other rows get
 float32 distances, so the bounds and the sequence are those of the float32
 update.
+
+From 32,768 points on, the points are also grouped into k-means cells, and
+a pending centre is applied only to the cells it may reach: by the
+triangle inequality it cannot bring any point of a cell closer when its
+distance to the cell's centroid, less the cell's radius, is at least the
+largest bound in the cell. Bounds shrink as centres accumulate, so most
+(cell, centre) pairs are skipped (on a chunk of bottle's patches, 94% of
+the distances; the selection ran 2.3x faster). The rows are processed in
+cell order, which changes float32 rounding: between points whose distances
+are equal to float32 precision, the pick may differ from the unpruned run's
+(each pick is a farthest point to that precision).
 """
 
 import numbers
@@ -121,15 +132,28 @@ class _BFloat16Screen:
         return torch.nonzero(estimate < min_d[rows]).flatten()
 
 
-def _apply_centres(Z, sq, centres, min_d, screen=None):
+def _apply_centres(Z, sq, centres, min_d, screen=None, cells=None):
     """min_d <- min(min_d, squared distance to the given centres), in place.
 
     With a :class:`_BFloat16Screen`, only the rows it cannot rule out get
-    float32 distances (the same values as without it).
+    float32 distances (the same values as without it). With :class:`_Cells`,
+    each cell of rows gets only the centres that may come closer to one of
+    its rows than its current bound (the same values again).
     """
+    if cells is None:
+        _apply_to_rows(Z, sq, centres, min_d, screen, 0, Z.shape[0])
+        return
+    centres = np.asarray(centres)
+    for cell, needed in cells.needed_centres(Z[centres].double(), min_d):
+        _apply_to_rows(Z, sq, centres[needed].tolist(), min_d, screen,
+                       int(cells.offsets[cell]), int(cells.offsets[cell + 1]))
+
+
+def _apply_to_rows(Z, sq, centres, min_d, screen, first_row, end_row):
+    """:func:`_apply_centres` on the rows ``first_row:end_row``."""
     C = Z[centres]
     c_sq = sq[centres]
-    n = Z.shape[0]
+    n = end_row - first_row
     chunk = min(_rows_per_block(len(centres)), n)
     if screen is not None and len(centres) < _SCREEN_MIN_CENTRES:
         screen = None
@@ -137,8 +161,8 @@ def _apply_centres(Z, sq, centres, min_d, screen=None):
     # reads it while it is still in cache.
     block = torch.empty((chunk, len(centres)))
     product = None if screen is None else torch.empty((chunk, len(centres)), dtype=torch.bfloat16)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
+    for start in range(first_row, end_row, chunk):
+        stop = min(start + chunk, end_row)
         if screen is None:
             rows = slice(start, stop)
             nearest = _nearest_float32(Z, sq, rows, C, c_sq, out=block[: stop - start])
@@ -149,6 +173,71 @@ def _apply_centres(Z, sq, centres, min_d, screen=None):
                 continue
             nearest = _nearest_float32(Z, sq, rows, C, c_sq)
         min_d[rows] = torch.minimum(min_d[rows], nearest)
+
+
+# Selections from at least this many rows group them into k-means cells
+# (cells.needed_centres); below it one pass over all rows is as cheap.
+_CELLS_FROM_ROWS = 32_768
+# Cells per square root of the rows: on a 188-image chunk of bottle's
+# patches (192,512 rows, 19,251 centres), cells of this size leave about 6%
+# of the (row, centre) distances to compute (4% with 4x more cells, at 4x
+# the per-cell overhead).
+_PRUNING_CELLS_PER_SQRT = 0.5
+
+
+class _Cells:
+    """The rows of ``Z`` grouped into k-means cells, to skip whole cells.
+
+    A centre ``y`` cannot lower the bound ``min_d`` of any row ``x`` of a
+    cell with centroid ``g`` and radius ``R`` (largest ``||x - g||``) when
+    ``||y - g|| - R`` is at least the largest ``sqrt(min_d)`` in the cell
+    (triangle inequality), with room for the float32 rounding of the
+    update's distances: such (cell, centre) pairs are skipped and every
+    other pair computed as before, so the bounds and the sequence are
+    unchanged. As centres accumulate, bounds shrink and most pairs are
+    skipped. ``order`` sorts the rows by cell (each cell is one run).
+    """
+
+    def __init__(self, Z):
+        from .neighbors import _KMEANS_ROWS_PER_CELL, _kmeans, _kneighbors_float32
+
+        n = Z.shape[0]
+        n_cells = max(2, round(_PRUNING_CELLS_PER_SQRT * np.sqrt(n)))
+        # A fixed seed: the cells change the work done, never the result,
+        # and the caller's random stream stays as without them.
+        generator = torch.Generator().manual_seed(0)
+        sample = Z[torch.randperm(n, generator=generator)[:_KMEANS_ROWS_PER_CELL * n_cells]]
+        with torch.inference_mode():
+            centroids = _kmeans(sample, n_cells, generator)
+        label = _kneighbors_float32(Z, centroids, 1)[1][:, 0]
+        self.order = np.argsort(label, kind="stable")
+        sizes = np.bincount(label, minlength=n_cells)
+        self.offsets = np.r_[0, np.cumsum(sizes)]
+        self.filled = np.flatnonzero(sizes)
+        self.starts = self.offsets[self.filled]
+        self.rows = Z[torch.from_numpy(self.order)]  # the rows in cell order
+        radius, row_norm = torch.zeros(len(self.filled)), torch.zeros(len(self.filled))
+        for i, cell in enumerate(self.filled):
+            rows = self.rows[self.offsets[cell]:self.offsets[cell + 1]]
+            radius[i] = (rows - centroids[cell]).norm(dim=1).max()
+            row_norm[i] = rows.norm(dim=1).max()
+        # Computed in float32: a relative slack far above its rounding keeps
+        # both at least their true values.
+        self.radius = radius.double() * (1 + 1e-4)
+        self.row_norm = row_norm.double() * (1 + 1e-4)
+        self.centroids = centroids[self.filled].double()
+        self.gamma = (Z.shape[1] + 4) * 2.0**-24  # float32 rounding over d terms
+
+    def needed_centres(self, C, min_d):
+        """``(cell, positions in C)`` of every cell some centre may reach."""
+        bound = torch.from_numpy(np.maximum.reduceat(min_d.numpy(), self.starts)).double()
+        lower = (torch.cdist(self.centroids, C) - self.radius[:, None]).clamp_min(0)
+        # The update's float32 distance is within gamma (|x| + |y|)^2 of the
+        # true one: a pair is skipped only if even that cannot go below.
+        slack = self.gamma * (self.row_norm[:, None] + C.norm(dim=1)[None, :]) ** 2
+        reach = lower * lower - slack < bound[:, None]
+        for i in torch.nonzero(reach.any(1)).flatten().tolist():
+            yield int(self.filled[i]), torch.nonzero(reach[i]).flatten().numpy()
 
 
 def kcenter_greedy(
@@ -200,7 +289,7 @@ def kcenter_greedy(
     -------
     indices : ndarray of shape (n_centers,), int64
         Selected rows, in selection order (the same order as the plain greedy
-        loop, up to ties between equal distances).
+        loop, up to ties between distances equal to float32 precision).
 
     Examples
     --------
@@ -245,6 +334,12 @@ def kcenter_greedy(
         first = int(initial_center)
     Z, covered = _project(X, projection_dim, rng, covered)
     Z = _as_tensor(Z)
+    cells = None
+    if n_samples >= _CELLS_FROM_ROWS:
+        cells = _Cells(Z)
+        # Work in cell order; indices are mapped back at the end.
+        Z = cells.rows
+        first = int(np.argsort(cells.order)[first])
     sq = (Z * Z).sum(1)
     screen = (_BFloat16Screen(Z, sq)
               if _native_bfloat16() and Z.shape[1] <= _BF16_MAX_FEATURES else None)
@@ -260,7 +355,7 @@ def kcenter_greedy(
             min_d = torch.from_numpy(kneighbors(Z, covered, 1)[0][:, 0]) ** 2
         while True:
             if pending:
-                _apply_centres(Z, sq, pending, min_d, screen)
+                _apply_centres(Z, sq, pending, min_d, screen, cells)
                 min_d[pending] = -1.0  # chosen points are never chosen again
             pending = []
             if len(chosen) == n_centers:
@@ -285,7 +380,8 @@ def kcenter_greedy(
                 d2 = torch.addmv(sqc + sq[centre], Zc, Z[centre], alpha=-2.0)
                 torch.minimum(tight, d2, out=tight)
                 tight[j] = -1.0
-    return np.asarray(chosen, dtype=np.int64)
+    chosen = np.asarray(chosen, dtype=np.int64)
+    return chosen if cells is None else cells.order[chosen]
 
 
 def covering_radius(X, centers):

@@ -167,3 +167,50 @@ def test_bfloat16_screen_gives_the_float32_sequence(monkeypatch):
     # Value for value the float32 update's, so the very same sequence (the
     # float64 textbook loop may break this data's near-ties otherwise).
     np.testing.assert_array_equal(runs[True], runs[False])
+
+
+@pytest.fixture
+def cells_from_100_rows(monkeypatch):
+    """Cell pruning on from 100 rows (by default from 32,768), so that small
+    data exercise it; returns the (rows x centres) work it leaves."""
+    from skanomaly import coreset
+
+    monkeypatch.setattr(coreset, "_CELLS_FROM_ROWS", 100)
+    work = []
+    apply_to_rows = coreset._apply_to_rows
+
+    def counted(Z, sq, centres, min_d, screen, first_row, end_row):
+        work.append(len(centres) * (end_row - first_row))
+        return apply_to_rows(Z, sq, centres, min_d, screen, first_row, end_row)
+
+    monkeypatch.setattr(coreset, "_apply_to_rows", counted)
+    return work
+
+
+@pytest.mark.parametrize("block_size, n_candidates", [(1, 1), (7, 16), (512, 8192)])
+def test_cell_pruning_keeps_the_plain_greedy_sequence(cells_from_100_rows, block_size,
+                                                      n_candidates):
+    X = np.random.default_rng(1).normal(size=(600, 6)).astype(np.float32)
+    got = kcenter_greedy(X, 80, projection_dim=None, block_size=block_size,
+                         n_candidates=n_candidates, random_state=3)
+    assert got.tolist() == _plain_greedy(X.astype(np.float64), 80, int(got[0]))
+    X = np.random.default_rng(2).normal(size=(300, 5)).astype(np.float32)
+    assert kcenter_greedy(X, 40, projection_dim=None, initial_center=17).tolist() == \
+        _plain_greedy(X.astype(np.float64), 40, 17)
+    test_covered_continues_the_plain_greedy_from_those_centres()  # with cells now
+
+
+def test_cell_pruning_skips_most_distances_and_each_pick_is_farthest(cells_from_100_rows):
+    X = _feature_like(6000, 16, 3)
+    got = kcenter_greedy(X, 1500, random_state=0, block_size=64, n_candidates=256)
+    assert len(set(got.tolist())) == 1500
+    # Far fewer (row, centre) distances than one pass of every row per centre.
+    assert sum(cells_from_100_rows) < 0.5 * 6000 * 1500
+    # Each pick is a farthest row from the earlier picks, up to float32
+    # rounding between near-equal distances (float64 check on some steps).
+    X64 = X.astype(np.float64)
+    min_d = ((X64 - X64[got[0]]) ** 2).sum(1)
+    for step in range(1, 1500):
+        if step % 97 == 0:
+            assert min_d[got[step]] >= min_d.max() * (1 - 1e-5)
+        min_d = np.minimum(min_d, ((X64 - X64[got[step]]) ** 2).sum(1))
