@@ -2,6 +2,7 @@
 and batch work that joblib (and so dask) can spread over workers."""
 
 import numbers
+import warnings
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -13,6 +14,9 @@ from sklearn.utils.validation import check_is_fitted
 from .images import check_images
 
 __all__ = ["StreamingPipeline"]
+
+# The start of conformal_offset's warning (skanomaly.detectors._base).
+_FEW_CALIBRATION_SAMPLES = r"\d+ calibration samples cannot guarantee"
 
 
 def _transform(transformers, images):
@@ -259,12 +263,17 @@ class StreamingPipeline(Pipeline):
             held_out = _spread(head._n_held_out(n_images), [len(c) for c in chunks])
         for i, (chunk, n_held_out) in enumerate(zip(chunks, held_out)):
             features = features_of(chunk)
-            if n_held_out is None:
-                getattr(head, first if i == 0 else "partial_fit")(features)
-            elif i == 0:
-                head._fit(features, n_held_out)
-            else:
-                head._partial_fit(features, n_held_out)
+            with warnings.catch_warnings():
+                if i < len(chunks) - 1:
+                    # Too few calibration images *so far* is no news: only
+                    # the last chunk's threshold, over all of them, is kept.
+                    warnings.filterwarnings("ignore", message=_FEW_CALIBRATION_SAMPLES)
+                if n_held_out is None:
+                    getattr(head, first if i == 0 else "partial_fit")(features)
+                elif i == 0:
+                    head._fit(features, n_held_out)
+                else:
+                    head._partial_fit(features, n_held_out)
 
     def _images_per_chunk(self, embedded_shape):
         """Most images per streamed chunk: as many as a memory bank's

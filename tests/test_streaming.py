@@ -334,3 +334,25 @@ def test_a_streamed_fit_holds_out_what_one_fit_would(data, monkeypatch):
     with pytest.raises(ValueError, match="calibration_size=24 leaves no sample"):
         streamed(head).fit(images)
     assert not hasattr(head, "offset_")
+
+
+def test_a_streamed_fit_warns_of_too_few_calibration_images_only_at_the_end(data):
+    import warnings
+
+    images = data.images[:24]
+
+    def warned(calibration_size):
+        head = KNNDetector(coreset_chunk_size=4 * 8 * 8, contamination=0.2,
+                           calibration_size=calibration_size, random_state=0)
+        pipe = StreamingPipeline([("patchembedder", PatchEmbedder(image_size=SIZE)),
+                                  ("knndetector", head)], batch_size=4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.fit(images)
+        return [str(w.message) for w in caught if "cannot guarantee" in str(w.message)]
+
+    # 8 held out in 6 chunks: each chunk alone has too few for a 0.2 rate
+    # (it needs 4), all 8 together are enough; no warning.
+    assert warned(8) == []
+    # 2 in all are too few: one warning, for the model's final threshold.
+    assert len(warned(2)) == 1 and warned(2)[0].startswith("2 calibration samples")
