@@ -78,7 +78,7 @@ def make_patchcore(
         Input resolution of the backbone.
     algorithm : {"auto", "exact", "approximate"}, default="auto"
         Nearest-neighbour search of the memory bank (``"auto"``: exact up to
-        100,000 bank rows, approximate beyond), see
+        40,000 bank rows, approximate beyond), see
         :class:`~skanomaly.KNNDetector`.
     contamination : float in (0, 0.5], default=0.05
         Target false-alarm rate of ``predict`` on new normal images.
@@ -159,7 +159,7 @@ def make_anomalydino(
     backbone : str, default="efficientnet_lite0"
     coreset_ratio : float in (0, 1], default=1.0
         Share of training patches kept in the memory bank: all, as the
-        paper (a few-shot bank is small; past 100,000 patches the search is
+        paper (a few-shot bank is small; past 40,000 patches the search is
         approximate, see ``algorithm``).
     top_fraction : float in (0, 1], default=0.01
         Share of an image's highest patch scores averaged into its score.
