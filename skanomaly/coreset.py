@@ -199,45 +199,39 @@ class _Cells:
     """
 
     def __init__(self, Z):
-        from .neighbors import _KMEANS_ROWS_PER_CELL, _kmeans, _kneighbors_float32
+        from .neighbors import ApproximateNeighbors
 
-        n = Z.shape[0]
-        n_cells = max(2, round(_PRUNING_CELLS_PER_SQRT * np.sqrt(n)))
-        # A fixed seed: the cells change the work done, never the result,
-        # and the caller's random stream stays as without them.
-        generator = torch.Generator().manual_seed(0)
-        sample = Z[torch.randperm(n, generator=generator)[:_KMEANS_ROWS_PER_CELL * n_cells]]
-        with torch.inference_mode():
-            centroids = _kmeans(sample, n_cells, generator)
-        label = _kneighbors_float32(Z, centroids, 1)[1][:, 0]
-        self.order = np.argsort(label, kind="stable")
-        sizes = np.bincount(label, minlength=n_cells)
-        self.offsets = np.r_[0, np.cumsum(sizes)]
-        self.filled = np.flatnonzero(sizes)
-        self.starts = self.offsets[self.filled]
-        self.rows = Z[torch.from_numpy(self.order)]  # the rows in cell order
-        radius, row_norm = torch.zeros(len(self.filled)), torch.zeros(len(self.filled))
-        for i, cell in enumerate(self.filled):
+        n_cells = max(2, round(_PRUNING_CELLS_PER_SQRT * np.sqrt(Z.shape[0])))
+        # The inverted file's k-means cells, its rows laid out by cell. A
+        # fixed seed: the cells change the work done, never the result, and
+        # the caller's random stream stays as without them.
+        index = ApproximateNeighbors(Z.numpy(), n_cells=n_cells, random_state=0)
+        self.order = index._order
+        self.offsets = index._offsets
+        self.rows = torch.from_numpy(index._sorted)  # the rows in cell order
+        centroids = torch.from_numpy(index.cluster_centers_)
+        radius, row_norm = torch.zeros(len(centroids)), torch.zeros(len(centroids))
+        for cell in range(len(centroids)):
             rows = self.rows[self.offsets[cell]:self.offsets[cell + 1]]
-            radius[i] = (rows - centroids[cell]).norm(dim=1).max()
-            row_norm[i] = rows.norm(dim=1).max()
+            radius[cell] = (rows - centroids[cell]).norm(dim=1).max()
+            row_norm[cell] = rows.norm(dim=1).max()
         # Computed in float32: a relative slack far above its rounding keeps
         # both at least their true values.
         self.radius = radius.double() * (1 + 1e-4)
         self.row_norm = row_norm.double() * (1 + 1e-4)
-        self.centroids = centroids[self.filled].double()
+        self.centroids = centroids.double()
         self.gamma = (Z.shape[1] + 4) * 2.0**-24  # float32 rounding over d terms
 
     def needed_centres(self, C, min_d):
         """``(cell, positions in C)`` of every cell some centre may reach."""
-        bound = torch.from_numpy(np.maximum.reduceat(min_d.numpy(), self.starts)).double()
+        bound = torch.from_numpy(np.maximum.reduceat(min_d.numpy(), self.offsets[:-1])).double()
         lower = (torch.cdist(self.centroids, C) - self.radius[:, None]).clamp_min(0)
         # The update's float32 distance is within gamma (|x| + |y|)^2 of the
         # true one: a pair is skipped only if even that cannot go below.
         slack = self.gamma * (self.row_norm[:, None] + C.norm(dim=1)[None, :]) ** 2
         reach = lower * lower - slack < bound[:, None]
         for i in torch.nonzero(reach.any(1)).flatten().tolist():
-            yield int(self.filled[i]), torch.nonzero(reach[i]).flatten().numpy()
+            yield i, torch.nonzero(reach[i]).flatten().numpy()
 
 
 def kcenter_greedy(

@@ -402,16 +402,10 @@ class ApproximateNeighbors:
         self.cluster_centers_ = centres.numpy()[filled]
         self.n_probe = min(int(n_probe), len(self.cluster_centers_))
         self.n_clustered_ = m
-        cell = np.cumsum(filled) - 1  # centre index -> filled-cell index
-        self._lay_out(reference, np.arange(m), cell[label])
-
-    def _lay_out(self, rows, ids, cell):
-        """Keep ``rows`` (numbered ``ids`` for the caller) sorted by ``cell``,
-        so each cell is one contiguous block."""
-        by_cell = np.argsort(cell, kind="stable")
-        self._set_cells(np.bincount(cell, minlength=len(self.cluster_centers_)))
-        self._sorted = rows[by_cell]
-        self._order = ids[by_cell]
+        self._set_cells(sizes[filled])
+        # Rows sorted by cell, so each cell is one contiguous block.
+        self._order = np.argsort(label, kind="stable")
+        self._sorted = reference[self._order]
         # Squared row norms of the ranking GEMM, once: every query reads them.
         self._sorted_sq = np.einsum("ij,ij->i", self._sorted, self._sorted)
 

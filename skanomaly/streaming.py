@@ -42,6 +42,15 @@ def _even_chunks(n_items, most):
     return np.array_split(np.arange(n_items), -(-n_items // most))
 
 
+def _coreset_chunk_images(coreset_chunk_size, patches_per_image):
+    """Most images a memory bank's coreset chunk of ``coreset_chunk_size``
+    patches holds (None: no limit); ``_even_chunks``' ``most`` for both the
+    streamed fit and the head's own coreset chunks."""
+    if coreset_chunk_size is None:
+        return None
+    return max(1, coreset_chunk_size // patches_per_image)
+
+
 def _spread(total, sizes):
     """``total`` held-out samples spread over chunks of ``sizes`` in
     proportion (cumulative ceilings, so the first chunk holds out at least
@@ -286,7 +295,7 @@ class StreamingPipeline(Pipeline):
             return None
         grid = embedded_shape()
         patches = int(np.prod(grid[1:-1])) if len(grid) == 4 else 1
-        return max(1, params["coreset_chunk_size"] // patches)
+        return _coreset_chunk_images(params["coreset_chunk_size"], patches)
 
     def _fit_head_streamed(self, features):
         """Fit the head on embedded training ``features`` chunk by chunk, as

@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..coreset import kcenter_greedy
 from ..neighbors import ApproximateNeighbors, kneighbors
-from ..streaming import _even_chunks
+from ..streaming import _coreset_chunk_images, _even_chunks
 from ._base import _BaseDetector
 
 
@@ -346,8 +346,7 @@ class KNNDetector(_BaseDetector):
 
     def _coreset_chunks(self, fit_idx, patches_per_image):
         """Groups of training images, each about ``coreset_chunk_size`` patches."""
-        most = (None if self.coreset_chunk_size is None
-                else max(1, self.coreset_chunk_size // patches_per_image))
+        most = _coreset_chunk_images(self.coreset_chunk_size, patches_per_image)
         return [fit_idx[chunk] for chunk in _even_chunks(len(fit_idx), most)]
 
     def _spade_scores(self, X):
