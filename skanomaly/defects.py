@@ -14,8 +14,12 @@ parameters can be ranked before a single real defect has been collected (see
   DRAEM's Perlin-noise masks).
 
 Sizes are relative to the image's shorter side, so the same settings fit any
-resolution.
+resolution. A ``severity`` below 1 blends the painted defect with what it
+covers (``clean + severity * (painted - clean)``): the same defect, fainter,
+for products where full-strength defects are found by every method.
 """
+
+import numbers
 
 import numpy as np
 from scipy.ndimage import binary_dilation, gaussian_filter
@@ -124,7 +128,7 @@ def _blob(image, rng):
 _PAINTERS = {"cutpaste": _cutpaste, "scratch": _scratch, "blob": _blob}
 
 
-def paint_defect(image, kind="cutpaste", *, random_state=None):
+def paint_defect(image, kind="cutpaste", *, severity=1.0, random_state=None):
     """Paint one synthetic defect on a copy of an image.
 
     Parameters
@@ -133,6 +137,9 @@ def paint_defect(image, kind="cutpaste", *, random_state=None):
         Any image :func:`skanomaly.images.load_image` reads.
     kind : {"cutpaste", "scratch", "blob"}, default="cutpaste"
         See the module notes.
+    severity : float in (0, 1], default=1.0
+        Share of the painted change kept: 1 paints the defect at full
+        strength, 0.25 a quarter of its difference from the clean pixels.
     random_state : int, RandomState instance or None, default=None
 
     Returns
@@ -152,7 +159,9 @@ def paint_defect(image, kind="cutpaste", *, random_state=None):
     ((64, 64, 3), True, True)
     """
     _check_kinds([kind])
-    return _paint(image, 0, kind, check_random_state(random_state))
+    (severity,) = _check_severities(severity)
+    clean, painted, mask = _paint(image, 0, kind, check_random_state(random_state))
+    return _blend(clean, painted, severity), mask
 
 
 def _check_kinds(kinds):
@@ -163,18 +172,38 @@ def _check_kinds(kinds):
         )
 
 
-def _paint(item, index, kind, rng):
-    rgb = load_image(item, index).copy()
-    if min(rgb.shape[:2]) < 16:
+def _check_severities(severity):
+    """``severity`` (a float or a sequence of them) as a tuple, each in (0, 1]."""
+    values = (severity,) if isinstance(severity, numbers.Real) else tuple(severity)
+    bad = [v for v in values if not isinstance(v, numbers.Real) or not 0 < v <= 1]
+    if bad or not values:
         raise ValueError(
-            f"Image {index} is {rgb.shape[0]} x {rgb.shape[1]} pixels; synthetic "
+            f"severity must be a float in (0, 1] or a non-empty sequence of them; "
+            f"got {bad[0] if bad else severity!r}."
+        )
+    return tuple(float(v) for v in values)
+
+
+def _paint(item, index, kind, rng):
+    """The image (float RGB in [0, 1]), a copy with a defect, and its mask."""
+    clean = load_image(item, index)
+    if min(clean.shape[:2]) < 16:
+        raise ValueError(
+            f"Image {index} is {clean.shape[0]} x {clean.shape[1]} pixels; synthetic "
             "defects need at least 16 x 16."
         )
-    mask = _PAINTERS[kind](rgb, rng)
-    return np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8), mask
+    painted = clean.copy()
+    mask = _PAINTERS[kind](painted, rng)
+    return clean, painted, mask
 
 
-def make_synthetic_defects(images, *, kinds=DEFECT_KINDS, random_state=None):
+def _blend(clean, painted, severity):
+    """uint8 image keeping ``severity`` of the painted change."""
+    image = painted if severity == 1 else clean + severity * (painted - clean)
+    return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def make_synthetic_defects(images, *, kinds=DEFECT_KINDS, severity=1.0, random_state=None):
     """One synthetic defect on each of some normal images.
 
     Parameters
@@ -184,6 +213,10 @@ def make_synthetic_defects(images, *, kinds=DEFECT_KINDS, random_state=None):
         training.
     kinds : sequence of str, default=("cutpaste", "scratch", "blob")
         Defect kinds, used in turn.
+    severity : float in (0, 1] or sequence of them, default=1.0
+        Share of each painted change kept (see :func:`paint_defect`). With a
+        sequence, each image's defect appears once per severity, the same
+        shape in the same place, consecutively.
     random_state : int, RandomState instance or None, default=None
         An int gives the same defects on every call: what comparing models
         on them needs.
@@ -193,7 +226,7 @@ def make_synthetic_defects(images, *, kinds=DEFECT_KINDS, random_state=None):
     data : Bunch
         ``images``: list of (H, W, 3) uint8 arrays, the defective copies in
         input order; ``masks``: list of (H, W) bool arrays; ``defect_type``:
-        list of str; ``target``: ndarray of -1.
+        list of str; ``severity``: ndarray of float; ``target``: ndarray of -1.
 
     Examples
     --------
@@ -207,13 +240,16 @@ def make_synthetic_defects(images, *, kinds=DEFECT_KINDS, random_state=None):
     items = check_images(images)
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
     _check_kinds(kinds)
+    severities = _check_severities(severity)
     rng = check_random_state(random_state)
-    out, masks, types = [], [], []
+    out, masks, types, levels = [], [], [], []
     for index, item in enumerate(items):
         kind = kinds[index % len(kinds)]
-        defective, mask = _paint(item, index, kind, rng)
-        out.append(defective)
-        masks.append(mask)
-        types.append(kind)
+        clean, painted, mask = _paint(item, index, kind, rng)
+        for level in severities:
+            out.append(_blend(clean, painted, level))
+            masks.append(mask)
+            types.append(kind)
+            levels.append(level)
     return Bunch(images=out, masks=masks, defect_type=types,
-                 target=-np.ones(len(out), dtype=np.int64))
+                 severity=np.asarray(levels), target=-np.ones(len(out), dtype=np.int64))

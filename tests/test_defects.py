@@ -67,8 +67,9 @@ def test_scorer_tells_a_detector_from_a_blind_one(normal, fitted):
 def test_scorer_uses_y_when_given(normal, fitted):
     images, target, masks = SyntheticDefectScorer().validation_set(
         normal[10:14], [1, -1, 1, 1])
-    assert target.tolist() == [1, -1, 1, 1, -1, -1, -1]
-    assert len(images) == 7 and masks[:4] == [None] * 4 and masks[4].dtype == bool
+    # Three normal images, each painted at the three default severities.
+    assert target.tolist() == [1, -1, 1, 1] + [-1] * 9
+    assert len(images) == 13 and masks[:4] == [None] * 4 and masks[4].dtype == bool
 
 
 def test_scorer_errors(normal, fitted):
@@ -89,3 +90,40 @@ def test_grid_search_on_normal_images_only(normal):
     scores = search.cv_results_["mean_test_score"]
     assert np.isfinite(scores).all() and scores.max() > 0.7
     assert search.best_estimator_.predict(normal[:2]).shape == (2,)
+
+
+def test_a_fainter_defect_is_the_same_defect_with_a_share_of_its_change(normal):
+    clean = normal[3].astype(float)
+    full, mask = paint_defect(normal[3], "blob", random_state=4)
+    quarter, same_mask = paint_defect(normal[3], "blob", severity=0.25, random_state=4)
+    np.testing.assert_array_equal(mask, same_mask)
+    assert not (quarter != normal[3]).any(axis=2)[~mask].any()
+    # A quarter of the change, to the uint8 rounding of the two images.
+    np.testing.assert_allclose(quarter - clean, 0.25 * (full - clean), atol=1.0)
+    assert np.abs(quarter - clean)[mask].mean() < 0.5 * np.abs(full - clean)[mask].mean()
+
+
+def test_several_severities_paint_each_image_once_per_severity(normal):
+    ladder = make_synthetic_defects(normal[:2], severity=(0.5, 1.0), random_state=2)
+    single = make_synthetic_defects(normal[:2], random_state=2)
+    assert len(ladder.images) == 4 and ladder.severity.tolist() == [0.5, 1.0, 0.5, 1.0]
+    assert ladder.defect_type == ["cutpaste", "cutpaste", "scratch", "scratch"]
+    for i in range(2):  # the full-strength copy is the default one
+        np.testing.assert_array_equal(ladder.images[2 * i + 1], single.images[i])
+        np.testing.assert_array_equal(ladder.masks[2 * i], single.masks[i])
+
+
+@pytest.mark.parametrize("severity", [0, 1.5, -0.2, float("nan"), (), ("0.5",)])
+def test_a_bad_severity_is_named(normal, severity):
+    with pytest.raises(ValueError, match="severity must be a float in"):
+        make_synthetic_defects(normal[:1], severity=severity)
+    with pytest.raises(ValueError, match="severity must be a float in"):
+        SyntheticDefectScorer(severities=severity)(object(), normal[:1])
+
+
+def test_the_ladder_score_is_the_mean_of_each_severity_score(normal, fitted):
+    def score(severities):
+        return SyntheticDefectScorer(severities=severities, random_state=1)(fitted, normal[10:])
+
+    assert score((0.25, 1.0)) == pytest.approx((score((0.25,)) + score((1.0,))) / 2)
+    assert score((0.25,)) <= score((1.0,))  # fainter defects are harder to find
