@@ -4,15 +4,16 @@ For each shared set, every candidate method (factory defaults) is fitted on a
 random 80% of ``train/good``; it is then judged twice:
 
 - **synthetic**: ``SyntheticDefectScorer`` on the held-out 20% of normal
-  training images (clean copies against cut-paste / scratch / blob copies),
-  what a user with normal images only can compute;
+  training images (clean copies against cut-paste / scratch / blob copies,
+  at the scorer's severities or ``--severities``), what a user with normal
+  images only can compute;
 - **real**: image AUROC on the set's real test images (good and defective).
 
 The synthetic pick (highest synthetic score) is "within 0.01" when its real
 AUROC is at most 0.01 below the best candidate's real AUROC. Also reported:
 Spearman's rank correlation of the two rankings per set.
 
-    python benchmarks/bench_model_selection.py [--methods patchcore,padim,...]
+    python benchmarks/bench_model_selection.py [--methods patchcore,padim,...] [--severities 1.0]
 """
 
 import argparse
@@ -32,6 +33,8 @@ def main(argv=None):
     parser.add_argument("--methods", default=None,
                         help="comma-separated (default: every method without a training loop)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--severities", default=None,
+                        help="comma-separated defect severities (default: the scorer's)")
     parser.add_argument("--out", default=str(HERE / "results" / "model_selection.json"))
     args = parser.parse_args(argv)
 
@@ -44,6 +47,8 @@ def main(argv=None):
 
     methods = args.methods.split(",") if args.methods else list(factories(trained=False))
     scorer = SyntheticDefectScorer(random_state=args.seed)
+    if args.severities:
+        scorer.severities = tuple(float(v) for v in args.severities.split(","))
     report = {"command": " ".join(sys.argv), "sets": {}}
     for name, root in panel_sets(args.data, args.sets):
         train, test = load_mvtec(root, "train"), load_mvtec(root, "test")

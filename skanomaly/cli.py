@@ -33,8 +33,9 @@ examples:
 With --synthetic, no defective image is needed: a random 20% of the normal
 training images (DIR/train/good, or DIR itself when it is a plain folder of
 good images) is held out, and the methods are judged on those images and on
-copies of them with painted defects (cut-paste, scratch, blob; see
-skanomaly.defects). That ranks methods for a new product from good parts
+copies of them with painted defects (cut-paste, scratch, blob, each at
+full strength and at half and a quarter of it; see skanomaly.defects).
+That ranks methods for a new product from good parts
 alone:
   skanomaly evaluate my_product/good --synthetic --methods patchcore,padim,dfm
 """
