@@ -175,7 +175,8 @@ def _check_kinds(kinds):
 def _check_severities(severity):
     """``severity`` (a float or a sequence of them) as a tuple, each in (0, 1]."""
     values = (severity,) if isinstance(severity, numbers.Real) else tuple(severity)
-    bad = [v for v in values if not isinstance(v, numbers.Real) or not 0 < v <= 1]
+    bad = [v for v in values
+           if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v <= 1]
     if bad or not values:
         raise ValueError(
             f"severity must be a float in (0, 1] or a non-empty sequence of them; "

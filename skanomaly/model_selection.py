@@ -121,9 +121,9 @@ class SyntheticDefectScorer:
     AUC of ``estimator``'s ``decision_function`` between the clean images
     (positives, +1) and the defective copies, or the pixel ROC AUC of its
     anomaly maps. Every severity has one copy per image, so without real
-    defects in ``y`` the image score is the mean of the per-severity ROC AUCs. The defects depend only on
-    ``random_state`` and the images, so every candidate of a grid search is
-    judged on the same ones.
+    defects in ``y`` the image score is the mean of the per-severity ROC
+    AUCs. The defects depend only on ``random_state`` and the images, so
+    every candidate of a grid search is judged on the same ones.
 
     With ``GridSearchCV(pipe, grid, scoring=SyntheticDefectScorer(),
     cv=KFold(3))`` fitted on normal images only (no ``y``), each fold trains
@@ -142,7 +142,8 @@ class SyntheticDefectScorer:
         saturates at 1.0 and ties decide); the fainter copies tell them
         apart: on the shared panel the pick agreed with the real defects'
         best method on 3 of 4 sets, against 2 of 4 at full strength only
-        (README). ``(1.0,)`` scores at full strength, a third of the cost.
+        (README). ``(1.0,)`` scores at full strength only, with half the
+        work (each image scored clean and once painted, not three times).
     metric : {"image_auroc", "pixel_auroc"}, default="image_auroc"
         ``"pixel_auroc"`` scores the painted masks against
         :func:`skanomaly.anomaly_maps` (patch-level heads only; real

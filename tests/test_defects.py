@@ -113,7 +113,7 @@ def test_several_severities_paint_each_image_once_per_severity(normal):
         np.testing.assert_array_equal(ladder.masks[2 * i], single.masks[i])
 
 
-@pytest.mark.parametrize("severity", [0, 1.5, -0.2, float("nan"), (), ("0.5",)])
+@pytest.mark.parametrize("severity", [0, 1.5, -0.2, float("nan"), (), ("0.5",), True])
 def test_a_bad_severity_is_named(normal, severity):
     with pytest.raises(ValueError, match="severity must be a float in"):
         make_synthetic_defects(normal[:1], severity=severity)
