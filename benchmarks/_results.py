@@ -11,7 +11,8 @@ def save_json(obj, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2))
 
-# The shared panel (../shared/data).
+# The shared panel: ../shared/data beside the repository, and its sets.
+PANEL_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SETS = ("mvtec_bottle", "mvtec3d_tire", "mvtec_screw", "kolektorsdd")
 
 

@@ -45,10 +45,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import SETS, factories, panel_sets, save_json
+from _results import PANEL_DATA, SETS, factories, panel_sets, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
@@ -400,7 +399,7 @@ def table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--methods", default="all",
                         help="comma-separated names, 'fast' (no training loop) or 'all'")

@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from _results import save_json
+from _results import PANEL_DATA, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "mvtec_bottle"
+DEFAULT_DATA = PANEL_DATA / "mvtec_bottle"
 
 
 def main(argv=None):

@@ -18,15 +18,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import SETS, panel_sets, save_json
+from _results import PANEL_DATA, SETS, panel_sets, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--aggregation-size", type=int, default=1)
     parser.add_argument("--split", type=int, default=40, help="channels of the first stage")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import factories, save_json
+from _results import PANEL_DATA, factories, save_json
 
 import skanomaly_runtime
 from skanomaly import anomaly_maps
@@ -93,7 +93,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="patchcore")
     parser.add_argument("--set", default="mvtec_bottle")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--anomalib", action="store_true",
                         help="add anomalib's PatchCore through OpenVINO (same weights and bank)")

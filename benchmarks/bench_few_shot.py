@@ -19,15 +19,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _results import SETS, factories, panel_sets, save_json
+from _results import PANEL_DATA, SETS, factories, panel_sets, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--sets", default=",".join(SETS[:1] + SETS[2:3]))
     parser.add_argument("--methods", default="anomalydino,patchcore")
     parser.add_argument("--shots", default="1,2,4,8")

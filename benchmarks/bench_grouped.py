@@ -19,15 +19,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import panel_sets, save_json
+from _results import PANEL_DATA, panel_sets, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--sets", default="mvtec_bottle,mvtec3d_tire,mvtec_screw")
     parser.add_argument("--out", default=str(HERE / "results" / "grouped.json"))
     args = parser.parse_args(argv)

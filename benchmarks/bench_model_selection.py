@@ -20,15 +20,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from _results import SETS, factories, panel_sets, save_json
+from _results import PANEL_DATA, SETS, factories, panel_sets, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--methods", default=None,
                         help="comma-separated (default: every method without a training loop)")

@@ -16,17 +16,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _results import SETS, save_json
+from _results import PANEL_DATA, SETS, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 RULES = ((0.01, "absolute"), (0.1, "global"), (0.3, "global"), (1.0, "global"))
 SIGMAS = (0.0, 0.5, 1.0, 2.0)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--out", default=str(HERE / "results" / "padim_sweep.json"))

@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import SETS, factories, panel_sets, save_json
+from _results import PANEL_DATA, SETS, factories, panel_sets, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 
 def run(root, method, seed):
@@ -53,7 +52,7 @@ def run(root, method, seed):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--methods", default="patchcore,padim")
     parser.add_argument("--seed", type=int, default=0)

@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import save_json
+from _results import PANEL_DATA, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 _CHILD = """
 import resource, sys
@@ -38,7 +37,7 @@ sys.exit(code)
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--set", default="mvtec_bottle")
     parser.add_argument("--counts", default="200,2000")
     parser.add_argument("--out", default=str(HERE / "results" / "predict_memory.json"))

@@ -18,16 +18,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import SETS, panel_sets, save_json
+from _results import PANEL_DATA, SETS, panel_sets, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 SIGMAS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--methods", default="reverse_distillation,stfpm")
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--seeds", default="0")

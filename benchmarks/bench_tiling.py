@@ -23,10 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _results import save_json
+from _results import PANEL_DATA, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 _FIT = """
 import json, resource, sys, time
@@ -74,7 +73,7 @@ def _child(code, *args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(PANEL_DATA))
     parser.add_argument("--set", default="mvtec_bottle")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--tile", type=int, default=256)

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _results import save_json
+from _results import PANEL_DATA, save_json
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "mvtec_bottle"
+DEFAULT_DATA = PANEL_DATA / "mvtec_bottle"
 LAYERS = ("blocks.2", "blocks.4")
 
 
