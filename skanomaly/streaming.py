@@ -15,9 +15,6 @@ from .images import check_images
 
 __all__ = ["StreamingPipeline"]
 
-# The start of conformal_offset's warning (skanomaly.detectors._base).
-_FEW_CALIBRATION_SAMPLES = r"\d+ calibration samples cannot guarantee"
-
 
 def _transform(transformers, images):
     for _, step in transformers:
@@ -261,7 +258,8 @@ class StreamingPipeline(Pipeline):
         capped share stays capped however many chunks there are.
         ``partial_fit`` keeps the head's per-call rule.
         """
-        from .detectors._base import _BaseDetector  # detectors import this module
+        # detectors import this module
+        from .detectors._base import _BaseDetector, _FewCalibrationSamplesWarning
 
         head = self._final_estimator
         chunks = _even_chunks(n_images, most)
@@ -276,7 +274,7 @@ class StreamingPipeline(Pipeline):
                 if i < len(chunks) - 1:
                     # Too few calibration images *so far* is no news: only
                     # the last chunk's threshold, over all of them, is kept.
-                    warnings.filterwarnings("ignore", message=_FEW_CALIBRATION_SAMPLES)
+                    warnings.simplefilter("ignore", _FewCalibrationSamplesWarning)
                 if n_held_out is None:
                     getattr(head, first if i == 0 else "partial_fit")(features)
                 elif i == 0:

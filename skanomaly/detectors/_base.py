@@ -18,6 +18,12 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 _CALIBRATION_CHUNK = 64
 
 
+class _FewCalibrationSamplesWarning(UserWarning):
+    """Too few calibration scores for the requested false-alarm rate (a
+    streamed fit silences it for every chunk but the last, whose threshold
+    is the one kept)."""
+
+
 def conformal_offset(calibration_scores, contamination):
     """Threshold on normality scores that flags at most ``contamination`` of
     new normal samples.
@@ -47,7 +53,7 @@ def conformal_offset(calibration_scores, contamination):
             f"{int(np.ceil(1 / contamination)) - 1}); the threshold is the "
             "lowest calibration score, whose rate is about "
             f"{1 / (len(scores) + 1):.3g}.",
-            UserWarning,
+            _FewCalibrationSamplesWarning,
             stacklevel=3,
         )
         k = 1
