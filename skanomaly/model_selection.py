@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import BaseCrossValidator, KFold
 from sklearn.utils.validation import column_or_1d
 
-from .defects import DEFECT_KINDS, _check_kinds, _check_severities, make_synthetic_defects
+from .defects import DEFECT_KINDS, _check_kinds, make_synthetic_defects
 from .images import check_images
 
 __all__ = ["NormalOnlyKFold", "SyntheticDefectScorer"]
@@ -184,7 +184,6 @@ class SyntheticDefectScorer:
     def _check(self):
         kinds = [self.kinds] if isinstance(self.kinds, str) else list(self.kinds)
         _check_kinds(kinds)
-        _check_severities(self.severities)
         if self.metric not in ("image_auroc", "pixel_auroc"):
             raise ValueError(
                 f"metric must be 'image_auroc' or 'pixel_auroc', got {self.metric!r}."
