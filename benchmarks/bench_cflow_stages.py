@@ -8,8 +8,12 @@ each stage's features (Lite0: the first 40 channels are stride 8, the other
 alone and of the stage maps combined: summed NLL, anomalib's sum of
 exp-normalised per-dimension likelihoods, and summed per-dimension NLL.
 Image scores are the raw maximum and the maximum after a one-cell blur.
+With ``--joint`` it also fits ``make_cflow``'s own head on all the channels
+and reports the joint flow's image score with each stage's map, and the
+joint map summed with the first stage's. Every NLL grid is saved beside the
+JSON (``.npz``) so that further combinations need no refit.
 
-    python benchmarks/bench_cflow_stages.py [--sets ...] [--aggregation-size 1]
+    python benchmarks/bench_cflow_stages.py [--sets ...] [--aggregation-size 1] [--joint]
 """
 
 import argparse
@@ -30,6 +34,8 @@ def main(argv=None):
     parser.add_argument("--aggregation-size", type=int, default=1)
     parser.add_argument("--split", type=int, default=40, help="channels of the first stage")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--joint", action="store_true",
+                        help="also fit the head on all channels (make_cflow's model)")
     parser.add_argument("--out", default=str(HERE / "results" / "cflow_stages.json"))
     args = parser.parse_args(argv)
 
@@ -55,19 +61,22 @@ def main(argv=None):
         shapes = [Image.open(p).size[::-1] for p in test.images]
         model_shape = pipe[0].image_shape_
 
-        def scores(patch, tag):
+        def scores(patch, tag, map_patch=None):
             row = {"set": name, "variant": tag, "seed": args.seed,
                    "aggregation_size": args.aggregation_size,
                    "image_raw": roc_auc_score(anomalous, patch.max(axis=(1, 2))),
                    "image_blur1": roc_auc_score(
                        anomalous, [gaussian_filter(m, 1.0).max() for m in patch])}
             if has_masks:
-                maps = upsample_patch_scores(patch, shapes, model_shape=model_shape)
+                maps = upsample_patch_scores(patch if map_patch is None else map_patch,
+                                             shapes, model_shape=model_shape)
                 row["pixel"] = pixel_roc_auc(test.masks, maps)
             print(row, file=sys.stderr, flush=True)
             rows.append(row)
 
         stages, nll = [(0, args.split), (args.split, train_x.shape[-1])], []
+        if args.joint:
+            stages.insert(0, (0, train_x.shape[-1]))
         for first, last in stages:
             start = time.perf_counter()
             flow = clone(head).fit(train_x[..., first:last])
@@ -75,6 +84,15 @@ def main(argv=None):
                   file=sys.stderr, flush=True)
             nll.append(flow.score_patches(test_x[..., first:last]))
             scores(nll[-1], f"stage {first}:{last} alone")
+        grids = {f"{first}:{last}": n for n, (first, last) in zip(nll, stages)}
+        np.savez(Path(args.out).with_name(f"{Path(args.out).stem}_{name}.npz"),
+                 anomalous=anomalous, **grids)
+        if args.joint:
+            joint, nll, stages = nll[0], nll[1:], stages[1:]
+            for n, (first, last) in zip(nll, stages):
+                scores(joint, f"joint image, stage {first}:{last} map", map_patch=n)
+            scores(joint, "joint image, joint + first stage summed map",
+                   map_patch=joint + nll[0])
         scores(nll[0] + nll[1], "summed NLL")
         per_dim = [-n / (last - first) for n, (first, last) in zip(nll, stages)]
         likelihood = sum(np.exp(ll - ll.max()) for ll in per_dim)

@@ -255,14 +255,23 @@ class PatchEmbedder(_BaseEmbedder):
         Feature dimension ``d`` of the output.
     feature_indices_ : ndarray of int or None
         The kept channels when ``reduction="random"``.
+    feature_groups_ : tuple of int or None
+        How many of the output channels come from each tapped layer, in
+        order (they are consecutive); None when ``reduction="mean"`` mixes
+        layers. A head that models one stage on its own (``make_cflow``'s
+        map) takes it as ``fit(..., feature_groups=...)``; a
+        :class:`~skanomaly.streaming.StreamingPipeline` passes it.
 
     Examples
     --------
     >>> import numpy as np
     >>> from skanomaly import PatchEmbedder
     >>> images = np.random.default_rng(0).random((2, 64, 64, 3))
-    >>> PatchEmbedder(image_size=64).fit_transform(images).shape
+    >>> embedder = PatchEmbedder(image_size=64).fit()
+    >>> embedder.transform(images).shape
     (2, 8, 8, 152)
+    >>> embedder.feature_groups_
+    (40, 112)
     """
 
     _parameter_constraints = {
@@ -344,10 +353,16 @@ class PatchEmbedder(_BaseEmbedder):
         super().fit(X, y)
         self._check_tiles()
         self.feature_indices_ = None
-        total = sum(self.backbone_.channels[name] for name in self.layers_)
+        widths = [self.backbone_.channels[name] for name in self.layers_]
+        total = sum(widths)
+        self.feature_groups_ = tuple(widths) if self.n_features is None else None
         if self.reduction == "random" and self.n_features is not None:
             rng = check_random_state(self.random_state)
             self.feature_indices_ = np.sort(rng.choice(total, self.n_features, replace=False))
+            # A sorted subset keeps each layer's channels together.
+            self.feature_groups_ = tuple(int(n) for n in np.bincount(
+                np.searchsorted(np.cumsum(widths), self.feature_indices_, side="right"),
+                minlength=len(widths)))
         return self
 
     def _check_tiles(self):

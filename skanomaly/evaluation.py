@@ -147,7 +147,7 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
             # The model pipeline.fit(train_images) would give: the same chunks.
             pipeline._fit_head_streamed(train_features)
         else:
-            head.fit(train_features)
+            head.fit(train_features, **(pipeline._head_fit_params() if streaming else {}))
         head_fit_s = time.perf_counter() - start
     test_features, embed_test_s = embed(test_images)
     want_maps = (test_masks is not None or return_maps) and np.ndim(test_features) == 4

@@ -1,6 +1,7 @@
 """A Pipeline that streams images: bounded memory at any training-set size,
 and batch work that joblib (and so dask) can spread over workers."""
 
+import inspect
 import numbers
 import warnings
 
@@ -82,6 +83,10 @@ class StreamingPipeline(Pipeline):
       in all, as many as the head's own ``fit`` would hold out of the whole
       set (PatchCore's 10%, at most 100), spread over the chunks. Otherwise
       ``fit`` is ``Pipeline.fit``.
+      A head whose ``fit`` takes ``feature_groups`` (a
+      :class:`~skanomaly.detectors.FlowDetector` with ``map_stage``, as in
+      :func:`~skanomaly.make_cflow`) is given its
+      :class:`~skanomaly.PatchEmbedder`'s ``feature_groups_``.
     - **partial_fit** adds new normal images to the fitted model the same
       way (see the head's ``partial_fit``).
     - **score_samples, decision_function, predict** run on batches of
@@ -173,6 +178,12 @@ class StreamingPipeline(Pipeline):
         self : StreamingPipeline
         """
         self._validate_params()
+        if not params and self._passes_feature_groups():
+            images = self._training_images(X)
+            self.steps[0][1].fit(None)  # frozen: fit validates and loads weights
+            features = self._embedded(images)(np.arange(len(images)))
+            self._final_estimator.fit(features, **self._head_fit_params())
+            return self
         if params or not self._streams():
             if self.train_views == 1:
                 # As Pipeline: X reaches the steps untouched (frozen embedders
@@ -231,8 +242,25 @@ class StreamingPipeline(Pipeline):
         self._feed(images, first="fit" if not fitted else "partial_fit")
         return self
 
-    def _feed(self, images, first):
-        """Embed ``images`` a chunk at a time into the head (``_into_head``)."""
+    def _passes_feature_groups(self):
+        """Whether ``fit`` gives the head its embedder's channel groups: a
+        frozen PatchEmbedder, then a head whose ``fit`` takes them."""
+        from .embedders import PatchEmbedder
+
+        return (self.memory is None and len(self.steps) == 2
+                and isinstance(self.steps[0][1], PatchEmbedder)
+                and "feature_groups" in inspect.signature(self._final_estimator.fit).parameters)
+
+    def _head_fit_params(self):
+        """What the head's ``fit`` takes from the fitted embedder before it
+        (``feature_groups``), as keyword arguments; empty for other heads."""
+        if not self._passes_feature_groups():
+            return {}
+        return {"feature_groups": self.steps[0][1].feature_groups_}
+
+    def _embedded(self, images):
+        """``features_of(chunk)``: the float32 features of ``images[chunk]``
+        (a run of indices), embedded in ``batch_size`` tasks."""
         transformers = self.steps[:-1]
 
         def embedded(chunk):
@@ -242,8 +270,13 @@ class StreamingPipeline(Pipeline):
                 delayed(_transform)(transformers, b) for b in batches))
             return features.astype(np.float32, copy=False)
 
+        return embedded
+
+    def _feed(self, images, first):
+        """Embed ``images`` a chunk at a time into the head (``_into_head``)."""
+        transformers = self.steps[:-1]
         most = self._images_per_chunk(lambda: np.shape(_transform(transformers, images[:1])))
-        self._into_head(len(images), most, embedded, first)
+        self._into_head(len(images), most, self._embedded(images), first)
 
     def _into_head(self, n_images, most, features_of, first):
         """The streamed fit's one loop: the features of each chunk of

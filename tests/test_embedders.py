@@ -32,6 +32,21 @@ def test_n_features_reduction(images):
         PatchEmbedder(image_size=64, n_features=500).fit(images)
 
 
+def test_feature_groups_say_which_channels_each_layer_gave(images):
+    emb = PatchEmbedder(image_size=64, layers=("blocks.1", "blocks.2")).fit()
+    assert emb.feature_groups_ == (24, 40)
+    # The groups are consecutive runs: the first layer's channels come first.
+    single = PatchEmbedder(image_size=64, layers=("blocks.1",), aggregation_size=1).fit()
+    both = PatchEmbedder(image_size=64, layers=("blocks.1", "blocks.2"), aggregation_size=1).fit()
+    np.testing.assert_allclose(both.transform(images)[..., :24], single.transform(images), atol=1e-5)
+    kept = PatchEmbedder(image_size=64, n_features=30, reduction="random", random_state=0).fit()
+    assert kept.feature_groups_ == (int((kept.feature_indices_ < 40).sum()),
+                                    int((kept.feature_indices_ >= 40).sum()))
+    assert sum(kept.feature_groups_) == 30
+    # Channels averaged across layers belong to no one layer.
+    assert PatchEmbedder(image_size=64, n_features=50).fit().feature_groups_ is None
+
+
 def test_batches_and_threads_do_not_change_features(images):
     a = PatchEmbedder(image_size=64, batch_size=1).fit_transform(images)
     b = PatchEmbedder(image_size=64, batch_size=4, n_jobs=1).fit_transform(images)

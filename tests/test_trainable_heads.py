@@ -179,6 +179,74 @@ def test_flow_learns_the_normal_density():
     assert flow.loss_curve_[-1] < 1.4
 
 
+def test_map_stage_draws_the_map_from_that_stage_alone():
+    X = _grids(16)
+    joint = _quiet(FlowDetector(max_epochs=3, random_state=0), X)
+    mapped = FlowDetector(max_epochs=3, random_state=0, map_stage=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mapped.fit(X, feature_groups=(3, 5))
+    assert mapped.map_channels_ == (3, 8) and mapped.map_flow_.n_iter_ >= 1
+    # The image score is the joint flow's, trained as without a map flow.
+    np.testing.assert_array_equal(mapped.score_samples(X), joint.score_samples(X))
+    # The map sees the stage's channels only: changing the others moves the
+    # image score and leaves the map as it was.
+    moved = X.copy()
+    moved[..., :3] += 2.0
+    np.testing.assert_array_equal(mapped.score_patches(moved), mapped.score_patches(X))
+    assert not np.array_equal(mapped.score_samples(moved), mapped.score_samples(X))
+    np.testing.assert_array_equal(mapped.score_patches(X),
+                                  mapped.map_flow_.score_patches(X[..., 3:]))
+    # Pixel thresholds are calibrated on the map's own patch scores.
+    assert np.isin(mapped.calibration_patch_scores_, mapped.score_patches(X)).all()
+
+
+@pytest.mark.parametrize("map_stage, groups, match", [
+    (0, None, "feature_groups"),
+    (0, (3, 4), "summing to the 8 features"),
+    (0, (0, 8), "positive"),
+    (2, (3, 5), "map_stage=2 names no stage"),
+    (-1, (3, 5), "map_stage"),
+])
+def test_map_stage_without_the_right_groups_is_refused(map_stage, groups, match):
+    flow = FlowDetector(max_epochs=1, map_stage=map_stage)
+    with pytest.raises(ValueError, match=match):
+        flow.fit(_grids(), feature_groups=groups)
+    assert not hasattr(flow, "module_") and not hasattr(flow, "map_flow_")
+
+
+def test_cflow_pipelines_hand_the_embedder_groups_to_the_head(tmp_path):
+    from sklearn.pipeline import make_pipeline
+
+    from skanomaly import PatchEmbedder
+    from skanomaly.evaluation import evaluate_pipeline
+
+    rng = np.random.default_rng(0)
+    train, test = rng.random((8, 64, 64, 3)), rng.random((2, 64, 64, 3))
+    pipe = _quiet(make_cflow(image_size=64, max_epochs=1, random_state=0), train)
+    head = pipe[-1]
+    assert pipe[0].feature_groups_ == (40, 112) and head.map_channels_ == (0, 40)
+    features = pipe[0].transform(test)
+    np.testing.assert_array_equal(head.score_patches(features),
+                                  head.map_flow_.score_patches(features[..., :40]))
+    # Scored and drawn the same after a safe save and load.
+    saved = load_model(save_model(pipe, tmp_path / "cflow.skops"))
+    np.testing.assert_array_equal(saved.score_samples(test), pipe.score_samples(test))
+    np.testing.assert_array_equal(anomaly_maps(saved, test), anomaly_maps(pipe, test))
+    # evaluate_pipeline fits the head as pipe.fit does.
+    result = evaluate_pipeline(make_cflow(image_size=64, max_epochs=1, random_state=0),
+                               list(train), list(test), np.array([1, -1]))
+    assert result["pipeline"][-1].map_channels_ == (0, 40)
+    # A plain Pipeline does not know the groups: a clear error, unless given.
+    plain = make_pipeline(PatchEmbedder(image_size=64), FlowDetector(max_epochs=1, map_stage=0))
+    with pytest.raises(ValueError, match="feature_groups"):
+        plain.fit(train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain.fit(train, flowdetector__feature_groups=(40, 112))
+    assert plain[-1].map_channels_ == (0, 40)
+
+
 def test_simplenet_flags_shifted_patches():
     head = _quiet(SimpleNetDetector(max_epochs=40, learning_rate=2e-3, hidden_size=64, batch_size=4,
                                     random_state=0, validation_fraction=0), _grids(32))

@@ -3,12 +3,14 @@
 import math
 import numbers
 
+import numpy as np
+
 import torch
 from sklearn.utils._param_validation import Interval
 from torch import nn
 
-from ._base import _IMAGE_SCORE_SIGMA_CONSTRAINT
-from ._trainable import _standardise_channels, _TrainableDetector
+from ._base import _IMAGE_SCORE_SIGMA_CONSTRAINT, _smoothed_max
+from ._trainable import _standardise_channels, _TrainableDetector, _TrainableGraph
 
 
 def positional_encoding(n_channels, height, width):
@@ -129,6 +131,15 @@ class FlowDetector(_TrainableDetector):
         this many grid cells (0: the largest raw patch NLL).
         ``score_patches`` is not blurred. :func:`~skanomaly.make_cflow`
         sets it (panel figures in the README); FastFlow keeps 0.
+    map_stage : int or None, default=None
+        None: the flow's patch NLL is the map (``score_patches``). An index
+        into ``fit``'s ``feature_groups`` (the channels of each backbone
+        stage, fine to coarse; 0 is the finest): a second flow, with the same
+        settings, models that stage's channels alone, and its patch NLL is
+        the map, while the image score stays the first flow's. A
+        coarse stage upsampled to the fine grid smears a joint flow's map
+        over its 16-pixel cells; :func:`~skanomaly.make_cflow` sets 0
+        (panel figures in the README).
     max_epochs : int, default=30
         Passes over the training images.
     batch_size : int, default=16
@@ -175,6 +186,13 @@ class FlowDetector(_TrainableDetector):
         Sorted patch scores of the held-out normal images.
     n_features_in_ : int
         Feature dimension seen in ``fit``.
+    map_channels_ : (int, int) or None
+        First and past-the-last channel the map's flow models
+        (``map_stage``); None without.
+    map_flow_ : FlowDetector or None
+        That flow, or None: its ``score_patches`` on the stage's channels is
+        the map; it has no threshold of its own (the pixel threshold comes
+        from this detector's ``calibration_patch_scores_``).
 
     See Also
     --------
@@ -201,6 +219,7 @@ class FlowDetector(_TrainableDetector):
         "positional_encoding": [Interval(numbers.Integral, 0, None, closed="left")],
         "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
         "image_score_sigma": _IMAGE_SCORE_SIGMA_CONSTRAINT,
+        "map_stage": [Interval(numbers.Integral, 0, None, closed="left"), None],
     }
 
     def __init__(
@@ -212,6 +231,7 @@ class FlowDetector(_TrainableDetector):
         positional_encoding=0,
         clamp=2.0,
         image_score_sigma=0.0,
+        map_stage=None,
         max_epochs=30,
         batch_size=16,
         learning_rate=1e-3,
@@ -230,6 +250,7 @@ class FlowDetector(_TrainableDetector):
         self.positional_encoding = positional_encoding
         self.clamp = clamp
         self.image_score_sigma = image_score_sigma
+        self.map_stage = map_stage
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -241,6 +262,77 @@ class FlowDetector(_TrainableDetector):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+
+    def fit(self, X, y=None, *, feature_groups=None):
+        """Train the flow (and the map's, with ``map_stage``), then calibrate.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, h, w, n_features)
+            Patch grids of normal images.
+        y : ignored
+        feature_groups : sequence of int or None, default=None
+            How many consecutive channels of ``X`` each backbone stage
+            gave (:attr:`PatchEmbedder.feature_groups_
+            <skanomaly.PatchEmbedder>`); needed with ``map_stage`` only.
+            A :class:`~skanomaly.streaming.StreamingPipeline`, which the
+            factories return, passes its embedder's.
+
+        Returns
+        -------
+        self : object
+            Fitted detector.
+        """
+        self._validate_params()
+        self.map_channels_ = self._map_channels(X, feature_groups)
+        return super().fit(X, y)
+
+    def _map_channels(self, X, feature_groups):
+        """The (start, stop) channels ``map_stage`` names, checked against ``X``."""
+        if self.map_stage is None:
+            return None
+        if feature_groups is None:
+            raise ValueError(
+                f"map_stage={self.map_stage} needs the channels of each backbone stage: "
+                "fit through a StreamingPipeline (e.g. make_cflow()), which passes its "
+                "PatchEmbedder's, or call fit(X, feature_groups=embedder.feature_groups_).")
+        groups = [int(n) for n in feature_groups]
+        n_features = np.shape(X)[-1] if np.ndim(X) == 4 else None
+        if min(groups, default=0) < 1 or sum(groups) != n_features:
+            raise ValueError(
+                f"feature_groups={tuple(groups)} must be positive channel counts summing to "
+                f"the {n_features} features of X (shape {np.shape(X)}).")
+        if self.map_stage >= len(groups):
+            raise ValueError(f"map_stage={self.map_stage} names no stage: X has "
+                             f"{len(groups)} (feature_groups={tuple(groups)}).")
+        start = sum(groups[:self.map_stage])
+        return start, start + groups[self.map_stage]
+
+    def _fit_normal(self, X, fit_idx, rng):
+        super()._fit_normal(X, fit_idx, rng)
+        self.map_flow_ = None
+        if getattr(self, "map_channels_", None) is not None:
+            # Same settings, its own draws from the fit's random stream.
+            self.map_flow_ = type(self)(**{**self.get_params(), "map_stage": None,
+                                           "warm_start": False})
+            self.map_flow_.map_channels_ = None
+            self.map_flow_.n_features_in_ = self.map_channels_[1] - self.map_channels_[0]
+            self.map_flow_._fit_normal(self._map_features(X), fit_idx, rng)
+
+    def _map_features(self, X):
+        start, stop = self.map_channels_
+        return X[..., start:stop]
+
+    def _patch_and_image_scores(self, X):
+        if getattr(self, "map_flow_", None) is None:
+            return super()._patch_and_image_scores(X)
+        image = _smoothed_max(self._patch_scores(X), self.image_score_sigma)
+        return self.map_flow_._patch_scores(self._map_features(X)), image
+
+    def _export_graph(self):
+        if getattr(self, "map_flow_", None) is None:
+            return super()._export_graph()
+        return _MappedFlowGraph(self)
 
     def _module_params(self, X, train_idx):
         if self.kernel_size % 2 == 0:
@@ -278,3 +370,20 @@ class FlowDetector(_TrainableDetector):
 
     def _module_scores(self, module, batch):
         return module(batch)
+
+
+class _MappedFlowGraph(torch.nn.Module):
+    """A FlowDetector with ``map_stage`` as one module an ONNX graph can
+    hold: the image score from the joint flow, the map from the stage's."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.joint = _TrainableGraph(head)
+        self.map_flow = head.map_flow_.module_
+        self._channels = head.map_channels_
+
+    def forward(self, grids):
+        _, image = self.joint(grids)
+        head = self.joint._head
+        stage = grids[..., self._channels[0]:self._channels[1]]
+        return head._module_scores(self.map_flow, head._module_input(self.map_flow, stage)).float(), image
