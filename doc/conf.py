@@ -33,3 +33,15 @@ _generated.mkdir(exist_ok=True)
 (_generated / "factories.rst").write_text("".join(
     f".. autofunction:: skanomaly.{info.factory.__name__}\n" for info in available_methods().values()))
 exclude_patterns.append("_generated")
+
+
+def _skip_metadata_request_setters(app, what, name, obj, skip, options):
+    # scikit-learn generates set_fit_request & co. for a fit that takes
+    # more than X and y; their docstrings link into scikit-learn's glossary.
+    if name.startswith("set_") and name.endswith("_request"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_metadata_request_setters)
