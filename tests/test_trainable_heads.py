@@ -179,7 +179,7 @@ def test_flow_learns_the_normal_density():
     assert flow.loss_curve_[-1] < 1.4
 
 
-def test_map_stage_draws_the_map_from_that_stage_alone():
+def test_map_stage_adds_that_stage_alone_to_the_map():
     X = _grids(16)
     joint = _quiet(FlowDetector(max_epochs=3, random_state=0), X)
     mapped = FlowDetector(max_epochs=3, random_state=0, map_stage=1)
@@ -189,14 +189,15 @@ def test_map_stage_draws_the_map_from_that_stage_alone():
     assert mapped.map_channels_ == (3, 8) and mapped.map_flow_.n_iter_ >= 1
     # The image score is the joint flow's, trained as without a map flow.
     np.testing.assert_array_equal(mapped.score_samples(X), joint.score_samples(X))
-    # The map sees the stage's channels only: changing the others moves the
-    # image score and leaves the map as it was.
+    # The map: each flow's patch NLL per dimension, summed.
+    stage = mapped.map_flow_.score_patches(X[..., 3:])
+    np.testing.assert_allclose(mapped.score_patches(X), joint.score_patches(X) / 8 + stage / 5,
+                               rtol=1e-5)
+    # A change in the stage's channels moves its share; in the others, not.
     moved = X.copy()
     moved[..., :3] += 2.0
-    np.testing.assert_array_equal(mapped.score_patches(moved), mapped.score_patches(X))
-    assert not np.array_equal(mapped.score_samples(moved), mapped.score_samples(X))
-    np.testing.assert_array_equal(mapped.score_patches(X),
-                                  mapped.map_flow_.score_patches(X[..., 3:]))
+    np.testing.assert_array_equal(mapped.map_flow_.score_patches(moved[..., 3:]), stage)
+    assert not np.allclose(mapped.score_patches(moved), mapped.score_patches(X))
     # Pixel thresholds are calibrated on the map's own patch scores.
     assert np.isin(mapped.calibration_patch_scores_, mapped.score_patches(X)).all()
 
@@ -227,8 +228,9 @@ def test_cflow_pipelines_hand_the_embedder_groups_to_the_head(tmp_path):
     head = pipe[-1]
     assert pipe[0].feature_groups_ == (40, 112) and head.map_channels_ == (0, 40)
     features = pipe[0].transform(test)
-    np.testing.assert_array_equal(head.score_patches(features),
-                                  head.map_flow_.score_patches(features[..., :40]))
+    np.testing.assert_allclose(head.score_patches(features),
+                               head._patch_scores(features) / 152
+                               + head.map_flow_.score_patches(features[..., :40]) / 40, rtol=1e-5)
     # Scored and drawn the same after a safe save and load.
     saved = load_model(save_model(pipe, tmp_path / "cflow.skops"))
     np.testing.assert_array_equal(saved.score_samples(test), pipe.score_samples(test))

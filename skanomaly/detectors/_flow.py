@@ -135,11 +135,11 @@ class FlowDetector(_TrainableDetector):
         None: the flow's patch NLL is the map (``score_patches``). An index
         into ``fit``'s ``feature_groups`` (the channels of each backbone
         stage, fine to coarse; 0 is the finest): a second flow, with the same
-        settings, models that stage's channels alone, and its patch NLL is
-        the map, while the image score stays the first flow's. A
-        coarse stage upsampled to the fine grid smears a joint flow's map
-        over its 16-pixel cells; :func:`~skanomaly.make_cflow` sets 0
-        (panel figures in the README).
+        settings, models that stage's channels alone, and the map is the
+        sum of the two flows' patch NLL per dimension, while the image score
+        stays the first flow's. A coarse stage upsampled to the fine grid
+        smears a joint flow's map over its 16-pixel cells;
+        :func:`~skanomaly.make_cflow` sets 0 (panel figures in the README).
     max_epochs : int, default=30
         Passes over the training images.
     batch_size : int, default=16
@@ -190,9 +190,10 @@ class FlowDetector(_TrainableDetector):
         First and past-the-last channel the map's flow models
         (``map_stage``); None without.
     map_flow_ : FlowDetector or None
-        That flow, or None: its ``score_patches`` on the stage's channels is
-        the map; it has no threshold of its own (the pixel threshold comes
-        from this detector's ``calibration_patch_scores_``).
+        That flow, or None: its ``score_patches`` on the stage's channels,
+        per dimension, is the stage's share of the map; it has no threshold
+        of its own (the pixel threshold comes from this detector's
+        ``calibration_patch_scores_``).
 
     See Also
     --------
@@ -326,8 +327,10 @@ class FlowDetector(_TrainableDetector):
     def _patch_and_image_scores(self, X):
         if getattr(self, "map_flow_", None) is None:
             return super()._patch_and_image_scores(X)
-        image = _smoothed_max(self._patch_scores(X), self.image_score_sigma)
-        return self.map_flow_._patch_scores(self._map_features(X)), image
+        joint = self._patch_scores(X)
+        image = _smoothed_max(joint, self.image_score_sigma)
+        return _per_dimension_sum(joint, X.shape[-1], self.map_flow_._patch_scores(
+            self._map_features(X)), self.map_flow_.n_features_in_), image
 
     def _export_graph(self):
         if getattr(self, "map_flow_", None) is None:
@@ -372,6 +375,14 @@ class FlowDetector(_TrainableDetector):
         return module(batch)
 
 
+def _per_dimension_sum(joint, n_joint, stage, n_stage):
+    """The map of a FlowDetector with ``map_stage``: each flow's patch NLL
+    per dimension, summed, so that the stage weighs as much as all the
+    channels together (as CFlow sums its per-stage maps, each normalised by
+    its dimension)."""
+    return joint / n_joint + stage / n_stage
+
+
 class _MappedFlowGraph(torch.nn.Module):
     """A FlowDetector with ``map_stage`` as one module an ONNX graph can
     hold: the image score from the joint flow, the map from the stage's."""
@@ -383,7 +394,9 @@ class _MappedFlowGraph(torch.nn.Module):
         self._channels = head.map_channels_
 
     def forward(self, grids):
-        _, image = self.joint(grids)
+        joint, image = self.joint(grids)
         head = self.joint._head
-        stage = grids[..., self._channels[0]:self._channels[1]]
-        return head._module_scores(self.map_flow, head._module_input(self.map_flow, stage)).float(), image
+        start, stop = self._channels
+        stage = head._module_scores(
+            self.map_flow, head._module_input(self.map_flow, grids[..., start:stop])).float()
+        return _per_dimension_sum(joint, grids.shape[-1], stage, stop - start), image
