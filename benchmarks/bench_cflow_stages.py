@@ -10,7 +10,8 @@ exp-normalised per-dimension likelihoods, and summed per-dimension NLL.
 Image scores are the raw maximum and the maximum after a one-cell blur.
 With ``--joint`` it also fits ``make_cflow``'s own head on all the channels
 and reports the joint flow's image score with each stage's map, and the
-joint map summed with the first stage's. Every NLL grid is saved beside the
+joint map summed with the first stage's, as NLL and per dimension (the
+map ``make_cflow`` draws). Every NLL grid is saved beside the
 JSON (``.npz``) so that further combinations need no refit.
 
     python benchmarks/bench_cflow_stages.py [--sets ...] [--aggregation-size 1] [--joint]
@@ -93,6 +94,10 @@ def main(argv=None):
                 scores(joint, f"joint image, stage {first}:{last} map", map_patch=n)
             scores(joint, "joint image, joint + first stage summed map",
                    map_patch=joint + nll[0])
+            # make_cflow's map (map_stage=0): each flow's NLL per dimension.
+            (first, last), n_joint = stages[0], train_x.shape[-1]
+            scores(joint, "joint image, per-dimension sum of joint and first stage map",
+                   map_patch=joint / n_joint + nll[0] / (last - first))
         scores(nll[0] + nll[1], "summed NLL")
         per_dim = [-n / (last - first) for n, (first, last) in zip(nll, stages)]
         likelihood = sum(np.exp(ll - ll.max()) for ll in per_dim)
