@@ -216,6 +216,31 @@ def test_map_stage_without_the_right_groups_is_refused(map_stage, groups, match)
     assert not hasattr(flow, "module_") and not hasattr(flow, "map_flow_")
 
 
+def test_map_flow_continues_with_warm_start_and_a_failed_fit_leaves_nothing(monkeypatch):
+    X = _grids(16)
+    flow = FlowDetector(max_epochs=2, random_state=0, map_stage=0, warm_start=True,
+                        validation_fraction=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flow.fit(X, feature_groups=(3, 5))
+        first = flow.map_flow_.loss_curve_
+        flow.fit(X, feature_groups=(3, 5))
+    assert flow.map_flow_.loss_curve_[0] < first[0]  # continued, not restarted
+
+    fresh = FlowDetector(max_epochs=2, random_state=0, map_stage=0)
+    real_fit_normal = FlowDetector._fit_normal
+
+    def fail_on_the_map_flow(self, X, fit_idx, rng):
+        if X.shape[-1] == 3:
+            raise FloatingPointError("the map's flow diverged")
+        return real_fit_normal(self, X, fit_idx, rng)
+
+    monkeypatch.setattr(FlowDetector, "_fit_normal", fail_on_the_map_flow)
+    with pytest.raises(FloatingPointError, match="map's flow"):
+        fresh.fit(X, feature_groups=(3, 5))
+    assert not any(name.endswith("_") and not name.startswith("_") for name in vars(fresh))
+
+
 def test_cflow_pipelines_hand_the_embedder_groups_to_the_head(tmp_path):
     from sklearn.pipeline import make_pipeline
 

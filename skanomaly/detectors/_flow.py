@@ -285,8 +285,17 @@ class FlowDetector(_TrainableDetector):
             Fitted detector.
         """
         self._validate_params()
-        self.map_channels_ = self._map_channels(X, feature_groups)
-        return super().fit(X, y)
+        channels = self._map_channels(X, feature_groups)
+        before = dict(self.__dict__)
+        try:
+            self.map_channels_ = channels
+            return super().fit(X, y)
+        except BaseException:
+            # Nothing half-written: e.g. the map's flow failing after the
+            # joint one trained leaves the detector as it was.
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
 
     def _map_channels(self, X, feature_groups):
         """The (start, stop) channels ``map_stage`` names, checked against ``X``."""
@@ -310,15 +319,20 @@ class FlowDetector(_TrainableDetector):
         return start, start + groups[self.map_stage]
 
     def _fit_normal(self, X, fit_idx, rng):
+        previous = getattr(self, "map_flow_", None) if self.warm_start else None
         super()._fit_normal(X, fit_idx, rng)
         self.map_flow_ = None
-        if getattr(self, "map_channels_", None) is not None:
-            # Same settings, its own draws from the fit's random stream.
-            self.map_flow_ = type(self)(**{**self.get_params(), "map_stage": None,
-                                           "warm_start": False})
-            self.map_flow_.map_channels_ = None
-            self.map_flow_.n_features_in_ = self.map_channels_[1] - self.map_channels_[0]
-            self.map_flow_._fit_normal(self._map_features(X), fit_idx, rng)
+        if getattr(self, "map_channels_", None) is None:
+            return
+        n_stage = self.map_channels_[1] - self.map_channels_[0]
+        # Same settings, its own draws from the fit's random stream; with
+        # warm_start, the map's flow continues as the joint one does.
+        flow = type(self)(**{**self.get_params(), "map_stage": None})
+        if previous is not None and previous.n_features_in_ == n_stage:
+            flow.module_, flow.module_params_ = previous.module_, previous.module_params_
+        flow.map_channels_, flow.n_features_in_ = None, n_stage
+        flow._fit_normal(self._map_features(X), fit_idx, rng)
+        self.map_flow_ = flow
 
     def _map_features(self, X):
         start, stop = self.map_channels_
