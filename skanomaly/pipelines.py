@@ -684,8 +684,9 @@ def make_cflow(
     image_score_sigma=1, map_stage=0))``: each patch feature is modelled on
     its own (1x1 coupling nets), conditioned on a sinusoidal encoding of its
     grid position; an image's score is the largest of a blurred map of the
-    patches' negative log-likelihoods, and the anomaly map is the NLL of a
-    second such flow on the finest stage's features. The patches are PatchCore's
+    patches' negative log-likelihoods, and the anomaly map adds, per
+    dimension, those of a second such flow on the finest stage's features
+    alone. The patches are PatchCore's
     3x3-averaged ones; CFlow's unpooled features scored higher on tire and
     lower on the panel's mean and worst set (README).
 

@@ -4,7 +4,6 @@ import math
 import numbers
 
 import numpy as np
-
 import torch
 from sklearn.utils._param_validation import Interval
 from torch import nn
@@ -399,7 +398,7 @@ def _per_dimension_sum(joint, n_joint, stage, n_stage):
 
 class _MappedFlowGraph(torch.nn.Module):
     """A FlowDetector with ``map_stage`` as one module an ONNX graph can
-    hold: the image score from the joint flow, the map from the stage's."""
+    hold: the image score from the joint flow, the map from both flows."""
 
     def __init__(self, head):
         super().__init__()

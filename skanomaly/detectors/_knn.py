@@ -428,11 +428,11 @@ class _KNNGraph(torch.nn.Module):
         self.register_buffer("centre", torch.from_numpy(centre))
         # The bank's columns in groups of about sqrt(rows): the nearest row
         # is found as the group with the smallest minimum, then the row
-        # within it. A flat ArgMin over the (patches, rows) block is several
-        # times slower in onnxruntime than a ReduceMin over it (37 against
-        # 6 ms for 1,024 x 21,440, one thread); the two-level search reads
-        # the block once, picks the same (first) row, and the padding rows,
-        # at +inf, are never picked.
+        # within it. onnxruntime and OpenVINO run a flat ArgMin over the
+        # (patches, rows) block several times slower than a ReduceMin over
+        # it (README: bench_export.py); the two-level search reads the block
+        # once, picks the same (first) row, and the padding rows, at +inf,
+        # are never picked.
         self.group_size = int(np.ceil(np.sqrt(len(bank))))
         padding = -len(bank) % self.group_size
         # -2 times the centred rows (a power of two: exact), so that the
