@@ -180,9 +180,9 @@ class StreamingPipeline(Pipeline):
         self._validate_params()
         if not params and self._passes_feature_groups():
             images = self._training_images(X)
-            self.steps[0][1].fit(None)  # frozen: fit validates and loads weights
+            embedder = self.steps[0][1].fit(None)  # frozen: validates, loads weights
             features = self._embedded(images)(np.arange(len(images)))
-            self._final_estimator.fit(features, **self._head_fit_params())
+            self._final_estimator.fit(features, feature_groups=embedder.feature_groups_)
             return self
         if params or not self._streams():
             if self.train_views == 1:
