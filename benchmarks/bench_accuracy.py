@@ -33,8 +33,12 @@ chosen on the whole panel::
         --backbone efficientnet_lite0 --backbone efficientnet_lite2
     python benchmarks/bench_accuracy.py --merge results/a.json results/b.json
 
-Writes ``benchmarks/results/accuracy.json`` (one row per set and method) and
-prints a Markdown table with the panel mean and worst set per method.
+Writes ``benchmarks/results/accuracy.json`` (one row per set, library,
+method and seed, each with the command that measured it) and prints a
+Markdown table with the panel mean and worst set per method. Runs
+accumulate in that file: a row is replaced only when a later run measures
+the same set, library, method and seed (``--fresh`` starts it empty), so
+``--merge benchmarks/results/accuracy.json`` tabulates everything measured.
 """
 
 import argparse
@@ -413,7 +417,11 @@ def main(argv=None):
                              "or alone, without skanomaly's (only)")
     parser.add_argument("--seeds", default="0",
                         help="comma-separated random_state values; the table averages them")
-    parser.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
+    parser.add_argument("--out", default=str(HERE / "results" / "accuracy.json"),
+                        help="results file; rows of earlier runs in it are kept unless this "
+                             "run measures the same set, library, method and seed")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start --out empty instead of keeping earlier rows")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="tabulate earlier result files instead of running")
     args = parser.parse_args(argv)
@@ -443,9 +451,8 @@ def main(argv=None):
     meta = {"command": " ".join(sys.argv), "torch_threads": torch.get_num_threads(),
             "seeds": args.seeds}
     if with_anomalib:
-        import anomalib
-
-        meta["anomalib"] = anomalib.__version__
+        meta["anomalib"] = sys.modules["anomalib"].__version__
+    earlier = [] if args.fresh else _earlier_rows(args.out)
     rows = []
     for name, root in panel_sets(args.data, args.sets):
         cache, runs = FeatureCache(), []  # embeddings shared by the seeds of a set
@@ -457,9 +464,29 @@ def main(argv=None):
                 runs.append(run_anomalib(root, [m for m in ANOMALIB_METHODS if m in names], seed))
         for run in runs:
             for row in run:
-                rows.append(row)
-                save_json({"meta": meta, "rows": rows}, args.out)  # after each row: nothing lost
+                rows.append({**row, "command": meta["command"]})
+                # After each row: nothing lost. The file accumulates runs, so
+                # the README's tables can be rebuilt from it (--merge).
+                measured = {_row_key(r) for r in rows}
+                kept = [r for r in earlier if _row_key(r) not in measured]
+                save_json({"meta": meta, "rows": kept + rows}, args.out)
     print(table(rows))
+
+
+def _row_key(row):
+    return row["set"], row["library"], row["method"], row["seed"]
+
+
+def _earlier_rows(path):
+    """Rows already in the results file ``path`` ([] when there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text())["rows"]
+    except (ValueError, KeyError) as exc:
+        raise SystemExit(f"{path} is not a results file of this bench ({exc}); "
+                         "pass --fresh to overwrite it or --out for another file")
 
 
 if __name__ == "__main__":
