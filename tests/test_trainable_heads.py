@@ -179,6 +179,20 @@ def test_flow_learns_the_normal_density():
     assert flow.loss_curve_[-1] < 1.4
 
 
+def test_logsigmoid_loss_trains_a_flow_that_separates_and_reports_its_own_loss():
+    params = dict(max_epochs=40, random_state=0, validation_fraction=0)
+    flow = _quiet(FlowDetector(loss="logsigmoid", **params), _grids(32))
+    normal = flow.score_samples(_grids(8, seed=1))
+    shifted = flow.score_samples(_grids(8, seed=1, shift=1.5))
+    assert normal.min() > shifted.max()
+    # softplus(u) of a patch's NLL per dimension u: positive, and above the
+    # NLL loss of the same epoch (softplus(u) > u for every u).
+    plain = _quiet(FlowDetector(**params), _grids(32))
+    assert min(flow.loss_curve_) > 0
+    assert flow.loss_curve_[0] > plain.loss_curve_[0]
+    assert not np.allclose(flow.score_samples(_grids(8, seed=1)), plain.score_samples(_grids(8, seed=1)))
+
+
 def test_map_stage_adds_that_stage_alone_to_the_map():
     X = _grids(16)
     joint = _quiet(FlowDetector(max_epochs=3, random_state=0), X)

@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ._base import _IMAGE_SCORE_SIGMA_CONSTRAINT, _smoothed_max
@@ -139,6 +139,12 @@ class FlowDetector(_TrainableDetector):
         stays the first flow's. A coarse stage upsampled to the fine grid
         smears a joint flow's map over its 16-pixel cells;
         :func:`~skanomaly.make_cflow` sets 0 (panel figures in the README).
+    loss : {"nll", "logsigmoid"}, default="nll"
+        Training loss of each patch, from its NLL per dimension ``u`` (of
+        the standardised channels, so the loss does not depend on the
+        backbone's feature scale): ``"nll"`` is ``u`` itself (FastFlow's);
+        ``"logsigmoid"`` is CFlow's ``-log sigmoid(-u)``, which flattens out
+        on patches the flow already fits well. Scores are NLL either way.
     max_epochs : int, default=30
         Passes over the training images.
     batch_size : int, default=16
@@ -172,7 +178,7 @@ class FlowDetector(_TrainableDetector):
     module_params_ : dict
         Arguments the flow was built with.
     loss_curve_ : list of float
-        Mean training loss (NLL per dimension) of each epoch.
+        Mean training loss of each epoch (per patch, as ``loss`` defines it).
     validation_loss_curve_ : list of float
         Mean validation loss of each epoch (empty without early stopping).
     n_iter_ : int
@@ -220,6 +226,7 @@ class FlowDetector(_TrainableDetector):
         "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
         "image_score_sigma": _IMAGE_SCORE_SIGMA_CONSTRAINT,
         "map_stage": [Interval(numbers.Integral, 0, None, closed="left"), None],
+        "loss": [StrOptions({"nll", "logsigmoid"})],
     }
 
     def __init__(
@@ -232,6 +239,7 @@ class FlowDetector(_TrainableDetector):
         clamp=2.0,
         image_score_sigma=0.0,
         map_stage=None,
+        loss="nll",
         max_epochs=30,
         batch_size=16,
         learning_rate=1e-3,
@@ -251,6 +259,7 @@ class FlowDetector(_TrainableDetector):
         self.clamp = clamp
         self.image_score_sigma = image_score_sigma
         self.map_stage = map_stage
+        self.loss = loss
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -382,7 +391,13 @@ class FlowDetector(_TrainableDetector):
         return torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=1e-5)
 
     def _loss(self, module, batch, generator):
-        return module(batch).mean() / batch.shape[1]
+        nll = module(batch) / batch.shape[1]
+        if self.loss == "logsigmoid":
+            # CFlow's -log sigmoid(log-likelihood per dimension): the
+            # gradient of a patch is weighted by sigmoid(its NLL), so patches
+            # the flow already fits well stop pulling the fit towards them.
+            return torch.nn.functional.softplus(nll).mean()
+        return nll.mean()
 
     def _module_scores(self, module, batch):
         return module(batch)
