@@ -687,7 +687,7 @@ def make_cflow(
     patches' negative log-likelihoods, and the anomaly map adds, per
     dimension, those of a second such flow on the finest stage's features
     alone. The patches are PatchCore's
-    3x3-averaged ones; CFlow's unpooled features scored higher on tire and
+    3x3-averaged ones; CFlow's unpooled features scored no higher on tire and
     lower on the panel's mean and worst set (README).
 
     Parameters
