@@ -20,6 +20,9 @@ anomalib's own scoring and map post-processing. anomalib's PatchCore bank is
 its k-center greedy selection on its own random projection, computed with
 skanomaly's exact blocked greedy (the same sequence, see
 ``bench_vs_anomalib.py``; anomalib's loop takes ~30 minutes a set here).
+anomalib scores the test set in batches of 16 in its order; CFlow's scores
+are relative to the rest of their batch, so its rows also give the image
+AUROC of each image scored alone and of shuffled batches.
 
 ``--variant`` adds rows with changed parameters, which is how defaults are
 chosen on the whole panel::
@@ -103,6 +106,13 @@ ANOMALIB_METHODS = ("patchcore", "padim", "dfm", "dfkde", "stfpm", "fastflow", "
 # epochs as our default head (anomalib leaves the epoch count to its Engine),
 # with anomalib's own loss, optimizer and datamodule batch size.
 ANOMALIB_TRAIN_BATCH = 32
+# Images per scoring call, as anomalib's engine batches a test set.
+ANOMALIB_TEST_BATCH = 16
+# Methods whose anomalib scores depend on the other images of the scoring
+# batch: CFlow's map is exp(log-likelihood - the batch's largest), inverted
+# against the batch's largest. Their rows also report the image AUROC of
+# each test image scored alone and of shuffled batches.
+BATCH_RELATIVE = ("cflow",)
 
 
 def _tensors(paths, shape=(256, 256)):
@@ -306,17 +316,31 @@ def _anomalib_fit(method, model, images, seed, epochs=None):
     model.eval()
 
 
-def _anomalib_score(model, images):
+def _anomalib_score(model, images, batch=ANOMALIB_TEST_BATCH):
     import torch
 
     scores, maps = [], []
     with torch.no_grad():
-        for start in range(0, len(images), 16):
-            out = model(images[start:start + 16])
+        for start in range(0, len(images), batch):
+            out = model(images[start:start + batch])
             scores.append(out.pred_score.reshape(-1))
             if out.anomaly_map is not None:
                 maps.append(out.anomaly_map.reshape(len(out.pred_score), *out.anomaly_map.shape[-2:]))
     return torch.cat(scores).numpy(), (torch.cat(maps).numpy() if maps else None)
+
+
+def _batch_dependence(model, images, defective, seed):
+    """Image AUROC of a batch-relative model scored one image at a time (as a
+    user scoring each new part) and in batches of a shuffled test set (the
+    row's own figure keeps the test set's order: batches of one defect type)."""
+    from sklearn.metrics import roc_auc_score
+
+    alone, _ = _anomalib_score(model, images, batch=1)
+    order = np.random.RandomState(seed).permutation(len(images))
+    shuffled = np.empty(len(images))
+    shuffled[order], _ = _anomalib_score(model, images[order])
+    return {"image_auroc_one_at_a_time": float(roc_auc_score(defective, alone)),
+            "image_auroc_shuffled_batches": float(roc_auc_score(defective, shuffled))}
 
 
 def _our_epochs(method):
@@ -357,6 +381,8 @@ def run_anomalib(root, methods, seed):
                     for m, s in zip(maps, shapes)]
             row["pixel_auroc"] = float(pixel_roc_auc(test.masks, full))
             row["aupro"] = float(pixel_aupro(test.masks, full))
+        if method in BATCH_RELATIVE:
+            row.update(_batch_dependence(model, test_x, test.target == -1, seed))
         print(f"  {row}", file=sys.stderr, flush=True)
         yield row
 
