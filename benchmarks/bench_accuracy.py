@@ -106,7 +106,8 @@ ANOMALIB_METHODS = ("patchcore", "padim", "dfm", "dfkde", "stfpm", "fastflow", "
 # epochs as our default head (anomalib leaves the epoch count to its Engine),
 # with anomalib's own loss, optimizer and datamodule batch size.
 ANOMALIB_TRAIN_BATCH = 32
-# Images per scoring call, as anomalib's engine batches a test set.
+# Images per scoring call. anomalib's datamodules batch a test set too
+# (eval_batch_size, 32 by default), in the folder's order.
 ANOMALIB_TEST_BATCH = 16
 # Methods whose anomalib scores depend on the other images of the scoring
 # batch: CFlow's map is exp(log-likelihood - the batch's largest), inverted
@@ -332,7 +333,8 @@ def _anomalib_score(model, images, batch=ANOMALIB_TEST_BATCH):
 def _batch_dependence(model, images, defective, seed):
     """Image AUROC of a batch-relative model scored one image at a time (as a
     user scoring each new part) and in batches of a shuffled test set (the
-    row's own figure keeps the test set's order: batches of one defect type)."""
+    row's own figure keeps the test set's folder order, so a batch holds
+    mostly one kind of image)."""
     from sklearn.metrics import roc_auc_score
 
     alone, _ = _anomalib_score(model, images, batch=1)
