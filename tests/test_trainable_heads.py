@@ -319,6 +319,32 @@ def test_early_stopping_keeps_the_best_epoch():
     assert int(np.argmin(curve)) == flow.n_iter_ - 1 - 3
 
 
+def test_weight_average_is_what_is_validated_and_kept():
+    X = _grids(20)
+
+    def fit(**kwargs):
+        params = {"max_epochs": 4, "learning_rate": 1e-2, "random_state": 0, **kwargs}
+        return _quiet(FlowDetector(**params), X)
+
+    def distance(a, b):
+        a, b = a.module_.state_dict(), b.module_.state_dict()
+        return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+    start = fit(learning_rate=1e-12, validation_fraction=0)
+    live = fit(validation_fraction=0)
+    assert distance(live, start) > 1e-2
+    # An average over a very long half-life stays at the starting weights,
+    # one over a very short one follows the live weights.
+    assert distance(fit(validation_fraction=0, ema_half_life=1e6), start) < 1e-5
+    assert distance(fit(validation_fraction=0, ema_half_life=1e-4), live) < 1e-5
+    # Early stopping validates the averaged weights, not the live ones.
+    moving = fit(validation_fraction=0.3, n_iter_no_change=10)
+    frozen = fit(validation_fraction=0.3, n_iter_no_change=10, ema_half_life=1e6)
+    assert np.ptp(moving.validation_loss_curve_) > 1e-2
+    assert np.ptp(frozen.validation_loss_curve_) < 1e-5
+    assert fit(ema_half_life=1.0).score_samples(X).tolist() == fit(ema_half_life=1.0).score_samples(X).tolist()
+
+
 def test_convergence_warning_when_still_improving():
     with pytest.warns(ConvergenceWarning, match="max_epochs=2"):
         FlowDetector(max_epochs=2, random_state=0, calibration_size=2).fit(_grids(30))
@@ -366,6 +392,7 @@ def test_non_finite_loss_is_a_clear_error(monkeypatch):
         (FlowDetector(), np.zeros((6, 2, 2, 1), dtype=np.float32), "at least 2 features"),
         (FlowDetector(learning_rate=-1.0), _grids(), "learning_rate"),
         (FlowDetector(image_score_sigma=-0.5), _grids(), "image_score_sigma"),
+        (FlowDetector(ema_half_life=0), _grids(), "ema_half_life"),
         (SimpleNetDetector(noise_std=0), _grids(), "noise_std"),
         (StateSpaceDetector(state_size=0), _grids(), "state_size"),
         (StateSpaceDetector(image_score_sigma=-1), _grids(), "image_score_sigma"),

@@ -145,6 +145,14 @@ class FlowDetector(_TrainableDetector):
         backbone's feature scale): ``"nll"`` is ``u`` itself (FastFlow's);
         ``"logsigmoid"`` is CFlow's ``-log sigmoid(-u)``, which flattens out
         on patches the flow already fits well. Scores are NLL either way.
+    ema_half_life : float or None, default=None
+        None validates and keeps the weights as the last optimiser step left
+        them. A number keeps an exponential moving average of the weights
+        over the steps, with this half-life in epochs (so the window does
+        not depend on how many images a data set has); early stopping
+        validates the average, and the best average is the model. On
+        :func:`~skanomaly.make_cflow`'s tire fits a half-life of one epoch
+        scored lower than the last weights (README), so it is off.
     max_epochs : int, default=30
         Passes over the training images.
     batch_size : int, default=16
@@ -227,6 +235,7 @@ class FlowDetector(_TrainableDetector):
         "image_score_sigma": _IMAGE_SCORE_SIGMA_CONSTRAINT,
         "map_stage": [Interval(numbers.Integral, 0, None, closed="left"), None],
         "loss": [StrOptions({"nll", "logsigmoid"})],
+        "ema_half_life": [Interval(numbers.Real, 0, None, closed="neither"), None],
     }
 
     def __init__(
@@ -240,6 +249,7 @@ class FlowDetector(_TrainableDetector):
         image_score_sigma=0.0,
         map_stage=None,
         loss="nll",
+        ema_half_life=None,
         max_epochs=30,
         batch_size=16,
         learning_rate=1e-3,
@@ -260,6 +270,7 @@ class FlowDetector(_TrainableDetector):
         self.image_score_sigma = image_score_sigma
         self.map_stage = map_stage
         self.loss = loss
+        self.ema_half_life = ema_half_life
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate

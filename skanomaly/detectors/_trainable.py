@@ -7,6 +7,7 @@ head trained on a GPU loads on a CPU, and no live module, optimizer or device
 tensor enters the pickle.
 """
 
+import contextlib
 import numbers
 import warnings
 
@@ -84,6 +85,51 @@ def _train_stage(optimizer, idx, epochs, batch_size, order_rng, bar, batch_loss)
     finally:
         bar.close()
     return curve
+
+
+class _WeightAverage:
+    """Exponential moving average of a module's weights over optimiser steps.
+
+    ``half_life`` is in epochs of ``steps_per_epoch`` steps, so the averaging
+    window does not depend on how many images or batches a data set has;
+    None keeps no average (every method is then a no-op and the live weights
+    are what is validated and kept). Integer buffers follow the live module.
+    """
+
+    def __init__(self, module, half_life, steps_per_epoch):
+        self._state = None
+        if half_life is None:
+            return
+        self._keep = 0.5 ** (1.0 / (half_life * steps_per_epoch))
+        self._state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def update(self, module):
+        if self._state is None:
+            return
+        with torch.no_grad():
+            for key, value in module.state_dict().items():
+                mean = self._state[key]
+                if mean.is_floating_point():
+                    mean.lerp_(value.detach(), 1.0 - self._keep)
+                else:
+                    mean.copy_(value)
+
+    @contextlib.contextmanager
+    def swapped_in(self, module):
+        """Run the block with the averaged weights in ``module``."""
+        if self._state is None:
+            yield
+            return
+        live = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(self._state)
+        try:
+            yield
+        finally:
+            module.load_state_dict(live)
+
+    def load_into(self, module):
+        if self._state is not None:
+            module.load_state_dict(self._state)
 
 
 class _TrainableDetector(_BaseDetector):
@@ -215,15 +261,16 @@ class _TrainableDetector(_BaseDetector):
 
         losses, val_losses = [], []
         best, best_state, stale = np.inf, None, 0
+        # Near-equal batches: never a lone last sample, which batch norm
+        # cannot train on.
+        n_batches = -(-len(train_idx) // self.batch_size)
+        average = _WeightAverage(module, getattr(self, "ema_half_life", None), n_batches)
         bar = _EpochBar(self.max_epochs, self.verbose, type(self).__name__)
         try:
             for _ in range(self.max_epochs):
                 module.train()
                 order = train_idx[order_rng.permutation(len(train_idx))]
                 total = 0.0
-                # Near-equal batches: never a lone last sample, which batch
-                # norm cannot train on.
-                n_batches = -(-len(order) // self.batch_size)
                 for chunk in np.array_split(order, n_batches):
                     chunk = np.sort(chunk)
                     loss = self._loss(module, self._training_batch(module, X, chunk), generator)
@@ -236,16 +283,19 @@ class _TrainableDetector(_BaseDetector):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
+                    average.update(module)
                     total += float(loss.detach()) * len(chunk)
                 losses.append(total / len(order))
                 val_loss = None
                 if len(val_idx):
                     val_generator.manual_seed(seed + 1)  # the same noise every epoch
-                    val_loss = self._mean_loss(module, X, val_idx, val_generator)
+                    with average.swapped_in(module):
+                        val_loss = self._mean_loss(module, X, val_idx, val_generator)
+                        if val_loss < best:
+                            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
                     val_losses.append(val_loss)
                     if val_loss < best:
                         best, stale = val_loss, 0
-                        best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
                     else:
                         stale += 1
                 bar.update(loss=losses[-1], val_loss=val_loss)
@@ -255,6 +305,8 @@ class _TrainableDetector(_BaseDetector):
             bar.close()
         if best_state is not None:
             module.load_state_dict(best_state)
+        else:
+            average.load_into(module)
         module.eval()
         self.module_ = module
         self.loss_curve_ = losses
