@@ -264,6 +264,8 @@ class _TrainableDetector(_BaseDetector):
         # Near-equal batches: never a lone last sample, which batch norm
         # cannot train on.
         n_batches = -(-len(train_idx) // self.batch_size)
+        # Heads with an ema_half_life parameter (FlowDetector) validate and
+        # keep an average of their weights; the others their last ones.
         average = _WeightAverage(module, getattr(self, "ema_half_life", None), n_batches)
         bar = _EpochBar(self.max_epochs, self.verbose, type(self).__name__)
         try:
