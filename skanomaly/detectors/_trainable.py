@@ -41,6 +41,11 @@ def _standardise_channels(module, X, idx, chunk=32):
     module.scale.copy_(torch.from_numpy(np.maximum(std, 1e-6).astype(np.float32)))
 
 
+def _state_copy(module):
+    """A detached copy of ``module``'s state dict."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
 def _load_numpy_state(module, state):
     module.load_state_dict({key: torch.from_numpy(np.array(v)) for key, v in state.items()})
 
@@ -101,7 +106,7 @@ class _WeightAverage:
         if half_life is None:
             return
         self._keep = 0.5 ** (1.0 / (half_life * steps_per_epoch))
-        self._state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self._state = _state_copy(module)
 
     def update(self, module):
         if self._state is None:
@@ -120,7 +125,7 @@ class _WeightAverage:
         if self._state is None:
             yield
             return
-        live = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        live = _state_copy(module)
         module.load_state_dict(self._state)
         try:
             yield
@@ -294,12 +299,10 @@ class _TrainableDetector(_BaseDetector):
                     with average.swapped_in(module):
                         val_loss = self._mean_loss(module, X, val_idx, val_generator)
                         if val_loss < best:
-                            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                            best, best_state, stale = val_loss, _state_copy(module), 0
+                        else:
+                            stale += 1
                     val_losses.append(val_loss)
-                    if val_loss < best:
-                        best, stale = val_loss, 0
-                    else:
-                        stale += 1
                 bar.update(loss=losses[-1], val_loss=val_loss)
                 if len(val_idx) and stale >= self.n_iter_no_change:
                     break
