@@ -314,6 +314,8 @@ class StreamingPipeline(Pipeline):
                     head._fit(features, n_held_out)
                 else:
                     head._partial_fit(features, n_held_out)
+            # Freed before the next chunk is embedded: one chunk held at a time.
+            del features
 
     def _images_per_chunk(self, embedded_shape):
         """Most images per streamed chunk: as many as a memory bank's

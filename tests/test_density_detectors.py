@@ -39,15 +39,20 @@ def _fit_part(det, X):
 
 
 @pytest.mark.parametrize("calibration_in_model", [True, False])
-def test_per_position_mahalanobis_matches_scipy(calibration_in_model):
+@pytest.mark.parametrize("offset", [0.0, 1e3])  # far from 0: the moments must not cancel
+@pytest.mark.parametrize("position_chunk", [None, 4])  # None: the default, one block here
+def test_per_position_mahalanobis_matches_scipy(calibration_in_model, offset, position_chunk,
+                                               monkeypatch):
+    if position_chunk is not None:
+        monkeypatch.setattr("skanomaly.detectors._gaussian._POSITION_CHUNK", position_chunk)
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(40, 2, 3, 4)).astype(np.float32)
+    X = (rng.normal(size=(40, 2, 3, 4)) + offset).astype(np.float32)
     det = GaussianDetector(regularization=0.01, calibration_in_model=calibration_in_model,
                            random_state=0).fit(X)
     part = _fit_part(det, X).astype(np.float64)
-    test = rng.normal(size=(2, 2, 3, 4)).astype(np.float32)
+    test = (rng.normal(size=(2, 2, 3, 4)) + offset).astype(np.float32)
     got = det.score_patches(test)
-    for i, j in [(0, 0), (1, 2)]:
+    for i, j in [(0, 0), (1, 1), (1, 2)]:
         feats = part[:, i, j]
         cov = np.cov(feats, rowvar=False) + 0.01 * np.eye(4)
         for k in range(2):

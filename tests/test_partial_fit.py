@@ -101,6 +101,34 @@ def test_bad_batches_are_refused_and_leave_the_model_as_it_was():
     assert det.offset_ == offset and det._running[0] == 30
 
 
+def test_an_interrupted_partial_fit_leaves_the_model_as_it_was(monkeypatch):
+    import skanomaly.detectors._gaussian as gaussian
+
+    det = GaussianDetector(regularization=0.1, regularization_scale="global",
+                           random_state=0).fit(_grids(17, 30))
+    test = _grids(18, 6)
+    before = {name: np.copy(getattr(det, name)) for name in ("mean_", "precision_", "_logdet")}
+    scores, offset = det.score_samples(test), det.offset_
+    # Fail while the new moments are half built: the third of five blocks.
+    monkeypatch.setattr(gaussian, "_POSITION_CHUNK", 2)
+    calls, moments = [], gaussian._block_moments
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("no room")
+        return moments(*args)
+
+    monkeypatch.setattr(gaussian, "_block_moments", failing)
+    with pytest.raises(MemoryError):
+        det.partial_fit(_grids(19, 20) + 1.0)
+    assert len(calls) == 3
+    for name, value in before.items():
+        np.testing.assert_array_equal(getattr(det, name), value)
+    np.testing.assert_array_equal(det.score_samples(test), scores)
+    assert det.offset_ == offset and det._running[0] == 30
+
+
 def test_only_heads_that_can_grow_have_partial_fit():
     assert hasattr(KNNDetector(), "partial_fit") and hasattr(GaussianDetector(), "partial_fit")
     assert not hasattr(GaussianDetector(n_components=0.9), "partial_fit")  # one PCA of all

@@ -47,6 +47,41 @@ def _mean_variance(cov):
     return torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)
 
 
+def _position_blocks(positions):
+    return [slice(start, min(start + _POSITION_CHUNK, positions))
+            for start in range(0, positions, _POSITION_CHUNK)]
+
+
+def _unpacked(packed, d):
+    """Symmetric (p, d, d) float64 matrices from their float32 upper triangles."""
+    rows, cols = torch.triu_indices(d, d)
+    values = torch.from_numpy(packed).double()
+    full = torch.empty((len(packed), d, d), dtype=torch.float64)
+    full[:, rows, cols] = values
+    full[:, cols, rows] = values
+    return full
+
+
+def _block_moments(feats, idx, block):
+    """Mean and centred scatter matrices of the samples ``feats[idx, block]``
+    (``feats``: (n, positions, d)), in float64.
+
+    Read ``_IMAGE_CHUNK`` images at a time, so a memory-mapped ``feats`` is
+    never held whole. Sums are of the samples minus the first one, which is
+    near the mean, so the scatter does not cancel catastrophically.
+    """
+    reference = torch.from_numpy(np.asarray(feats[idx[0], block], dtype=np.float64))
+    total = torch.zeros_like(reference)
+    scatter = torch.zeros(reference.shape + reference.shape[-1:], dtype=torch.float64)
+    for start in range(0, len(idx), _IMAGE_CHUNK):
+        part = torch.from_numpy(np.asarray(feats[idx[start:start + _IMAGE_CHUNK], block],
+                                           dtype=np.float64)) - reference
+        total += part.sum(0)
+        part = part.transpose(0, 1).contiguous()  # (positions, images, d)
+        scatter.baddbmm_(part.transpose(1, 2), part)
+    shift = total / len(idx)
+    return reference + shift, scatter - len(idx) * shift[:, :, None] * shift[:, None, :]
+
 class GaussianDetector(_BaseDetector):
     """Gaussian model of normal features: PaDiM on patch grids, DFM on vectors.
 
@@ -173,16 +208,16 @@ class GaussianDetector(_BaseDetector):
         _, h, w, _ = X.shape
         if self.score_type == "reconstruction" and self.n_components is None:
             raise ValueError("score_type='reconstruction' needs n_components (PCA).")
-        # Without PCA: a Gaussian per position (one on vectors), from sums
-        # that the held-out samples are later added to. With PCA a grid is one
-        # sample: one PCA of the flattened grids.
+        # Without PCA: a Gaussian per position (one on vectors), from moments
+        # that the held-out samples are later merged into. With PCA a grid is
+        # one sample: one PCA of the flattened grids.
         if self.n_components is None:
-            self._set_grid_statistics(self._grid_sums(X, fit_idx), (h, w))
+            self._merge_grid_statistics(X, fit_idx, None)
         else:
             self._set_pca_statistics(X, fit_idx)
 
     def _can_partial_fit(self):
-        # A PCA needs every sample at once; per-position Gaussians are sums.
+        # A PCA needs every sample at once; per-position Gaussians are moments.
         return self.n_components is None
 
     def _update_normal(self, X, fit_idx, rng):
@@ -197,60 +232,94 @@ class GaussianDetector(_BaseDetector):
                 "(one Gaussian per position).")
         if len(fit_idx) == 0:
             return
-        sums = self._grid_sums(X, fit_idx, into=self._running_sums())
-        self.precision_ = None  # freed before its replacement is built
-        self._set_grid_statistics(sums, self._grid_shape)
+        if not hasattr(self, "_running"):
+            raise ValueError(f"This {type(self).__name__} was fitted by an earlier skanomaly "
+                             "without the moments that partial_fit continues: fit it again.")
+        self._merge_grid_statistics(X, fit_idx, self._running)
 
     def _after_calibration(self, X, cal_idx, rng):
         if self.pca_ is not None:
             return super()._after_calibration(X, cal_idx, rng)
         if self.calibration_in_model:
-            # The statistics are sums: the held-out images' are added, so
-            # the others are not read again.
+            # The statistics are moments: the held-out images' are merged in,
+            # so the others are not read again.
             self._update_normal(X, cal_idx, rng)
 
-    def _running_sums(self):
-        """The float64 sums of ``_grid_sums`` behind the current statistics."""
-        if not hasattr(self, "_running"):
-            raise ValueError(f"This {type(self).__name__} was fitted by an earlier skanomaly "
-                             "without the sums that partial_fit continues: fit it again.")
-        n, mean, packed = self._running
-        positions, d = mean.shape
-        rows, cols = torch.triu_indices(d, d)
-        outer = torch.zeros((positions, d, d), dtype=torch.float64)
-        with torch.inference_mode():
-            for start in range(0, positions, _POSITION_CHUNK):
-                block = slice(start, start + _POSITION_CHUNK)
-                values = torch.from_numpy(packed[block]).to(torch.float64)
-                outer[block, rows, cols] = values
-                outer[block, cols, rows] = values
-                m = torch.from_numpy(mean[block])
-                outer[block] += n * m[:, :, None] * m[:, None, :]
-        return torch.from_numpy(n * mean), outer, n
+    def _merge_grid_statistics(self, X, idx, running):
+        """Merge ``X[idx]`` into the per-position moments ``running`` (no PCA).
 
-    def _set_grid_statistics(self, sums, grid_shape):
-        """Per-position Gaussians (no PCA) from the sums of ``_grid_sums``."""
-        mean, precision, logdet = self._grid_statistics(*sums)
-        d = mean.shape[-1]
-        # What partial_fit continues from: the count, the float64 means and
-        # the centred scatter matrices in float32 (upper triangles; centred,
-        # so float32 loses nothing that the stored precisions keep).
-        _, outer, n = sums
+        ``running`` is ``(n, mean, packed)`` of the samples learnt so far (None:
+        none): their count, float64 means and centred scatter matrices in
+        float32 upper triangles (centred, so float32 loses nothing that the
+        stored precisions keep). One pass over ``_POSITION_CHUNK`` positions at
+        a time (Chan et al.'s pairwise update), so no (positions, d, d) float64
+        array is held whole. The precisions are a function of the moments:
+        dropped here, and built by ``_build_precisions`` when the model next
+        scores (every merge of a streamed fit would otherwise build them).
+        """
+        _, h, w, d = X.shape
+        positions = h * w
+        feats = X.reshape(len(X), positions, d)
+        n_old, mean_old, packed_old = running if running is not None else (0, None, None)
+        n = n_old + len(idx)
         rows, cols = torch.triu_indices(d, d)
-        packed = np.empty((len(mean), len(rows)), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(mean), _POSITION_CHUNK):
-                block = slice(start, start + _POSITION_CHUNK)
-                m = torch.from_numpy(mean[block])
-                scatter = outer[block] - n * m[:, :, None] * m[:, None, :]
-                packed[block] = scatter[:, rows, cols].to(torch.float32).numpy()
+        # Rebuilt from the old moments if the merge fails: nothing half-written.
+        self.precision_ = None
+        try:
+            mean = np.empty((positions, d), dtype=np.float64)
+            packed = np.empty((positions, len(rows)), dtype=np.float32)
+            with torch.inference_mode():
+                for block in _position_blocks(positions):
+                    mean_b, m2 = _block_moments(feats, idx, block)
+                    if n_old:
+                        mean_a = torch.from_numpy(mean_old[block])
+                        delta = mean_b - mean_a
+                        mean_b = mean_a + delta * (len(idx) / n)
+                        m2 += _unpacked(packed_old[block], d)
+                        m2 += (n_old * len(idx) / n) * delta[:, :, None] * delta[:, None, :]
+                    mean[block] = mean_b.numpy()
+                    packed[block] = m2[:, rows, cols].to(torch.float32).numpy()
+        except BaseException:
+            if running is not None:
+                self._build_precisions()
+            raise
         self._running = (n, mean, packed)
         self.pca_ = None
-        self._grid_shape = tuple(grid_shape)
-        shape = self._grid_shape if np.prod(grid_shape) > 1 else ()  # vectors: (d,)
+        self._grid_shape = (h, w)
+        shape = self._grid_shape if positions > 1 else ()  # vectors: (d,)
         self.mean_ = mean.astype(np.float32).reshape(shape + (d,))
-        self.precision_ = precision.reshape(shape + (d, d))
+
+    def _build_precisions(self):
+        """``precision_`` and the log-determinants from the running moments
+        (regularised as ``regularization_scale`` says), if they were dropped."""
+        if self.pca_ is not None or self.precision_ is not None:
+            return
+        n, _, packed = self._running
+        positions = len(packed)
+        d = self.mean_.shape[-1]
+        on_diagonal = np.cumsum(np.r_[0, np.arange(d, 1, -1)])  # (i, i) in a packed row
+        scale = self.regularization_scale
+        if scale == "global":
+            # sum_p tr(S_p) / (p d), before any precision is built.
+            trace = packed[:, on_diagonal].sum(dtype=np.float64)
+            scale = trace / max(n - 1, 1) / (positions * d)
+        precision = np.empty((positions, d, d), dtype=np.float32)
+        logdet = np.empty(positions, dtype=np.float64)
+        with torch.inference_mode():
+            for block in _position_blocks(positions):
+                cov = _unpacked(packed[block], d) / max(n - 1, 1)
+                prec, ld = _regularised_precision(cov, self.regularization, scale)
+                precision[block] = prec.numpy()
+                logdet[block] = ld.numpy()
+        self.precision_ = precision.reshape(self.mean_.shape + (d,))
         self._logdet = logdet
+
+    def _calibrate(self, X, cal_idx, rng, merge=False):
+        # The last step of fit and partial_fit: the model scores the held-out
+        # samples, then may merge them (calibration_in_model).
+        self._build_precisions()
+        super()._calibrate(X, cal_idx, rng, merge)
+        self._build_precisions()
 
     def _set_pca_statistics(self, X, idx):
         """PCA of the samples ``X[idx]`` flattened, and one Gaussian in its space."""
@@ -274,52 +343,6 @@ class GaussianDetector(_BaseDetector):
         self.mean_ = mean.astype(np.float32).reshape(dim)
         self.precision_ = prec.numpy().astype(np.float32).reshape(dim, dim)
         self._logdet = ld.numpy()
-
-    @staticmethod
-    def _grid_sums(X, idx, into=None):
-        """Per-position sum and sum of outer products of ``X[idx]`` (float64), and n.
-
-        Read a chunk of images at a time, so a lazily computed ``X`` is read
-        once and never held whole. ``into``: earlier sums, added to in place.
-        """
-        _, h, w, d = X.shape
-        positions = h * w
-        if into is None:
-            total = torch.zeros((positions, d), dtype=torch.float64)
-            outer = torch.zeros((positions, d, d), dtype=torch.float64)
-            n_before = 0
-        else:
-            total, outer, n_before = into
-        with torch.inference_mode():
-            for start in range(0, len(idx), _IMAGE_CHUNK):
-                chunk = np.asarray(X[idx[start:start + _IMAGE_CHUNK]])
-                block = torch.from_numpy(np.ascontiguousarray(
-                    chunk.reshape(len(chunk), positions, d).transpose(1, 0, 2), dtype=np.float64
-                ))
-                total += block.sum(dim=1)
-                outer.baddbmm_(block.transpose(1, 2), block)
-        return total, outer, n_before + len(idx)
-
-    def _grid_statistics(self, total, outer, n):
-        """Per-position mean, regularised precision and log-determinant from the sums."""
-        positions, d = total.shape
-        with torch.inference_mode():
-            mean = total / n
-            precision = np.empty((positions, d, d), dtype=np.float32)
-            logdet = np.empty(positions, dtype=np.float64)
-            scale = self.regularization_scale
-            if scale == "global":
-                # sum_p tr(S_p) / (p d), from the same sums, before any chunk.
-                sq = torch.diagonal(outer, dim1=-2, dim2=-1).sum() - n * (mean ** 2).sum()
-                scale = float(sq / max(n - 1, 1) / (positions * d))
-            for start in range(0, positions, _POSITION_CHUNK):
-                rows = slice(start, start + _POSITION_CHUNK)
-                m = mean[rows]
-                cov = (outer[rows] - n * m[:, :, None] * m[:, None, :]) / max(n - 1, 1)
-                prec, ld = _regularised_precision(cov, self.regularization, scale)
-                precision[rows] = prec.numpy()
-                logdet[rows] = ld.numpy()
-        return mean.numpy(), precision, logdet
 
     # -- ONNX export (skanomaly.export) ------------------------------------------
     @property
