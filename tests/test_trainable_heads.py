@@ -203,10 +203,10 @@ def test_map_stage_adds_that_stage_alone_to_the_map():
     assert mapped.map_channels_ == (3, 8) and mapped.map_flow_.n_iter_ >= 1
     # The image score is the joint flow's, trained as without a map flow.
     np.testing.assert_array_equal(mapped.score_samples(X), joint.score_samples(X))
-    # The map: each flow's patch NLL per dimension, summed.
+    # The map: one minus the mean of the two flows' likelihoods per dimension.
     stage = mapped.map_flow_.score_patches(X[..., 3:])
-    np.testing.assert_allclose(mapped.score_patches(X), joint.score_patches(X) / 8 + stage / 5,
-                               rtol=1e-5)
+    expected = 1 - (np.exp(-joint.score_patches(X) / 8) + np.exp(-stage / 5)) / 2
+    np.testing.assert_allclose(mapped.score_patches(X), expected, rtol=1e-5, atol=1e-6)
     # A change outside the stage's channels leaves its share as it was and
     # moves the map through the joint flow's share.
     moved = X.copy()
@@ -257,7 +257,8 @@ def test_map_flow_continues_with_warm_start_and_a_failed_fit_leaves_nothing(monk
     assert not any(name.endswith("_") and not name.startswith("_") for name in vars(fresh))
 
 
-def test_cflow_pipelines_hand_the_embedder_groups_to_the_head(tmp_path):
+@pytest.mark.parametrize("factory", [make_cflow, make_fastflow])
+def test_flow_pipelines_hand_the_embedder_groups_to_the_head(factory, tmp_path):
     from sklearn.pipeline import make_pipeline
 
     from skanomaly import PatchEmbedder
@@ -265,19 +266,20 @@ def test_cflow_pipelines_hand_the_embedder_groups_to_the_head(tmp_path):
 
     rng = np.random.default_rng(0)
     train, test = rng.random((8, 64, 64, 3)), rng.random((2, 64, 64, 3))
-    pipe = _quiet(make_cflow(image_size=64, max_epochs=1, random_state=0), train)
+    pipe = _quiet(factory(image_size=64, max_epochs=1, random_state=0), train)
     head = pipe[-1]
     assert pipe[0].feature_groups_ == (40, 112) and head.map_channels_ == (0, 40)
     features = pipe[0].transform(test)
-    np.testing.assert_allclose(head.score_patches(features),
-                               head._patch_scores(features) / 152
-                               + head.map_flow_.score_patches(features[..., :40]) / 40, rtol=1e-5)
+    likelihoods = (np.exp(-head._patch_scores(features) / 152)
+                   + np.exp(-head.map_flow_.score_patches(features[..., :40]) / 40))
+    np.testing.assert_allclose(head.score_patches(features), 1 - likelihoods / 2,
+                               rtol=1e-5, atol=1e-6)
     # Scored and drawn the same after a safe save and load.
-    saved = load_model(save_model(pipe, tmp_path / "cflow.skops"))
+    saved = load_model(save_model(pipe, tmp_path / "flow.skops"))
     np.testing.assert_array_equal(saved.score_samples(test), pipe.score_samples(test))
     np.testing.assert_array_equal(anomaly_maps(saved, test), anomaly_maps(pipe, test))
     # evaluate_pipeline fits the head as pipe.fit does.
-    result = evaluate_pipeline(make_cflow(image_size=64, max_epochs=1, random_state=0),
+    result = evaluate_pipeline(factory(image_size=64, max_epochs=1, random_state=0),
                                list(train), list(test), np.array([1, -1]))
     assert result["pipeline"][-1].map_channels_ == (0, 40)
     # A plain Pipeline does not know the groups: a clear error, unless given.

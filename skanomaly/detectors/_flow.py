@@ -134,11 +134,12 @@ class FlowDetector(_TrainableDetector):
         None: the flow's patch NLL is the map (``score_patches``). An index
         into ``fit``'s ``feature_groups`` (the channels of each backbone
         stage, fine to coarse; 0 is the finest): a second flow, with the same
-        settings, models that stage's channels alone, and the map is the
-        sum of the two flows' patch NLL per dimension, while the image score
-        stays the first flow's. A coarse stage upsampled to the fine grid
-        smears a joint flow's map over its 16-pixel cells;
-        :func:`~skanomaly.make_cflow` sets 0 (panel figures in the README).
+        settings, models that stage's channels alone, and the map is one
+        minus the mean of the two flows' patch likelihoods per dimension
+        (``exp(-NLL / d)``), while the image score stays the first flow's.
+        A coarse stage upsampled to the fine grid smears a joint flow's map
+        over its 16-pixel cells; :func:`~skanomaly.make_fastflow` and
+        :func:`~skanomaly.make_cflow` set 0 (panel figures in the README).
     loss : {"nll", "logsigmoid"}, default="nll"
         Training loss of each patch, from its NLL per dimension ``u`` (of
         the standardised channels, so the loss does not depend on the
@@ -204,9 +205,9 @@ class FlowDetector(_TrainableDetector):
         (``map_stage``); None without.
     map_flow_ : FlowDetector or None
         That flow, or None: its ``score_patches`` on the stage's channels,
-        per dimension, is the stage's share of the map; it has no threshold
-        of its own (the pixel threshold comes from this detector's
-        ``calibration_patch_scores_``).
+        as a likelihood per dimension, is the stage's share of the map; it
+        has no threshold of its own (the pixel threshold comes from this
+        detector's ``calibration_patch_scores_``).
 
     See Also
     --------
@@ -362,7 +363,7 @@ class FlowDetector(_TrainableDetector):
             return super()._patch_and_image_scores(X)
         joint = self._patch_scores(X)
         image = _smoothed_max(joint, self.image_score_sigma)
-        return _per_dimension_sum(joint, X.shape[-1], self.map_flow_._patch_scores(
+        return _combined_map(joint, X.shape[-1], self.map_flow_._patch_scores(
             self._map_features(X)), self.map_flow_.n_features_in_), image
 
     def _export_graph(self):
@@ -414,12 +415,13 @@ class FlowDetector(_TrainableDetector):
         return module(batch)
 
 
-def _per_dimension_sum(joint, n_joint, stage, n_stage):
-    """The map of a FlowDetector with ``map_stage``: each flow's patch NLL
-    per dimension, summed, so that the stage weighs as much as all the
-    channels together (as CFlow sums its per-stage maps, each normalised by
-    its dimension)."""
-    return joint / n_joint + stage / n_stage
+def _combined_map(joint, n_joint, stage, n_stage):
+    """The map of a FlowDetector with ``map_stage``: one minus the mean of the
+    two flows' patch likelihoods per dimension, ``exp(-NLL / d)``, so that
+    the stage weighs as much as all the channels together (as anomalib's
+    FastFlow and CFlow average their per-stage maps in likelihood space)."""
+    exp = torch.exp if isinstance(joint, torch.Tensor) else np.exp
+    return 1 - (exp(-joint / n_joint) + exp(-stage / n_stage)) / 2
 
 
 class _MappedFlowGraph(torch.nn.Module):
@@ -438,4 +440,4 @@ class _MappedFlowGraph(torch.nn.Module):
         start, stop = self._channels
         stage = head._module_scores(
             self.map_flow, head._module_input(self.map_flow, grids[..., start:stop])).float()
-        return _per_dimension_sum(joint, grids.shape[-1], stage, stop - start), image
+        return _combined_map(joint, grids.shape[-1], stage, stop - start), image
