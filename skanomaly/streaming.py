@@ -316,6 +316,8 @@ class StreamingPipeline(Pipeline):
                     head._partial_fit(features, n_held_out)
             # Freed before the next chunk is embedded: one chunk held at a time.
             del features
+        if held_out[0] is not None:
+            head._finish_fit()  # the private steps above leave it to the end
 
     def _images_per_chunk(self, embedded_shape):
         """Most images per streamed chunk: as many as a memory bank's

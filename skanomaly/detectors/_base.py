@@ -252,7 +252,9 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         self : object
             Fitted detector.
         """
-        return self._fit(X)
+        self._fit(X)
+        self._finish_fit()
+        return self
 
     def _can_partial_fit(self):
         return False
@@ -295,7 +297,9 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         """
         if not hasattr(self, "offset_"):
             return self.fit(X)
-        return self._partial_fit(X)
+        self._partial_fit(X)
+        self._finish_fit()
+        return self
 
     def _partial_fit(self, X, n_held_out=None):
         """``partial_fit`` of a fitted detector, holding out ``n_held_out``
@@ -318,6 +322,10 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"{type(self).__name__} needs 1 to {X.shape[0] - 1} of "
                              f"{X.shape[0]} samples held out; got {n_held_out}.")
         return self._fit_checked(X, n_held_out)
+
+    def _finish_fit(self):
+        """Hook run once ``fit`` or ``partial_fit`` (or a streamed fit's last
+        chunk) is done: what the steps in between need not build."""
 
     def _fit_checked(self, X, n_held_out=None):
         rng = check_random_state(self.random_state)

@@ -255,7 +255,8 @@ class GaussianDetector(_BaseDetector):
         a time (Chan et al.'s pairwise update), so no (positions, d, d) float64
         array is held whole. The precisions are a function of the moments:
         dropped here, and built by ``_build_precisions`` when the model next
-        scores (every merge of a streamed fit would otherwise build them).
+        scores (calibration) or the fit ends (``_finish_fit``), not after
+        every merge of a streamed fit.
         """
         _, h, w, d = X.shape
         positions = h * w
@@ -314,11 +315,8 @@ class GaussianDetector(_BaseDetector):
         self.precision_ = precision.reshape(self.mean_.shape + (d,))
         self._logdet = logdet
 
-    def _calibrate(self, X, cal_idx, rng, merge=False):
-        # The last step of fit and partial_fit: the model scores the held-out
-        # samples, then may merge them (calibration_in_model).
-        self._build_precisions()
-        super()._calibrate(X, cal_idx, rng, merge)
+    def _finish_fit(self):
+        # Not after every chunk of a streamed fit: the next one merges again.
         self._build_precisions()
 
     def _set_pca_statistics(self, X, idx):
@@ -357,6 +355,9 @@ class GaussianDetector(_BaseDetector):
                               self.score_type == "nll", self.image_score_sigma)
 
     def _patch_and_image_scores(self, X):
+        # Built here when a merge dropped them: calibration scores the
+        # held-out samples between merges.
+        self._build_precisions()
         n, h, w, d = X.shape
         if self.pca_ is not None:
             fitted = getattr(self, "_grid_shape", (1, 1))
