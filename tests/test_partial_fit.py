@@ -127,6 +127,12 @@ def test_an_interrupted_partial_fit_leaves_the_model_as_it_was(monkeypatch):
         np.testing.assert_array_equal(getattr(det, name), value)
     np.testing.assert_array_equal(det.score_samples(test), scores)
     assert det.offset_ == offset and det._running[0] == 30
+    # A refit that fails leaves the fitted model as it was, too.
+    calls.clear()
+    with pytest.raises(MemoryError):
+        det.fit(_grids(20, 40))
+    np.testing.assert_array_equal(det.score_samples(test), scores)
+    assert det.offset_ == offset and det._running[0] == 30
 
 
 def test_only_heads_that_can_grow_have_partial_fit():

@@ -264,8 +264,9 @@ class GaussianDetector(_BaseDetector):
         n_old, mean_old, packed_old = running if running is not None else (0, None, None)
         n = n_old + len(idx)
         rows, cols = torch.triu_indices(d, d)
-        # Rebuilt from the old moments if the merge fails: nothing half-written.
-        self.precision_ = None
+        if running is not None:
+            # Freed for the merge; rebuilt from the old moments if it fails.
+            self.precision_ = None
         try:
             mean = np.empty((positions, d), dtype=np.float64)
             packed = np.empty((positions, len(rows)), dtype=np.float32)
@@ -286,6 +287,7 @@ class GaussianDetector(_BaseDetector):
             raise
         self._running = (n, mean, packed)
         self.pca_ = None
+        self.precision_ = None  # of the new moments: built when needed
         self._grid_shape = (h, w)
         shape = self._grid_shape if positions > 1 else ()  # vectors: (d,)
         self.mean_ = mean.astype(np.float32).reshape(shape + (d,))
