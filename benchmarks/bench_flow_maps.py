@@ -5,9 +5,10 @@ For each set with masks and each method, the factory with its defaults (and
 are printed), then the test images' patch NLL grids of the joint flow and
 of the stride-8 stage's flow are kept, and pixel AUROC and AUPRO are
 computed for maps drawn from them at ``anomaly_maps``' default blur: each
-flow alone, their NLL per dimension summed, and one minus the mean of their
-likelihoods per dimension (``exp(-NLL / d)``, the head's map). Combinations
-are affine in the upsampled maps, so each is the map the head would draw.
+flow alone, their NLL per dimension summed, and the head's own map (one
+minus the mean of their likelihoods per dimension, ``exp(-NLL / d)``).
+Combinations are affine in the upsampled maps, so each is the map a head
+drawing it would draw.
 
 With ``--stride4`` a third flow (the factory's head, cloned) is fitted on
 the backbone's stride-4 stage alone (``patchembedder__layers=(4,)``: a
@@ -90,15 +91,16 @@ def main(argv=None):
             maps = {"joint alone": upsampled(joint), "stage alone": upsampled(stage),
                     "NLL per dimension summed": upsampled(joint / dims["joint"]
                                                           + stage / dims["stage"])}
-            likelihood = {k: upsampled(_likelihood(g, dims[k])) for k, g in grids.items()}
-            combos = [("joint", "stage")]
+            # The head's own map (map_stage=0): likelihoods of joint + stage averaged.
+            maps["likelihoods averaged: joint + stage"] = upsampled(head.score_patches(features))
             if args.stride4:
                 maps["stride-4 alone"] = upsampled(grids["stride4"])
-                combos += [("joint", "stride4"), ("joint", "stage", "stride4")]
-            for combo in combos:
-                # Each upsampled separately: grids differ (stride 4 or 8).
-                maps["likelihoods averaged: " + " + ".join(combo)] = [
-                    1 - sum(parts) / len(combo) for parts in zip(*(likelihood[k] for k in combo))]
+                # Each upsampled on its own: the grids differ (stride 4 or 8).
+                likelihood = {k: upsampled(_likelihood(g, dims[k])) for k, g in grids.items()}
+                for combo in [("joint", "stride4"), ("joint", "stage", "stride4")]:
+                    maps["likelihoods averaged: " + " + ".join(combo)] = [
+                        1 - sum(parts) / len(combo)
+                        for parts in zip(*(likelihood[k] for k in combo))]
             for variant, drawn in maps.items():
                 row = {"set": name, "method": method, "seed": args.seed, "map": variant,
                        "image_auroc": result["image_auroc"],

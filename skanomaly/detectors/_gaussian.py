@@ -52,9 +52,21 @@ def _position_blocks(positions):
             for start in range(0, positions, _POSITION_CHUNK)]
 
 
+def _triangle(d):
+    """Row and column of each entry of a packed (d, d) upper triangle: the
+    one layout that ``_packed``, ``_unpacked`` and diagonal reads share."""
+    return torch.triu_indices(d, d)
+
+
+def _packed(matrices):
+    """The float32 upper triangles of symmetric (p, d, d) matrices."""
+    rows, cols = _triangle(matrices.shape[-1])
+    return matrices[:, rows, cols].to(torch.float32).numpy()
+
+
 def _unpacked(packed, d):
     """Symmetric (p, d, d) float64 matrices from their float32 upper triangles."""
-    rows, cols = torch.triu_indices(d, d)
+    rows, cols = _triangle(d)
     values = torch.from_numpy(packed).double()
     full = torch.empty((len(packed), d, d), dtype=torch.float64)
     full[:, rows, cols] = values
@@ -263,13 +275,12 @@ class GaussianDetector(_BaseDetector):
         feats = X.reshape(len(X), positions, d)
         n_old, mean_old, packed_old = running if running is not None else (0, None, None)
         n = n_old + len(idx)
-        rows, cols = torch.triu_indices(d, d)
         if running is not None:
             # Freed for the merge; rebuilt from the old moments if it fails.
             self.precision_ = None
         try:
             mean = np.empty((positions, d), dtype=np.float64)
-            packed = np.empty((positions, len(rows)), dtype=np.float32)
+            packed = np.empty((positions, d * (d + 1) // 2), dtype=np.float32)
             with torch.inference_mode():
                 for block in _position_blocks(positions):
                     mean_b, m2 = _block_moments(feats, idx, block)
@@ -280,7 +291,7 @@ class GaussianDetector(_BaseDetector):
                         m2 += _unpacked(packed_old[block], d)
                         m2 += (n_old * len(idx) / n) * delta[:, :, None] * delta[:, None, :]
                     mean[block] = mean_b.numpy()
-                    packed[block] = m2[:, rows, cols].to(torch.float32).numpy()
+                    packed[block] = _packed(m2)
         except BaseException:
             if running is not None:
                 self._build_precisions()
@@ -300,7 +311,8 @@ class GaussianDetector(_BaseDetector):
         n, _, packed = self._running
         positions = len(packed)
         d = self.mean_.shape[-1]
-        on_diagonal = np.cumsum(np.r_[0, np.arange(d, 1, -1)])  # (i, i) in a packed row
+        rows, cols = _triangle(d)
+        on_diagonal = (rows == cols).numpy()
         scale = self.regularization_scale
         if scale == "global":
             # sum_p tr(S_p) / (p d), before any precision is built.
