@@ -257,8 +257,69 @@ def test_map_flow_continues_with_warm_start_and_a_failed_fit_leaves_nothing(monk
     assert not any(name.endswith("_") and not name.startswith("_") for name in vars(fresh))
 
 
-@pytest.mark.parametrize("factory", [make_cflow, make_fastflow])
-def test_flow_pipelines_hand_the_embedder_groups_to_the_head(factory, tmp_path):
+def _bilinear(patch, shape):
+    grids = torch.from_numpy(patch)[:, None]
+    return torch.nn.functional.interpolate(grids, size=shape, mode="bilinear",
+                                           align_corners=False)[:, 0].numpy()
+
+
+def test_joint_flow_on_chosen_stages_of_a_pooled_grid():
+    rng = np.random.default_rng(0)
+    # A 6 x 7 grid: the last pooled column averages one column only.
+    X = np.linspace(-1, 1, 8, dtype=np.float32) + rng.normal(size=(16, 6, 7, 8)).astype(np.float32)
+    params = dict(max_epochs=3, random_state=0)
+    pooled = FlowDetector(joint_stages=(2, 1), joint_pool=2, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pooled.fit(X, feature_groups=(3, 2, 3))
+    assert pooled.joint_channels_ == [3, 4, 5, 6, 7] and pooled.n_features_in_ == 8
+    # The same flow as one trained on those channels averaged over 2 x 2 cells.
+    coarse = np.stack([np.stack([X[:, i:i + 2, j:j + 2, 3:].mean((1, 2)) for j in range(0, 7, 2)],
+                                1) for i in range(0, 6, 2)], 1)
+    assert coarse.shape == (16, 3, 4, 5)
+    plain = _quiet(FlowDetector(**params), coarse)
+    np.testing.assert_allclose(pooled.score_samples(X), plain.score_samples(coarse), rtol=1e-4)
+    # Its map is that flow's, resized to the grid; the image score is the
+    # largest coarse patch's.
+    np.testing.assert_allclose(pooled.score_patches(X), _bilinear(plain.score_patches(coarse),
+                               (6, 7)), rtol=1e-4, atol=1e-5)
+    # With a map stage, the map averages the resized joint likelihood with
+    # the stage flow's at the grid's own resolution.
+    mapped = FlowDetector(joint_stages=(1, 2), joint_pool=2, map_stage=0, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mapped.fit(X, feature_groups=(3, 2, 3))
+    np.testing.assert_array_equal(mapped.score_samples(X), pooled.score_samples(X))
+    stage = mapped.map_flow_.score_patches(X[..., :3])
+    assert stage.shape == (16, 6, 7)
+    expected = 1 - (np.exp(-pooled.score_patches(X) / 5) + np.exp(-stage / 3)) / 2
+    np.testing.assert_allclose(mapped.score_patches(X), expected, rtol=1e-5, atol=1e-6)
+    # Channels outside the joint stages do not move the image score.
+    moved = X.copy()
+    moved[..., :3] += 5.0
+    np.testing.assert_array_equal(mapped.score_samples(moved), mapped.score_samples(X))
+
+
+@pytest.mark.parametrize("stages, groups, match", [
+    ((1,), None, "joint_stages=\\(1,\\) needs the channels"),
+    ((3,), (3, 5), "distinct stages among the 2"),
+    ((0, 0), (3, 5), "distinct stages"),
+    ((), (3, 5), "distinct stages"),
+    ((0.5,), (3, 5), "distinct stages"),
+])
+def test_joint_stages_that_name_no_stages_are_refused(stages, groups, match):
+    flow = FlowDetector(max_epochs=1, joint_stages=stages)
+    with pytest.raises(ValueError, match=match):
+        flow.fit(_grids(), feature_groups=groups)
+    assert not hasattr(flow, "module_") and not hasattr(flow, "joint_channels_")
+
+
+@pytest.mark.parametrize("factory, groups, joint_channels, pooled", [
+    (make_cflow, (40, 112), None, False),
+    (make_fastflow, (24, 40, 112), list(range(24, 176)), True),
+])
+def test_flow_pipelines_hand_the_embedder_groups_to_the_head(factory, groups, joint_channels,
+                                                             pooled, tmp_path):
     from sklearn.pipeline import make_pipeline
 
     from skanomaly import PatchEmbedder
@@ -268,10 +329,16 @@ def test_flow_pipelines_hand_the_embedder_groups_to_the_head(factory, tmp_path):
     train, test = rng.random((8, 64, 64, 3)), rng.random((2, 64, 64, 3))
     pipe = _quiet(factory(image_size=64, max_epochs=1, random_state=0), train)
     head = pipe[-1]
-    assert pipe[0].feature_groups_ == (40, 112) and head.map_channels_ == (0, 40)
+    stage = (0, groups[0])
+    assert pipe[0].feature_groups_ == groups and head.map_channels_ == stage
+    assert head.joint_channels_ == joint_channels
     features = pipe[0].transform(test)
-    likelihoods = (np.exp(-head._patch_scores(features) / 152)
-                   + np.exp(-head.map_flow_.score_patches(features[..., :40]) / 40))
+    joint = head._patch_scores(features)
+    assert joint.shape[1:] == tuple(np.array(features.shape[1:3]) // (2 if pooled else 1))
+    n_joint = sum(groups) - (groups[0] if pooled else 0)
+    likelihoods = (np.exp(-_bilinear(joint, features.shape[1:3]) / n_joint)
+                   + np.exp(-head.map_flow_.score_patches(features[..., slice(*stage)])
+                            / groups[0]))
     np.testing.assert_allclose(head.score_patches(features), 1 - likelihoods / 2,
                                rtol=1e-5, atol=1e-6)
     # Scored and drawn the same after a safe save and load.
@@ -281,7 +348,7 @@ def test_flow_pipelines_hand_the_embedder_groups_to_the_head(factory, tmp_path):
     # evaluate_pipeline fits the head as pipe.fit does.
     result = evaluate_pipeline(factory(image_size=64, max_epochs=1, random_state=0),
                                list(train), list(test), np.array([1, -1]))
-    assert result["pipeline"][-1].map_channels_ == (0, 40)
+    assert result["pipeline"][-1].map_channels_ == stage
     # A plain Pipeline does not know the groups: a clear error, unless given.
     plain = make_pipeline(PatchEmbedder(image_size=64), FlowDetector(max_epochs=1, map_stage=0))
     with pytest.raises(ValueError, match="feature_groups"):

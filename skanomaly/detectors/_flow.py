@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
+from torch.nn import functional as F
 
 from ._base import _IMAGE_SCORE_SIGMA_CONSTRAINT, _smoothed_max
 from ._trainable import _standardise_channels, _TrainableDetector, _TrainableGraph
@@ -67,10 +68,15 @@ class _AffineCoupling(nn.Module):
 
 
 class _PatchFlow(nn.Module):
-    """Standardise channels, run the coupling blocks, return per-patch NLL."""
+    """Take its channels of the grid (pooled), standardise them, run the
+    coupling blocks, return per-patch NLL on its own grid."""
 
-    def __init__(self, n_features, n_blocks, hidden, kernel_size, n_condition, clamp):
+    def __init__(self, n_features, n_blocks, hidden, kernel_size, n_condition, clamp,
+                 channels=None, pool=1):
         super().__init__()
+        self.n_features = n_features
+        self.channels = None if channels is None else [int(c) for c in channels]
+        self.pool = int(pool)
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("scale", torch.ones(n_features))
         self.n_condition = n_condition
@@ -80,7 +86,17 @@ class _PatchFlow(nn.Module):
             for i in range(n_blocks)
         )
 
+    def prepare(self, x):
+        """The flow's input from full grids (n, d, h, w): its channels, averaged
+        over ``pool`` x ``pool`` cells."""
+        if self.channels is not None:
+            x = x[:, self.channels]
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool, ceil_mode=True)
+        return x
+
     def forward(self, x):
+        x = self.prepare(x)
         z = (x - self.mean[:, None, None]) / self.scale[:, None, None]
         condition = None
         if self.n_condition:
@@ -140,6 +156,19 @@ class FlowDetector(_TrainableDetector):
         A coarse stage upsampled to the fine grid smears a joint flow's map
         over its 16-pixel cells; :func:`~skanomaly.make_fastflow` and
         :func:`~skanomaly.make_cflow` set 0 (panel figures in the README).
+    joint_stages : tuple of int or None, default=None
+        The stages (indices into ``fit``'s ``feature_groups``) the joint
+        flow, which gives the image score, models; None: every channel.
+    joint_pool : int, default=1
+        The joint flow models the grid averaged over ``joint_pool`` x
+        ``joint_pool`` cells (a stride-8 grid from a stride-4 one): the
+        image score is the largest NLL on that coarser grid (blurred by
+        ``image_score_sigma`` of its cells), and its map is resized back to
+        the grid bilinearly. :func:`~skanomaly.make_fastflow` taps strides
+        4, 8 and 16 and sets ``joint_stages=(1, 2)``, ``joint_pool=2``,
+        ``map_stage=0``: the image flow sees strides 8 and 16 on the
+        stride-8 grid, and the map adds a flow of the stride-4 stage at its
+        own resolution, as FastFlow has one flow per stage.
     loss : {"nll", "logsigmoid"}, default="nll"
         Training loss of each patch, from its NLL per dimension ``u`` (of
         the standardised channels, so the loss does not depend on the
@@ -208,6 +237,8 @@ class FlowDetector(_TrainableDetector):
         as a likelihood per dimension, is the stage's share of the map; it
         has no threshold of its own (the pixel threshold comes from this
         detector's ``calibration_patch_scores_``).
+    joint_channels_ : list of int or None
+        The channels the joint flow models (``joint_stages``); None: all.
 
     See Also
     --------
@@ -235,6 +266,8 @@ class FlowDetector(_TrainableDetector):
         "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
         "image_score_sigma": _IMAGE_SCORE_SIGMA_CONSTRAINT,
         "map_stage": [Interval(numbers.Integral, 0, None, closed="left"), None],
+        "joint_stages": ["array-like", None],
+        "joint_pool": [Interval(numbers.Integral, 1, None, closed="left")],
         "loss": [StrOptions({"nll", "logsigmoid"})],
         "ema_half_life": [Interval(numbers.Real, 0, None, closed="neither"), None],
     }
@@ -249,6 +282,8 @@ class FlowDetector(_TrainableDetector):
         clamp=2.0,
         image_score_sigma=0.0,
         map_stage=None,
+        joint_stages=None,
+        joint_pool=1,
         loss="nll",
         ema_half_life=None,
         max_epochs=30,
@@ -270,6 +305,8 @@ class FlowDetector(_TrainableDetector):
         self.clamp = clamp
         self.image_score_sigma = image_score_sigma
         self.map_stage = map_stage
+        self.joint_stages = joint_stages
+        self.joint_pool = joint_pool
         self.loss = loss
         self.ema_half_life = ema_half_life
         self.max_epochs = max_epochs
@@ -295,8 +332,9 @@ class FlowDetector(_TrainableDetector):
         feature_groups : sequence of int or None, default=None
             How many consecutive channels of ``X`` each backbone stage
             gave (:attr:`PatchEmbedder.feature_groups_
-            <skanomaly.PatchEmbedder>`); needed with ``map_stage`` only.
-            A :class:`~skanomaly.streaming.StreamingPipeline`, which the
+            <skanomaly.PatchEmbedder>`); needed with ``map_stage`` or
+            ``joint_stages`` only. A
+            :class:`~skanomaly.streaming.StreamingPipeline`, which the
             factories return, passes its embedder's.
 
         Returns
@@ -306,9 +344,10 @@ class FlowDetector(_TrainableDetector):
         """
         self._validate_params()
         channels = self._map_channels(X, feature_groups)
+        joint = self._joint_channels(X, feature_groups)
         before = dict(self.__dict__)
         try:
-            self.map_channels_ = channels
+            self.map_channels_, self.joint_channels_ = channels, joint
             return super().fit(X, y)
         except BaseException:
             # Nothing half-written: e.g. the map's flow failing after the
@@ -317,26 +356,47 @@ class FlowDetector(_TrainableDetector):
             self.__dict__.update(before)
             raise
 
-    def _map_channels(self, X, feature_groups):
-        """The (start, stop) channels ``map_stage`` names, checked against ``X``."""
-        if self.map_stage is None:
-            return None
+    def _stage_channels(self, X, feature_groups, param):
+        """Each stage's (start, stop) channels, checked against ``X``, for the
+        parameter named ``param`` that needs them."""
         if feature_groups is None:
             raise ValueError(
-                f"map_stage={self.map_stage} needs the channels of each backbone stage: "
-                "fit through a StreamingPipeline (e.g. make_cflow()), which passes its "
-                "PatchEmbedder's, or call fit(X, feature_groups=embedder.feature_groups_).")
+                f"{param} needs the channels of each backbone stage: fit through a "
+                "StreamingPipeline (e.g. make_cflow()), which passes its PatchEmbedder's, "
+                "or call fit(X, feature_groups=embedder.feature_groups_).")
         groups = [int(n) for n in feature_groups]
         n_features = np.shape(X)[-1] if np.ndim(X) == 4 else None
         if min(groups, default=0) < 1 or sum(groups) != n_features:
             raise ValueError(
                 f"feature_groups={tuple(groups)} must be positive channel counts summing to "
                 f"the {n_features} features of X (shape {np.shape(X)}).")
-        if self.map_stage >= len(groups):
+        bounds = np.cumsum([0] + groups)
+        return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+    def _map_channels(self, X, feature_groups):
+        """The (start, stop) channels ``map_stage`` names, checked against ``X``."""
+        if self.map_stage is None:
+            return None
+        stages = self._stage_channels(X, feature_groups, f"map_stage={self.map_stage}")
+        if self.map_stage >= len(stages):
             raise ValueError(f"map_stage={self.map_stage} names no stage: X has "
-                             f"{len(groups)} (feature_groups={tuple(groups)}).")
-        start = sum(groups[:self.map_stage])
-        return start, start + groups[self.map_stage]
+                             f"{len(stages)} (feature_groups={tuple(feature_groups)}).")
+        return stages[self.map_stage]
+
+    def _joint_channels(self, X, feature_groups):
+        """The channels of the stages ``joint_stages`` names, in order."""
+        if self.joint_stages is None:
+            return None
+        wanted = np.asarray(self.joint_stages).ravel().tolist()
+        param = f"joint_stages={tuple(wanted)}"
+        stages = self._stage_channels(X, feature_groups, param)
+        if (not wanted or len(set(wanted)) < len(wanted)
+                or not all(isinstance(i, numbers.Integral) and 0 <= i < len(stages)
+                           for i in wanted)):
+            raise ValueError(f"{param} must name distinct stages among the {len(stages)} "
+                             f"of X (0 to {len(stages) - 1}; feature_groups="
+                             f"{tuple(feature_groups)}).")
+        return [c for i in sorted(int(i) for i in wanted) for c in range(*stages[i])]
 
     def _fit_normal(self, X, fit_idx, rng):
         previous = getattr(self, "map_flow_", None) if self.warm_start else None
@@ -347,10 +407,11 @@ class FlowDetector(_TrainableDetector):
         n_stage = self.map_channels_[1] - self.map_channels_[0]
         # Same settings, its own draws from the fit's random stream; with
         # warm_start, the map's flow continues as the joint one does.
-        flow = type(self)(**{**self.get_params(), "map_stage": None})
+        flow = type(self)(**{**self.get_params(), "map_stage": None, "joint_stages": None,
+                             "joint_pool": 1})
         if previous is not None and previous.n_features_in_ == n_stage:
             flow.module_, flow.module_params_ = previous.module_, previous.module_params_
-        flow.map_channels_, flow.n_features_in_ = None, n_stage
+        flow.map_channels_, flow.joint_channels_, flow.n_features_in_ = None, None, n_stage
         flow._fit_normal(self._map_features(X), fit_idx, rng)
         self.map_flow_ = flow
 
@@ -359,17 +420,21 @@ class FlowDetector(_TrainableDetector):
         return X[..., start:stop]
 
     def _patch_and_image_scores(self, X):
+        # The joint flow's NLL on its own grid (coarser with joint_pool).
+        coarse = self._patch_scores(X)
+        image = _smoothed_max(coarse, self.image_score_sigma)
+        joint = _resized(coarse, X.shape[1:3])
         if getattr(self, "map_flow_", None) is None:
-            return super()._patch_and_image_scores(X)
-        joint = self._patch_scores(X)
-        image = _smoothed_max(joint, self.image_score_sigma)
-        return _combined_map(joint, X.shape[-1], self.map_flow_._patch_scores(
-            self._map_features(X)), self.map_flow_.n_features_in_), image
+            return joint, image
+        stage = self.map_flow_._patch_scores(self._map_features(X))
+        return _combined_map(joint, self._joint_dimension(), stage,
+                             self.map_flow_.n_features_in_), image
+
+    def _joint_dimension(self):
+        return self.module_params_["n_features"]
 
     def _export_graph(self):
-        if getattr(self, "map_flow_", None) is None:
-            return super()._export_graph()
-        return _MappedFlowGraph(self)
+        return _FlowGraph(self)
 
     def _module_params(self, X, train_idx):
         if self.kernel_size % 2 == 0:
@@ -378,7 +443,8 @@ class FlowDetector(_TrainableDetector):
             raise ValueError(
                 f"positional_encoding must be a multiple of 4, got {self.positional_encoding}."
             )
-        n_features = X.shape[-1]
+        channels = getattr(self, "joint_channels_", None)
+        n_features = X.shape[-1] if channels is None else len(channels)
         if n_features < 2:
             raise ValueError(
                 f"FlowDetector needs at least 2 features (got n_features = {n_features}): "
@@ -391,19 +457,25 @@ class FlowDetector(_TrainableDetector):
             "kernel_size": self.kernel_size,
             "n_condition": self.positional_encoding,
             "clamp": float(self.clamp),
+            "channels": channels,
+            "pool": self.joint_pool,
         }
 
     def _build_module(self, **params):
         return _PatchFlow(**params)
 
     def _init_module(self, module, X, train_idx):
-        _standardise_channels(module, X, train_idx)
+        def prepare(block):
+            grids = module.prepare(torch.from_numpy(block).permute(0, 3, 1, 2))
+            return grids.permute(0, 2, 3, 1).numpy()
+
+        _standardise_channels(module, X, train_idx, prepare=prepare)
 
     def _make_optimizer(self, module):
         return torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=1e-5)
 
     def _loss(self, module, batch, generator):
-        nll = module(batch) / batch.shape[1]
+        nll = module(batch) / module.n_features
         if self.loss == "logsigmoid":
             # CFlow's -log sigmoid(log-likelihood per dimension): the
             # gradient of a patch is weighted by sigmoid(its NLL), so patches
@@ -424,20 +496,35 @@ def _combined_map(joint, n_joint, stage, n_stage):
     return 1 - (exp(-joint / n_joint) + exp(-stage / n_stage)) / 2
 
 
-class _MappedFlowGraph(torch.nn.Module):
-    """A FlowDetector with ``map_stage`` as one module an ONNX graph can
-    hold: the image score from the joint flow, the map from both flows."""
+def _resized(patch, shape):
+    """Patch scores (n, h, w), numpy or torch, resized bilinearly to ``shape``."""
+    if tuple(patch.shape[1:3]) == tuple(shape):
+        return patch
+    grids = torch.as_tensor(patch)[:, None]
+    resized = F.interpolate(grids, size=tuple(shape), mode="bilinear", align_corners=False)[:, 0]
+    return resized if isinstance(patch, torch.Tensor) else resized.numpy()
+
+
+class _FlowGraph(torch.nn.Module):
+    """A FlowDetector's scoring as one module an ONNX graph can hold: the
+    image score from the joint flow, the map from it (resized to the grid)
+    and, with ``map_stage``, the stage's flow."""
 
     def __init__(self, head):
         super().__init__()
         self.joint = _TrainableGraph(head)
-        self.map_flow = head.map_flow_.module_
+        map_flow = getattr(head, "map_flow_", None)
+        self.map_flow = None if map_flow is None else map_flow.module_
         self._channels = head.map_channels_
+        self._joint_dimension = head._joint_dimension()
 
     def forward(self, grids):
-        joint, image = self.joint(grids)
+        coarse, image = self.joint(grids)
+        joint = _resized(coarse, grids.shape[1:3])
+        if self.map_flow is None:
+            return joint, image
         head = self.joint._head
         start, stop = self._channels
         stage = head._module_scores(
             self.map_flow, head._module_input(self.map_flow, grids[..., start:stop])).float()
-        return _combined_map(joint, grids.shape[-1], stage, stop - start), image
+        return _combined_map(joint, self._joint_dimension, stage, stop - start), image

@@ -24,14 +24,20 @@ from ._base import _BaseDetector, _smoothed_max, _torch_smoothed_max, _TorchGaus
 _SCORE_BATCH = 32
 
 
-def _standardise_channels(module, X, idx, chunk=32):
+def _standardise_channels(module, X, idx, chunk=32, prepare=None):
     """Set ``module.mean`` / ``module.scale`` to the per-channel mean and standard
-    deviation of the grids ``X[idx]``, read in chunks."""
-    total = np.zeros(X.shape[-1], dtype=np.float64)
-    squares = np.zeros(X.shape[-1], dtype=np.float64)
+    deviation of the grids ``X[idx]``, read in chunks (each passed through
+    ``prepare`` first when given: what the module makes of its input)."""
+    total = squares = None
     count = 0
     for start in range(0, len(idx), chunk):
-        block = X[idx[start:start + chunk]].reshape(-1, X.shape[-1]).astype(np.float64)
+        block = np.ascontiguousarray(X[idx[start:start + chunk]])
+        if prepare is not None:
+            block = prepare(block)
+        block = block.reshape(-1, block.shape[-1]).astype(np.float64)
+        if total is None:
+            total = np.zeros(block.shape[-1])
+            squares = np.zeros(block.shape[-1])
         total += block.sum(0)
         squares += (block**2).sum(0)
         count += len(block)
