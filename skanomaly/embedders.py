@@ -220,6 +220,14 @@ class PatchEmbedder(_BaseEmbedder):
         How the coarser taps are resized to the finest tap's grid before
         they are concatenated. ``"nearest"`` repeats each coarse cell, as
         anomalib's PaDiM does (an imported PaDiM model needs it).
+    upsampling_tap : int, default=0
+        The tap (index into ``layers_``, fine to coarse) whose grid the
+        coarser taps are resized to (``upsampling``); each cell is then
+        repeated onto the finest tap's grid. 0 resizes straight to the
+        finest grid. :func:`~skanomaly.make_fastflow` taps strides 4, 8 and
+        16 with 1, so that its joint flow, averaging 2 x 2 cells back to the
+        stride-8 grid, sees the stride-8 and stride-16 stages exactly as an
+        embedder tapping those two gives them.
     tile_size : int or None, default=None
         Embed each resized image tile by tile: square tiles of this many
         pixels (a multiple of the patch stride, at most the image's
@@ -281,6 +289,7 @@ class PatchEmbedder(_BaseEmbedder):
         "reduction": [StrOptions({"mean", "random"})],
         "count_include_pad": ["boolean"],
         "upsampling": [StrOptions({"bilinear", "nearest"})],
+        "upsampling_tap": [Interval(numbers.Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "tile_size": [Interval(numbers.Integral, 16, None, closed="left"), None],
         "tile_overlap": [Interval(numbers.Real, 0, 1, closed="left")],
@@ -298,6 +307,7 @@ class PatchEmbedder(_BaseEmbedder):
         aggregation_size=3,
         count_include_pad=True,
         upsampling="bilinear",
+        upsampling_tap=0,
         random_state=None,
         tile_size=None,
         tile_overlap=0.25,
@@ -315,6 +325,7 @@ class PatchEmbedder(_BaseEmbedder):
         self.aggregation_size = aggregation_size
         self.count_include_pad = count_include_pad
         self.upsampling = upsampling
+        self.upsampling_tap = upsampling_tap
         self.random_state = random_state
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
@@ -329,6 +340,9 @@ class PatchEmbedder(_BaseEmbedder):
                 "aggregation_size must be odd (a centred window), "
                 f"got {self.aggregation_size}."
             )
+        if self.upsampling_tap >= len(layers):
+            raise ValueError(f"upsampling_tap={self.upsampling_tap} names no tap: the embedder "
+                             f"taps {len(layers)} layers {tuple(layers)}.")
         total = sum(backbone.channels[name] for name in layers)
         if self.n_features is not None and self.n_features > total:
             raise ValueError(
@@ -423,17 +437,20 @@ class PatchEmbedder(_BaseEmbedder):
         size = maps[0].shape[-2:]
         pad = self.aggregation_size // 2
         parts = []
-        for fmap in maps:
+        for i, fmap in enumerate(maps):
             if self.aggregation_size > 1:
                 fmap = F.avg_pool2d(
                     fmap, self.aggregation_size, stride=1, padding=pad,
                     count_include_pad=self.count_include_pad,
                 )
-            if fmap.shape[-2:] != size:
+            target = maps[self.upsampling_tap].shape[-2:] if i >= self.upsampling_tap else size
+            if fmap.shape[-2:] != target:
                 if self.upsampling == "nearest":
-                    fmap = F.interpolate(fmap, size=size, mode="nearest")
+                    fmap = F.interpolate(fmap, size=target, mode="nearest")
                 else:
-                    fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
+                    fmap = F.interpolate(fmap, size=target, mode="bilinear", align_corners=False)
+            if fmap.shape[-2:] != size:
+                fmap = F.interpolate(fmap, size=size, mode="nearest")
             parts.append(fmap)
         feats = torch.cat(parts, dim=1).permute(0, 2, 3, 1)
         if self.feature_indices_ is not None:

@@ -584,8 +584,8 @@ def _training(max_epochs, batch_size, learning_rate, device, random_state, verbo
     maps=True,
     trained=True,
     reference='Yu et al., 2021',
-    pipeline=('`PatchEmbedder` (strides 4, 8, 16) + `FlowDetector(kernel_size=3, map_stage=0, '
-              'joint_stages=(1, 2), joint_pool=2)` (3x3 / 1x1 coupling convs)'),
+    pipeline=('`PatchEmbedder` (strides 4, 8, 16) + `FlowDetector` (3x3 / 1x1 coupling convs; '
+              'a joint flow on strides 8 + 16 for the score, a stride-4 flow added to the map)'),
     good_for='trained density model; small model, fast scoring',
 )
 def make_fastflow(
@@ -605,13 +605,14 @@ def make_fastflow(
 ):
     """FastFlow (Yu et al., 2021): 2D normalizing flows on frozen patch features.
 
-    ``make_pipeline(PatchEmbedder(layers=(4, 8, 16)), FlowDetector(
-    kernel_size=3, map_stage=0, joint_stages=(1, 2), joint_pool=2))``: the
-    coupling nets convolve over the patch grid (3x3 and 1x1 alternately). A
-    joint flow models the stride-8 and stride-16 stages on the stride-8
-    grid; an image's score is its largest patch negative log-likelihood.
-    The anomaly map adds a second flow's, on the stride-4 stage alone at its
-    own resolution, as FastFlow has one flow per stage.
+    ``make_pipeline(PatchEmbedder(layers=(4, 8, 16), upsampling_tap=1),
+    FlowDetector(kernel_size=3, map_stage=0, joint_stages=(1, 2),
+    joint_pool=2))``: the coupling nets convolve over the patch grid (3x3
+    and 1x1 alternately). A joint flow models the stride-8 and stride-16
+    stages on the stride-8 grid; an image's score is its largest patch
+    negative log-likelihood. The anomaly map adds a second flow's, on the
+    stride-4 stage alone at its own resolution, as FastFlow has one flow
+    per stage.
 
     Parameters
     ----------
@@ -662,7 +663,8 @@ def make_fastflow(
     per_stage = map_stage is not None
     return _pipeline(
         PatchEmbedder(backbone, layers=(4, 8, 16) if per_stage else (8, 16),
-                      image_size=image_size, n_jobs=n_jobs, device=device, verbose=verbose),
+                      upsampling_tap=1 if per_stage else 0, image_size=image_size,
+                      n_jobs=n_jobs, device=device, verbose=verbose),
         FlowDetector(
             n_blocks=n_blocks, kernel_size=3, map_stage=map_stage,
             joint_stages=(1, 2) if per_stage else None, joint_pool=2 if per_stage else 1,

@@ -113,6 +113,7 @@ def test_bad_parameters_fail_in_fit_and_leave_no_state():
         ({"device": "tpu:0"}, ValueError),
         ({"layers": ["nope"]}, ValueError),
         ({"batch_size": 0}, ValueError),
+        ({"layers": (8, 16), "upsampling_tap": 2}, ValueError),
     ]:
         emb = PatchEmbedder(**params)
         with pytest.raises(err):
@@ -165,6 +166,27 @@ def test_nearest_upsampling_repeats_each_coarse_cell(images):
     assert not np.allclose(bilinear[..., d:], coarse)
 
 
+def test_upsampling_tap_keeps_the_coarser_taps_as_that_tap_grid_gives_them(images):
+    """Strides 4, 8, 16 resized onto the stride-8 grid and repeated: 2 x 2
+    averages give back, bit for bit, what an embedder of strides 8 and 16
+    gives; the stride-4 tap is its own either way."""
+    import torch
+
+    fine = PatchEmbedder(image_size=64, layers=(4, 8, 16), upsampling_tap=1).fit_transform(images)
+    direct = PatchEmbedder(image_size=64, layers=(4, 8, 16)).fit_transform(images)
+    coarse = PatchEmbedder(image_size=64, layers=(8, 16)).fit_transform(images)
+    stride4 = PatchEmbedder(image_size=64, layers=(4,)).fit_transform(images)
+    d = stride4.shape[-1]
+    assert fine.shape == direct.shape == (5, 16, 16, d + coarse.shape[-1])
+    np.testing.assert_array_equal(fine[..., :d], stride4)
+    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(fine[..., d:]).permute(0, 3, 1, 2), 2)
+    np.testing.assert_array_equal(pooled.permute(0, 2, 3, 1).numpy(), coarse)
+    np.testing.assert_array_equal(fine[:, 0::2, 0::2, d:], fine[:, 1::2, 1::2, d:])
+    assert not np.allclose(direct[..., d:], fine[..., d:])
+    with pytest.raises(ValueError, match="upsampling_tap=3 names no tap"):
+        PatchEmbedder(layers=(4, 8, 16), upsampling_tap=3).fit()
+
+
 def test_decoding_ahead_gives_the_same_batches_and_names_a_bad_file(tmp_path, images):
     from PIL import Image
 
@@ -212,9 +234,11 @@ def test_tiled_grid_takes_each_cell_from_its_nearest_tile():
         crop = images[:, 8 * r:8 * r + 64, 8 * c:8 * c + 64]
         np.testing.assert_allclose(grid[:, y, x], plain.transform(crop)[:, y - r, x - c],
                                    rtol=1e-4, atol=1e-5)
-    # One tile of the whole image is the plain embedding.
+    # One tile of the whole image is the plain embedding (to float rounding:
+    # tiles go through the backbone one image at a time, and with several
+    # threads the convolutions may sum in another order).
     whole = PatchEmbedder(image_size=64, tile_size=64).fit_transform(images[:, :64, :64])
-    np.testing.assert_array_equal(whole, plain.transform(images[:, :64, :64]))
+    np.testing.assert_allclose(whole, plain.transform(images[:, :64, :64]), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("params, message", [

@@ -341,6 +341,13 @@ def test_flow_pipelines_hand_the_embedder_groups_to_the_head(factory, groups, jo
                             / groups[0]))
     np.testing.assert_allclose(head.score_patches(features), 1 - likelihoods / 2,
                                rtol=1e-5, atol=1e-6)
+    if pooled:
+        # The image score is the joint flow's on strides 8 and 16, the very
+        # flow the factory trains without a map stage (on those two taps; to
+        # float rounding, as the convolutions' memory layout may differ).
+        alone = _quiet(factory(image_size=64, max_epochs=1, random_state=0, map_stage=None), train)
+        assert alone[0].feature_groups_ == groups[1:]
+        np.testing.assert_allclose(alone.score_samples(test), pipe.score_samples(test), rtol=1e-6)
     # Scored and drawn the same after a safe save and load.
     saved = load_model(save_model(pipe, tmp_path / "flow.skops"))
     np.testing.assert_array_equal(saved.score_samples(test), pipe.score_samples(test))
