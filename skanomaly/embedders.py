@@ -224,10 +224,10 @@ class PatchEmbedder(_BaseEmbedder):
         The tap (index into ``layers_``, fine to coarse) whose grid the
         coarser taps are resized to (``upsampling``); each cell is then
         repeated onto the finest tap's grid. 0 resizes straight to the
-        finest grid. :func:`~skanomaly.make_fastflow` taps strides 4, 8 and
-        16 with 1, so that its joint flow, averaging 2 x 2 cells back to the
-        stride-8 grid, sees the stride-8 and stride-16 stages exactly as an
-        embedder tapping those two gives them.
+        finest grid. With strides 4, 8 and 16 and 1, a head that averages
+        2 x 2 cells back to the stride-8 grid (``FlowDetector(joint_pool=2)``)
+        sees the stride-8 and stride-16 stages exactly as an embedder
+        tapping those two gives them.
     tile_size : int or None, default=None
         Embed each resized image tile by tile: square tiles of this many
         pixels (a multiple of the patch stride, at most the image's

@@ -86,6 +86,19 @@ def test_exported_model_gives_the_estimators_scores_maps_and_masks(name, synthet
         _assert_same_answers(pipe, skanomaly_runtime.load(path, backend="openvino"), images)
 
 
+def test_flow_with_a_pooled_joint_flow_exports(synthetic, tmp_path):
+    """FastFlow with a flow per stage: the joint flow pooled to the stride-8
+    grid and resized back, the stride-4 flow at its own grid."""
+    from skanomaly import make_fastflow
+
+    pipe = make_fastflow(image_size=64, max_epochs=1, random_state=0).set_params(
+        patchembedder__layers=(4, 8, 16), patchembedder__upsampling_tap=1,
+        flowdetector__joint_stages=(1, 2), flowdetector__joint_pool=2)
+    pipe.fit(synthetic.images[:12])
+    model = skanomaly_runtime.load(to_onnx(pipe, tmp_path / "m.onnx"))
+    _assert_same_answers(pipe, model, synthetic.images[12:])
+
+
 def test_metadata_carries_threshold_and_calibration(exported):
     pipe, path = exported
     model = skanomaly_runtime.load(path)

@@ -314,10 +314,19 @@ def test_joint_stages_that_name_no_stages_are_refused(stages, groups, match):
     assert not hasattr(flow, "module_") and not hasattr(flow, "joint_channels_")
 
 
+def _stride4_fastflow(**params):
+    """FastFlow with a flow per stage as anomalib has: the joint one on strides
+    8 and 16 (pooled to the stride-8 grid), the map's on stride 4."""
+    return make_fastflow(**params).set_params(
+        patchembedder__layers=(4, 8, 16), patchembedder__upsampling_tap=1,
+        flowdetector__joint_stages=(1, 2), flowdetector__joint_pool=2)
+
+
 @pytest.mark.parametrize("factory, groups, joint_channels, pooled", [
     (make_cflow, (40, 112), None, False),
-    (make_fastflow, (24, 40, 112), list(range(24, 176)), True),
-])
+    (make_fastflow, (40, 112), None, False),
+    (_stride4_fastflow, (24, 40, 112), list(range(24, 176)), True),
+], ids=["cflow", "fastflow", "fastflow_stride4"])
 def test_flow_pipelines_hand_the_embedder_groups_to_the_head(factory, groups, joint_channels,
                                                              pooled, tmp_path):
     from sklearn.pipeline import make_pipeline
@@ -343,9 +352,10 @@ def test_flow_pipelines_hand_the_embedder_groups_to_the_head(factory, groups, jo
                                rtol=1e-5, atol=1e-6)
     if pooled:
         # The image score is the joint flow's on strides 8 and 16, the very
-        # flow the factory trains without a map stage (on those two taps; to
-        # float rounding, as the convolutions' memory layout may differ).
-        alone = _quiet(factory(image_size=64, max_epochs=1, random_state=0, map_stage=None), train)
+        # flow make_fastflow trains without a map stage (on those two taps;
+        # to float rounding, as the convolutions' memory layout may differ).
+        alone = _quiet(make_fastflow(image_size=64, max_epochs=1, random_state=0, map_stage=None),
+                       train)
         assert alone[0].feature_groups_ == groups[1:]
         np.testing.assert_allclose(alone.score_samples(test), pipe.score_samples(test), rtol=1e-6)
     # Scored and drawn the same after a safe save and load.

@@ -164,13 +164,14 @@ class FlowDetector(_TrainableDetector):
         ``joint_pool`` cells (a stride-8 grid from a stride-4 one): the
         image score is the largest NLL on that coarser grid (blurred by
         ``image_score_sigma`` of its cells), and its map is resized back to
-        the grid bilinearly. :func:`~skanomaly.make_fastflow` taps strides
-        4, 8 and 16 (with ``PatchEmbedder(upsampling_tap=1)``, so pooling
-        gives back the stride-8 grid exactly) and sets ``joint_stages=(1,
-        2)``, ``joint_pool=2``, ``map_stage=0``: the image flow sees strides
-        8 and 16 on the stride-8 grid, and the map adds a flow of the
-        stride-4 stage at its own resolution, as FastFlow has one flow per
-        stage.
+        the grid bilinearly. With ``PatchEmbedder(layers=(4, 8, 16),
+        upsampling_tap=1)`` (pooling then gives back the stride-8 grid
+        exactly), ``joint_stages=(1, 2)``, ``joint_pool=2`` and
+        ``map_stage=0`` make a FastFlow with a flow per stage, as
+        anomalib's: the image flow sees strides 8 and 16 on the stride-8
+        grid, and the map adds a flow of the stride-4 stage at its own
+        resolution. :func:`~skanomaly.make_fastflow` does not: over two
+        seeds it drew KolektorSDD's map no better (README).
     loss : {"nll", "logsigmoid"}, default="nll"
         Training loss of each patch, from its NLL per dimension ``u`` (of
         the standardised channels, so the loss does not depend on the
