@@ -658,7 +658,7 @@ def make_fastflow(
     return _pipeline(
         PatchEmbedder(backbone, image_size=image_size, n_jobs=n_jobs, device=device, verbose=verbose),
         FlowDetector(
-            n_blocks=n_blocks, kernel_size=3, map_stage=map_stage,
+            n_blocks=n_blocks, kernel_size=3, map_stage=map_stage, map_score="latent",
             **_training(max_epochs, batch_size, learning_rate, device, random_state, verbose,
                         contamination),
         ),

@@ -217,6 +217,45 @@ def test_map_stage_adds_that_stage_alone_to_the_map():
     assert np.isin(mapped.calibration_patch_scores_, mapped.score_patches(X)).all()
 
 
+def test_latent_map_leaves_out_the_log_determinant():
+    """map_score="latent": half the squared norm of the latent; the NLL map
+    differs from it by minus the blocks' log-determinant (here from
+    autograd's Jacobian of one patch's flow) and a constant."""
+    import math
+
+    X = _grids(16)
+    params = dict(kernel_size=1, max_epochs=3, random_state=0)
+    latent = _quiet(FlowDetector(map_score="latent", **params), X)
+    nll = _quiet(FlowDetector(**params), X)
+    np.testing.assert_array_equal(latent.score_samples(X), nll.score_samples(X))
+    module = latent.module_
+
+    def flow(v):  # one standardised patch through the coupling blocks
+        z = v[None, :, None, None]
+        for block in module.blocks:
+            z, _ = block(z, None)
+        return z[0, :, 0, 0]
+
+    patch = X[:1, 1:2, 2:3]
+    with torch.no_grad():
+        v = (torch.from_numpy(patch[0, 0, 0]) - module.mean) / module.scale
+        z = flow(v)
+    np.testing.assert_allclose(latent.score_patches(patch)[0, 0, 0], 0.5 * float(z @ z), rtol=1e-5)
+    log_det = float(torch.linalg.slogdet(torch.autograd.functional.jacobian(flow, v))[1])
+    np.testing.assert_allclose(nll.score_patches(patch)[0, 0, 0]
+                               - latent.score_patches(patch)[0, 0, 0],
+                               -log_det + 4 * math.log(2 * math.pi), rtol=1e-4, atol=1e-4)
+    # With a map stage, both flows' latents are averaged as likelihoods.
+    mapped = FlowDetector(map_score="latent", map_stage=1, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mapped.fit(X, feature_groups=(3, 5))
+    stage = mapped.map_flow_.score_patches(X[..., 3:])
+    expected = 1 - (np.exp(-latent.score_patches(X) / 8) + np.exp(-stage / 5)) / 2
+    np.testing.assert_allclose(mapped.score_patches(X), expected, rtol=1e-5, atol=1e-6)
+    assert mapped.map_flow_.map_score == "latent"
+
+
 @pytest.mark.parametrize("map_stage, groups, match", [
     (0, None, "feature_groups"),
     (0, (3, 4), "summing to the 8 features"),
@@ -342,8 +381,11 @@ def test_flow_pipelines_hand_the_embedder_groups_to_the_head(factory, groups, jo
     assert pipe[0].feature_groups_ == groups and head.map_channels_ == stage
     assert head.joint_channels_ == joint_channels
     features = pipe[0].transform(test)
-    joint = head._patch_scores(features)
-    assert joint.shape[1:] == tuple(np.array(features.shape[1:3]) // (2 if pooled else 1))
+    # The joint flow's NLL (the image score's) and half its latent's squared
+    # norm, per patch of its own grid: FastFlow's map is drawn from the latter.
+    scores = head._patch_scores(features)
+    assert scores.shape[1:] == (2,) + tuple(np.array(features.shape[1:3]) // (2 if pooled else 1))
+    joint = scores[:, 1 if head.map_score == "latent" else 0]
     n_joint = sum(groups) - (groups[0] if pooled else 0)
     likelihoods = (np.exp(-_bilinear(joint, features.shape[1:3]) / n_joint)
                    + np.exp(-head.map_flow_.score_patches(features[..., slice(*stage)])

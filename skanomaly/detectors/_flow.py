@@ -9,8 +9,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 from torch.nn import functional as F
 
-from ._base import _IMAGE_SCORE_SIGMA_CONSTRAINT, _smoothed_max
-from ._trainable import _standardise_channels, _TrainableDetector, _TrainableGraph
+from ._base import (
+    _IMAGE_SCORE_SIGMA_CONSTRAINT,
+    _smoothed_max,
+    _torch_smoothed_max,
+    _TorchGaussianBlur,
+)
+from ._trainable import _standardise_channels, _TrainableDetector
 
 
 def positional_encoding(n_channels, height, width):
@@ -96,6 +101,13 @@ class _PatchFlow(nn.Module):
         return x
 
     def forward(self, x):
+        """Per-patch NLL (n, h', w') of full grids (n, d, h, w)."""
+        half_square, log_det = self.latent(x)
+        return half_square - log_det + 0.5 * self.n_features * math.log(2 * math.pi)
+
+    def latent(self, x):
+        """Half the squared norm of each patch's latent, and the coupling
+        blocks' log-determinant there, each (n, h', w')."""
         x = self.prepare(x)
         z = (x - self.mean[:, None, None]) / self.scale[:, None, None]
         condition = None
@@ -106,7 +118,7 @@ class _PatchFlow(nn.Module):
         for block in self.blocks:
             z, block_log_det = block(z, condition)
             log_det = log_det + block_log_det
-        return 0.5 * (z**2).sum(1) - log_det + 0.5 * z.shape[1] * math.log(2 * math.pi)
+        return 0.5 * (z**2).sum(1), log_det
 
 
 class FlowDetector(_TrainableDetector):
@@ -172,6 +184,14 @@ class FlowDetector(_TrainableDetector):
         grid, and the map adds a flow of the stride-4 stage at its own
         resolution. :func:`~skanomaly.make_fastflow` does not: over two
         seeds it drew KolektorSDD's map no better (README).
+    map_score : {"nll", "latent"}, default="nll"
+        What each flow's map is made of: each patch's negative
+        log-likelihood, or (``"latent"``) half the squared norm of its latent
+        alone, without the coupling blocks' log-determinant, as anomalib's
+        FastFlow draws its maps. With ``map_stage`` either is taken per
+        dimension and averaged as a likelihood. The image score is the NLL
+        either way. :func:`~skanomaly.make_fastflow` sets ``"latent"``
+        (panel figures in the README).
     loss : {"nll", "logsigmoid"}, default="nll"
         Training loss of each patch, from its NLL per dimension ``u`` (of
         the standardised channels, so the loss does not depend on the
@@ -271,6 +291,7 @@ class FlowDetector(_TrainableDetector):
         "map_stage": [Interval(numbers.Integral, 0, None, closed="left"), None],
         "joint_stages": ["array-like", None],
         "joint_pool": [Interval(numbers.Integral, 1, None, closed="left")],
+        "map_score": [StrOptions({"nll", "latent"})],
         "loss": [StrOptions({"nll", "logsigmoid"})],
         "ema_half_life": [Interval(numbers.Real, 0, None, closed="neither"), None],
     }
@@ -287,6 +308,7 @@ class FlowDetector(_TrainableDetector):
         map_stage=None,
         joint_stages=None,
         joint_pool=1,
+        map_score="nll",
         loss="nll",
         ema_half_life=None,
         max_epochs=30,
@@ -310,6 +332,7 @@ class FlowDetector(_TrainableDetector):
         self.map_stage = map_stage
         self.joint_stages = joint_stages
         self.joint_pool = joint_pool
+        self.map_score = map_score
         self.loss = loss
         self.ema_half_life = ema_half_life
         self.max_epochs = max_epochs
@@ -423,15 +446,19 @@ class FlowDetector(_TrainableDetector):
         return X[..., start:stop]
 
     def _patch_and_image_scores(self, X):
-        # The joint flow's NLL on its own grid (coarser with joint_pool).
-        coarse = self._patch_scores(X)
-        image = _smoothed_max(coarse, self.image_score_sigma)
-        joint = _resized(coarse, X.shape[1:3])
+        # The joint flow's scores on its own grid (coarser with joint_pool).
+        scores = self._patch_scores(X)
+        image = _smoothed_max(scores[:, 0], self.image_score_sigma)
+        joint = _resized(self._map_part(scores), X.shape[1:3])
         if getattr(self, "map_flow_", None) is None:
             return joint, image
-        stage = self.map_flow_._patch_scores(self._map_features(X))
+        stage = self._map_part(self.map_flow_._patch_scores(self._map_features(X)))
         return _combined_map(joint, self._joint_dimension(), stage,
                              self.map_flow_.n_features_in_), image
+
+    def _map_part(self, scores):
+        """The map's share of ``_module_scores``: the NLL or the latent's."""
+        return scores[:, 1] if getattr(self, "map_score", "nll") == "latent" else scores[:, 0]
 
     def _joint_dimension(self):
         return self.module_params_["n_features"]
@@ -487,7 +514,11 @@ class FlowDetector(_TrainableDetector):
         return nll.mean()
 
     def _module_scores(self, module, batch):
-        return module(batch)
+        # (n, 2, h, w): the NLL (the image score's) and half the latent's
+        # squared norm (map_score="latent"), from one pass.
+        half_square, log_det = module.latent(batch)
+        nll = half_square - log_det + 0.5 * module.n_features * math.log(2 * math.pi)
+        return torch.stack([nll, half_square], 1)
 
 
 def _combined_map(joint, n_joint, stage, n_stage):
@@ -515,19 +546,26 @@ class _FlowGraph(torch.nn.Module):
 
     def __init__(self, head):
         super().__init__()
-        self.joint = _TrainableGraph(head)
+        self.module = head.module_
         map_flow = getattr(head, "map_flow_", None)
         self.map_flow = None if map_flow is None else map_flow.module_
-        self._channels = head.map_channels_
+        self._head = head  # plain attribute: its methods, not its state
+        self._channels = getattr(head, "map_channels_", None)
         self._joint_dimension = head._joint_dimension()
+        sigma = head.image_score_sigma
+        self.blur = _TorchGaussianBlur(sigma) if sigma else None
+
+    def _scores(self, module, grids):
+        head = self._head
+        return head._module_scores(module, head._module_input(module, grids)).float()
 
     def forward(self, grids):
-        coarse, image = self.joint(grids)
-        joint = _resized(coarse, grids.shape[1:3])
+        head = self._head
+        scores = self._scores(self.module, grids)
+        image = _torch_smoothed_max(scores[:, 0], self.blur)
+        joint = _resized(head._map_part(scores), grids.shape[1:3])
         if self.map_flow is None:
             return joint, image
-        head = self.joint._head
         start, stop = self._channels
-        stage = head._module_scores(
-            self.map_flow, head._module_input(self.map_flow, grids[..., start:stop])).float()
+        stage = head._map_part(self._scores(self.map_flow, grids[..., start:stop]))
         return _combined_map(joint, self._joint_dimension, stage, stop - start), image
