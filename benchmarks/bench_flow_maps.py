@@ -4,11 +4,13 @@ For each set with masks, each method and each ``--map-stages`` value, the
 factory with its defaults and that ``map_stage`` is fitted through
 ``evaluate_pipeline`` (its own image and pixel figures are printed), then
 pixel AUROC and AUPRO are computed, at ``anomaly_maps``' default blur, for
-maps drawn from the test images' patch scores: the joint flow's alone
-(resized to the grid), the stage flow's alone, their NLL per dimension
-summed, and the head's own map (one minus the mean of their likelihoods per
-dimension, ``exp(-NLL / d)``). Each combination is drawn from the same two
-fitted flows. The NLL grids are saved beside the JSON (``.npz``).
+maps drawn from the test images' patch scores of each flow, its NLL or
+half its latent's squared norm (``map_score="latent"``, without the
+log-determinant): each flow's alone (the joint one resized to the grid),
+the two NLLs per dimension summed, one minus the mean of the two flows'
+likelihoods per dimension (``exp(-score / d)``) for each pair of kinds, and
+the head's own map. Each combination is drawn from the same two fitted flows. The score
+grids are saved beside the JSON (``.npz``).
 
 FastFlow's taps are strides 4, 8 and 16: map stage 0 is the stride-4 stage
 (its default), 1 the stride-8 one; CFlow's are 8 and 16.
@@ -63,9 +65,11 @@ def main(argv=None):
                 head = pipe[-1]
                 features = pipe[:-1].transform(test.images)
                 start, stop = head.map_channels_
-                # The joint flow's map alone, as the head resizes it to the grid.
-                joint = _resized(head._patch_scores(features), features.shape[1:3])
-                stage = head.map_flow_.score_patches(features[..., start:stop])
+                # Each flow's NLL and half its latent's squared norm per
+                # patch; the joint flow's resized to the grid as the head does.
+                joint = np.stack([_resized(part, features.shape[1:3])
+                                  for part in head._patch_scores(features).swapaxes(0, 1)], 1)
+                stage = head.map_flow_._patch_scores(features[..., start:stop])
                 dims = {"joint": head._joint_dimension(), "stage": stop - start}
                 np.savez(Path(args.out).with_name(
                     f"{Path(args.out).stem}_{method}_{name}_stage{map_stage}.npz"),
@@ -75,11 +79,21 @@ def main(argv=None):
                     return upsample_patch_scores(patch.astype(np.float32), shapes,
                                                  model_shape=pipe[0].image_shape_)
 
-                maps = {"joint alone": upsampled(joint), "stage alone": upsampled(stage),
-                        "NLL per dimension summed": upsampled(joint / dims["joint"]
-                                                              + stage / dims["stage"]),
-                        "likelihoods averaged (the head's map)":
-                            upsampled(head.score_patches(features))}
+                kinds = ("NLL", "latent")
+                maps = {}
+                for part, kind in enumerate(kinds):
+                    maps[f"joint {kind} alone"] = upsampled(joint[:, part])
+                    maps[f"stage {kind} alone"] = upsampled(stage[:, part])
+                maps["NLL per dimension summed"] = upsampled(
+                    joint[:, 0] / dims["joint"] + stage[:, 0] / dims["stage"])
+                for j, joint_kind in enumerate(kinds):
+                    for g, stage_kind in enumerate(kinds):
+                        likelihoods = (np.exp(-joint[:, j] / dims["joint"])
+                                       + np.exp(-stage[:, g] / dims["stage"]))
+                        maps[f"likelihoods averaged: joint {joint_kind} + stage {stage_kind}"] = (
+                            upsampled(1 - likelihoods / 2))
+                maps[f"the head's map (map_score={head.map_score!r})"] = upsampled(
+                    head.score_patches(features))
                 for variant, drawn in maps.items():
                     row = {"set": name, "method": method, "seed": args.seed,
                            "map_stage": map_stage, "map": variant,

@@ -185,13 +185,16 @@ class FlowDetector(_TrainableDetector):
         resolution. :func:`~skanomaly.make_fastflow` does not: over two
         seeds it drew KolektorSDD's map no better (README).
     map_score : {"nll", "latent"}, default="nll"
-        What each flow's map is made of: each patch's negative
-        log-likelihood, or (``"latent"``) half the squared norm of its latent
-        alone, without the coupling blocks' log-determinant, as anomalib's
-        FastFlow draws its maps. With ``map_stage`` either is taken per
-        dimension and averaged as a likelihood. The image score is the NLL
-        either way. :func:`~skanomaly.make_fastflow` sets ``"latent"``
-        (panel figures in the README).
+        What this flow's share of the map is made of: each patch's negative
+        log-likelihood, or (``"latent"``) half the squared norm of its
+        latent alone, without the coupling blocks' log-determinant, as
+        anomalib's FastFlow draws its maps. With ``map_stage`` the share is
+        taken per dimension and averaged as a likelihood with the stage
+        flow's, which stays its NLL. The image score is the NLL either way.
+        :func:`~skanomaly.make_fastflow` sets ``"latent"``: pixel AUROC
+        bottle / tire / KolektorSDD (seeds 0, 1) 0.987 / 0.967 / 0.879,
+        0.876 against 0.987 / 0.979 / 0.866, 0.859 with ``"nll"``, and
+        0.983 / 0.767 / 0.878, 0.881 with both flows' latents (README).
     loss : {"nll", "logsigmoid"}, default="nll"
         Training loss of each patch, from its NLL per dimension ``u`` (of
         the standardised channels, so the loss does not depend on the
@@ -434,7 +437,7 @@ class FlowDetector(_TrainableDetector):
         # Same settings, its own draws from the fit's random stream; with
         # warm_start, the map's flow continues as the joint one does.
         flow = type(self)(**{**self.get_params(), "map_stage": None, "joint_stages": None,
-                             "joint_pool": 1})
+                             "joint_pool": 1, "map_score": "nll"})
         if previous is not None and previous.n_features_in_ == n_stage:
             flow.module_, flow.module_params_ = previous.module_, previous.module_params_
         flow.map_channels_, flow.joint_channels_, flow.n_features_in_ = None, None, n_stage
@@ -452,7 +455,7 @@ class FlowDetector(_TrainableDetector):
         joint = _resized(self._map_part(scores), X.shape[1:3])
         if getattr(self, "map_flow_", None) is None:
             return joint, image
-        stage = self._map_part(self.map_flow_._patch_scores(self._map_features(X)))
+        stage = self.map_flow_._patch_scores(self._map_features(X))[:, 0]
         return _combined_map(joint, self._joint_dimension(), stage,
                              self.map_flow_.n_features_in_), image
 
@@ -567,5 +570,5 @@ class _FlowGraph(torch.nn.Module):
         if self.map_flow is None:
             return joint, image
         start, stop = self._channels
-        stage = head._map_part(self._scores(self.map_flow, grids[..., start:stop]))
+        stage = self._scores(self.map_flow, grids[..., start:stop])[:, 0]
         return _combined_map(joint, self._joint_dimension, stage, stop - start), image
