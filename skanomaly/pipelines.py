@@ -584,7 +584,7 @@ def _training(max_epochs, batch_size, learning_rate, device, random_state, verbo
     maps=True,
     trained=True,
     reference='Yu et al., 2021',
-    pipeline='`PatchEmbedder` + `FlowDetector(kernel_size=3, map_stage=0)` (3x3 / 1x1 coupling convs)',
+    pipeline='`PatchEmbedder` + `FlowDetector(kernel_size=3, map_stage=0, map_score="latent")` (3x3 / 1x1 coupling convs)',
     good_for='trained density model; small model, fast scoring',
 )
 def make_fastflow(
@@ -605,10 +605,11 @@ def make_fastflow(
     """FastFlow (Yu et al., 2021): a 2D normalizing flow on frozen patch features.
 
     ``make_pipeline(PatchEmbedder(...), FlowDetector(kernel_size=3,
-    map_stage=0))``: the coupling nets convolve over the patch grid (3x3
-    and 1x1 alternately); an image's score is its largest patch negative
-    log-likelihood under the flow, and the anomaly map adds a second such
-    flow's on the finest stage alone, as for :func:`make_cflow`.
+    map_stage=0, map_score="latent"))``: the coupling nets convolve over the
+    patch grid (3x3 and 1x1 alternately); an image's score is its largest
+    patch negative log-likelihood under the flow; the anomaly map is drawn
+    from the flow's latents and adds a second such flow's on the finest
+    stage alone, as for :func:`make_cflow`.
 
     Parameters
     ----------
@@ -619,14 +620,15 @@ def make_fastflow(
         The anomaly map (``score_patches``) adds a second flow's on this
         backbone stage alone (0: the finest tapped, stride 8), as FastFlow
         has one flow per stage: one minus the mean of the two flows' patch
-        likelihoods per dimension. The image score stays the joint flow's.
+        likelihoods per dimension, the joint flow's from its latent
+        (``FlowDetector(map_score="latent")``, as anomalib's FastFlow), the
+        stage's from its NLL. The image score stays the joint flow's NLL.
         None: the joint flow's map alone, which the coarse stage smears.
-        Pixel AUROC bottle / tire / KolektorSDD (mean), seed 0, the same
-        fits: joint alone 0.964 / 0.951 / 0.865 (0.927), stage 0 alone
-        0.980 / 0.981 / 0.830 (0.930), the likelihoods averaged 0.987 /
-        0.979 / 0.866 (0.944); KolektorSDD at seed 1 0.854 alone against
-        0.859 averaged (``benchmarks/bench_flow_maps.py --methods
-        fastflow``). About a fifth more fit time.
+        Pixel AUROC bottle / tire / KolektorSDD, seed 0 (KolektorSDD seeds
+        0, 1), the same fits: joint NLL alone 0.964 / 0.951 / 0.865; both
+        NLLs averaged 0.987 / 0.979 / 0.866, 0.859; joint latent with stage
+        NLL (the default) 0.987 / 0.967 / 0.879, 0.876
+        (``benchmarks/bench_flow_maps.py --methods fastflow``; README).
     image_size : int or (int, int), default=256
     max_epochs, batch_size, learning_rate : int, int, float or None
         Training settings of :class:`~skanomaly.detectors.FlowDetector`;
