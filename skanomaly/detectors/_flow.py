@@ -102,7 +102,10 @@ class _PatchFlow(nn.Module):
 
     def forward(self, x):
         """Per-patch NLL (n, h', w') of full grids (n, d, h, w)."""
-        half_square, log_det = self.latent(x)
+        return self.nll(*self.latent(x))
+
+    def nll(self, half_square, log_det):
+        """The NLL under a standard Gaussian from what ``latent`` gives."""
         return half_square - log_det + 0.5 * self.n_features * math.log(2 * math.pi)
 
     def latent(self, x):
@@ -520,8 +523,7 @@ class FlowDetector(_TrainableDetector):
         # (n, 2, h, w): the NLL (the image score's) and half the latent's
         # squared norm (map_score="latent"), from one pass.
         half_square, log_det = module.latent(batch)
-        nll = half_square - log_det + 0.5 * module.n_features * math.log(2 * math.pi)
-        return torch.stack([nll, half_square], 1)
+        return torch.stack([module.nll(half_square, log_det), half_square], 1)
 
 
 def _combined_map(joint, n_joint, stage, n_stage):
