@@ -455,12 +455,21 @@ class FlowDetector(_TrainableDetector):
         # The joint flow's scores on its own grid (coarser with joint_pool).
         scores = self._patch_scores(X)
         image = _smoothed_max(scores[:, 0], self.image_score_sigma)
-        joint = _resized(self._map_part(scores), X.shape[1:3])
-        if getattr(self, "map_flow_", None) is None:
-            return joint, image
-        stage = self.map_flow_._patch_scores(self._map_features(X))[:, 0]
-        return _combined_map(joint, self._joint_dimension(), stage,
-                             self.map_flow_.n_features_in_), image
+        stage = None
+        if getattr(self, "map_flow_", None) is not None:
+            stage = self.map_flow_._patch_scores(self._map_features(X))
+        return self._drawn_map(scores, stage, X.shape[1:3]), image
+
+    def _drawn_map(self, scores, stage, grid_shape):
+        """The map on the grid from the joint flow's ``_module_scores`` and,
+        with ``map_stage``, the stage flow's (numpy, or torch in the ONNX
+        graph): the joint share resized to the grid, averaged as a
+        likelihood with the stage's NLL."""
+        joint = _resized(self._map_part(scores), grid_shape)
+        if stage is None:
+            return joint
+        start, stop = self.map_channels_
+        return _combined_map(joint, self._joint_dimension(), stage[:, 0], stop - start)
 
     def _map_part(self, scores):
         """The map's share of ``_module_scores``: the NLL or the latent's."""
@@ -555,8 +564,6 @@ class _FlowGraph(torch.nn.Module):
         map_flow = getattr(head, "map_flow_", None)
         self.map_flow = None if map_flow is None else map_flow.module_
         self._head = head  # plain attribute: its methods, not its state
-        self._channels = getattr(head, "map_channels_", None)
-        self._joint_dimension = head._joint_dimension()
         sigma = head.image_score_sigma
         self.blur = _TorchGaussianBlur(sigma) if sigma else None
 
@@ -568,9 +575,7 @@ class _FlowGraph(torch.nn.Module):
         head = self._head
         scores = self._scores(self.module, grids)
         image = _torch_smoothed_max(scores[:, 0], self.blur)
-        joint = _resized(head._map_part(scores), grids.shape[1:3])
-        if self.map_flow is None:
-            return joint, image
-        start, stop = self._channels
-        stage = self._scores(self.map_flow, grids[..., start:stop])[:, 0]
-        return _combined_map(joint, self._joint_dimension, stage, stop - start), image
+        stage = None
+        if self.map_flow is not None:
+            stage = self._scores(self.map_flow, head._map_features(grids))
+        return head._drawn_map(scores, stage, grids.shape[1:3]), image
