@@ -23,7 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .calibration import pixel_threshold
+from .calibration import _pixel_threshold_of
 from .detectors._base import _TorchGaussianBlur
 from .embedders import PatchEmbedder
 from .persistence import _written_in_one_go
@@ -212,5 +212,6 @@ def _metadata(embedder, head, sigma, has_maps, version):
         "calibration_scores": [float(s) for s in np.asarray(head.calibration_scores_)],
         "maps": bool(has_maps),
         # None for heads that score whole images: they draw no map to threshold.
-        "pixel_threshold": pixel_threshold(head) if has_maps else None,
+        "pixel_threshold": (_pixel_threshold_of(head, None, tuple(embedder.image_shape_), sigma)
+                            if has_maps else None),
     }

@@ -33,7 +33,11 @@ def _draws_maps(head):
     scores than images means a grid larger than 1 x 1 (image-level heads,
     DFKDE or GANomaly, keep one per image)."""
     patch_scores = getattr(head, "calibration_patch_scores_", None)
-    return patch_scores is not None and len(patch_scores) > len(head.calibration_scores_)
+    if patch_scores is None:
+        return False
+    if patch_scores.ndim == 3:
+        return patch_scores.shape[1:] != (1, 1)
+    return len(patch_scores) > len(head.calibration_scores_)  # saved by an earlier release
 
 
 def _resizing_first_step_shape(transformers):
@@ -226,10 +230,13 @@ def anomaly_masks(estimator, X, *, threshold=None, maps=None, **kwargs):
         As for :func:`anomaly_maps`.
     X : list of images or ndarray of shape (n, H, W[, C])
     threshold : float or None, default=None
-        Map value above which a pixel is anomalous. None: the head's
-        calibrated pixel threshold,
-        ``skanomaly.calibration.pixel_threshold(estimator)``, which few
-        pixels of normal images exceed (about ``contamination`` of them).
+        Map value above which a pixel is anomalous. None: the calibrated
+        pixel threshold,
+        ``skanomaly.calibration.pixel_threshold(estimator, sigma=sigma)``,
+        which the maps of at most about ``contamination`` of normal images
+        exceed anywhere: a normal image gets an empty mask (and no box)
+        unless it is among those, and a defect's mask is what rises above
+        the worst that normal images reach.
     maps : list of ndarray or None, default=None
         Maps already computed by :func:`anomaly_maps` for ``X``, to reuse.
     **kwargs
@@ -252,7 +259,7 @@ def anomaly_masks(estimator, X, *, threshold=None, maps=None, **kwargs):
     if threshold is None:
         from .calibration import pixel_threshold
 
-        threshold = pixel_threshold(estimator)
+        threshold = pixel_threshold(estimator, sigma=kwargs.get("sigma", 4.0))
     if maps is None:
         maps = anomaly_maps(estimator, X, **kwargs)
     masks = [np.asarray(m) > threshold for m in _as_list(maps)]

@@ -244,8 +244,8 @@ def _model_info(pipeline):
         "contamination": float(head.contamination),
         "n_calibration": int(len(head.calibration_scores_)),
         "has_maps": bool(has_maps),
-        "pixel_threshold": pixel_threshold(head) if has_maps else None,
-        "pixel_rates": [[r, pixel_threshold(head, r)] for r in rates] if has_maps else [],
+        "pixel_threshold": pixel_threshold(pipeline) if has_maps else None,
+        "pixel_rates": [[r, pixel_threshold(pipeline, r)] for r in rates] if has_maps else [],
     }
 
 

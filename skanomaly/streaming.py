@@ -3,11 +3,11 @@ and batch work that joblib (and so dask) can spread over workers."""
 
 import inspect
 import numbers
-import warnings
 
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.pipeline import Pipeline
+from sklearn.utils._chunking import get_chunk_n_rows
 from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
@@ -284,15 +284,17 @@ class StreamingPipeline(Pipeline):
         ``first`` method (``fit`` or ``partial_fit``) on the first chunk and
         ``partial_fit`` on the rest.
 
-        A streamed ``fit`` of a skanomaly head holds out as many images in
-        all as its ``fit`` would hold out of the whole set (the
-        ``calibration_size`` rule, with its cap), spread over the chunks in
-        proportion: the threshold is calibrated as for one ``fit``, and a
-        capped share stays capped however many chunks there are.
+        One chunk is the head's own ``fit`` (a cross-fitted calibration
+        where the head has one). A streamed ``fit`` of several chunks holds
+        out as many images in all as ``partial_fit`` would hold out of the
+        whole set (the ``calibration_size`` rule, with its cap), spread over
+        the chunks in proportion; their features are kept until the last
+        chunk has joined the model, which then scores them: the threshold
+        comes from the finished model, as for one ``fit``.
         ``partial_fit`` keeps the head's per-call rule.
         """
         # detectors import this module
-        from .detectors._base import _BaseDetector, _FewCalibrationSamplesWarning
+        from .detectors._base import _BaseDetector
 
         head = self._final_estimator
         chunks = _even_chunks(n_images, most)
@@ -303,34 +305,33 @@ class StreamingPipeline(Pipeline):
             held_out = _spread(head._n_held_out(n_images), [len(c) for c in chunks])
         for i, (chunk, n_held_out) in enumerate(zip(chunks, held_out)):
             features = features_of(chunk)
-            with warnings.catch_warnings():
-                if i < len(chunks) - 1:
-                    # Too few calibration images *so far* is no news: only
-                    # the last chunk's threshold, over all of them, is kept.
-                    warnings.simplefilter("ignore", _FewCalibrationSamplesWarning)
-                if n_held_out is None:
-                    getattr(head, first if i == 0 else "partial_fit")(features)
-                elif i == 0:
-                    head._fit(features, n_held_out)
-                else:
-                    head._partial_fit(features, n_held_out)
+            if n_held_out is None:
+                getattr(head, first if i == 0 else "partial_fit")(features)
+            elif i == 0:
+                head._fit(features, n_held_out)
+            else:
+                head._partial_fit(features, n_held_out)
             # Freed before the next chunk is embedded: one chunk held at a time.
             del features
         if held_out[0] is not None:
-            head._finish_fit()  # the private steps above leave it to the end
+            # The held-out images of every chunk, scored by the finished model.
+            head._finish_fit()
 
     def _images_per_chunk(self, embedded_shape):
         """Most images per streamed chunk: as many as a memory bank's
-        ``coreset_chunk_size`` patches hold (``embedded_shape()``, the shape of
-        embedded images, is only called then), else ``batch_size``."""
+        ``coreset_chunk_size`` patches hold, else as many as scikit-learn's
+        ``working_memory`` (``sklearn.set_config``, 1024 MB by default)
+        holds of their features (``embedded_shape()`` is the shape of
+        embedded images), so that MVTec-sized training sets are one chunk,
+        fitted (and cross-fitted) by the head's own ``fit``."""
         params = self._final_estimator.get_params()
-        if "coreset_chunk_size" not in params:
-            return self.batch_size
-        if params["coreset_chunk_size"] is None:
+        if "coreset_chunk_size" in params and params["coreset_chunk_size"] is None:
             return None
         grid = embedded_shape()
-        patches = int(np.prod(grid[1:-1])) if len(grid) == 4 else 1
-        return _coreset_chunk_images(params["coreset_chunk_size"], patches)
+        if "coreset_chunk_size" in params:
+            patches = int(np.prod(grid[1:-1])) if len(grid) == 4 else 1
+            return _coreset_chunk_images(params["coreset_chunk_size"], patches)
+        return get_chunk_n_rows(row_bytes=4 * int(np.prod(grid[1:])))
 
     def _fit_head_streamed(self, features):
         """Fit the head on embedded training ``features`` chunk by chunk, as

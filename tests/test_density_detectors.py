@@ -32,8 +32,8 @@ def _fit_part(det, X):
     samples join it, else the calibration split's complement."""
     from sklearn.utils import check_random_state
 
-    if getattr(det, "calibration_in_model", False):
-        return X
+    if getattr(det, "calibration_in_model", False) or det._cross_fits():
+        return X  # cross-fitted: the final model learns from every sample
     fit_idx, _ = det._calibration_split(len(X), check_random_state(det.random_state))
     return X[fit_idx]
 
@@ -145,14 +145,18 @@ def test_dfm_on_grids_scores_each_cell_and_the_image_as_on_vectors():
 def test_kde_caps_fractional_calibration_but_gaussian_does_not():
     X = np.random.default_rng(0).normal(size=(1500, 4))
     assert len(KDEDetector(random_state=0).fit(X).calibration_scores_) == 100
-    assert len(GaussianDetector(random_state=0).fit(X).calibration_scores_) == 150
+    assert len(KDEDetector(calibration_size=0.1, random_state=0).fit(X).calibration_scores_) == 100
+    # Cross-fitted, every sample scores; held out, 10% of them.
+    assert len(GaussianDetector(random_state=0).fit(X).calibration_scores_) == 1500
+    assert len(GaussianDetector(calibration_size=0.1, random_state=0)
+               .fit(X).calibration_scores_) == 150
 
 
 @pytest.mark.parametrize("n_components", [None, 3])
 def test_calibration_samples_join_the_model_after_setting_the_threshold(n_components):
     rng = np.random.default_rng(4)
     X = rng.normal(size=(60, 2, 2, 3)).astype(np.float32)
-    params = dict(n_components=n_components, random_state=0)
+    params = dict(n_components=n_components, calibration_size=0.1, random_state=0)
     if n_components is not None:
         params["score_type"] = "reconstruction"
     joined = GaussianDetector(**params).fit(X)
@@ -171,8 +175,9 @@ def test_calibration_samples_join_the_model_after_setting_the_threshold(n_compon
 
 def test_kde_calibration_samples_join_the_density_after_the_threshold():
     X = np.random.default_rng(6).normal(size=(80, 5))
-    joined = KDEDetector(n_components=3, random_state=0).fit(X)
-    held_out = KDEDetector(n_components=3, calibration_in_model=False, random_state=0).fit(X)
+    params = dict(n_components=3, calibration_size=0.1, random_state=0)
+    joined = KDEDetector(**params).fit(X)
+    held_out = KDEDetector(calibration_in_model=False, **params).fit(X)
     np.testing.assert_array_equal(joined.calibration_scores_, held_out.calibration_scores_)
     assert joined.offset_ == held_out.offset_
     assert joined.kde_.tree_.data.shape[0] == 80 and held_out.kde_.tree_.data.shape[0] == 72

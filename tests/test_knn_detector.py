@@ -99,10 +99,14 @@ def test_fractional_calibration_is_capped_for_memory_banks():
     # at most 100 (their scoring costs bank-size time each), an int is obeyed.
     rng = np.random.default_rng(0)
     X = rng.normal(size=(1500, 3))
-    det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, calibration_in_bank=False,
-                      random_state=0).fit(X)
+    det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, calibration_size=0.1,
+                      calibration_in_bank=False, random_state=0).fit(X)
     assert len(det.calibration_scores_) == 100
     assert len(det.memory_bank_) == 1400
+    # Cross-fitted: every sample in the bank, at most 100 of them scored.
+    det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, random_state=0).fit(X)
+    assert len(det.calibration_scores_) == 100
+    assert len(det.memory_bank_) == 1500
     det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, calibration_size=150, random_state=0).fit(X)
     assert len(det.calibration_scores_) == 150
     det = KNNDetector(coreset_ratio=1.0, n_neighbors=1, calibration_size=0.05, random_state=0).fit(X)

@@ -38,11 +38,11 @@ def test_calibration_is_refreshed_from_held_out_new_samples():
     det = GaussianDetector(random_state=0).fit(A)
     before = det.calibration_scores_.copy()
     det.partial_fit(B)
-    assert len(det.calibration_scores_) == len(before) + 3  # 10% of B held out
+    assert len(det.calibration_scores_) == len(before) + 6  # 20% of B held out
     assert np.all(np.diff(det.calibration_scores_) >= 0)
     assert det.offset_ == conformal_offset(det.calibration_scores_, det.contamination)
     new = np.setdiff1d(det.calibration_scores_, before)
-    assert len(new) == 3
+    assert len(new) == 6
     # They were scored by the updated model, which already knew B's shift:
     # far more normal than B scored by the model of A alone.
     assert new.min() > GaussianDetector(random_state=0).fit(A).score_samples(B).max()
@@ -63,9 +63,10 @@ def test_memory_bank_takes_the_new_batch_through_its_coreset():
     det = KNNDetector(coreset_ratio=0.2, random_state=0).fit(A)
     n_before = len(det.memory_bank_)
     det.partial_fit(B)
-    # 27 images of B learnt from, then its 3 held-out ones: 20% of each's 9 patches.
-    assert len(det.memory_bank_) == n_before + int(0.2 * 27 * 9) + int(0.2 * 3 * 9)
-    assert len(det.calibration_scores_) == 3 + 3
+    # 24 images of B learnt from, then its 6 held-out ones (20%): 20% of
+    # each's 9 patches; the fit had cross-fitted all 30 of A.
+    assert len(det.memory_bank_) == n_before + int(0.2 * 24 * 9) + int(0.2 * 6 * 9)
+    assert len(det.calibration_scores_) == 30 + 6
 
 
 def test_spade_mode_appends_whole_images():
@@ -78,7 +79,7 @@ def test_spade_mode_appends_whole_images():
 def test_one_new_sample_is_held_out_and_then_joins():
     det = KNNDetector(coreset_ratio=1.0, random_state=0).fit(_grids(12, 10))
     det.partial_fit(_grids(13, 1))
-    assert len(det.memory_bank_) == 11 * 9 and len(det.calibration_scores_) == 2
+    assert len(det.memory_bank_) == 11 * 9 and len(det.calibration_scores_) == 11
 
 
 def test_first_partial_fit_is_fit():

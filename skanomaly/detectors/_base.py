@@ -11,11 +11,21 @@ from scipy.ndimage import gaussian_filter
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._available_if import available_if
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 # Held-out images scored at a time during fit.
 _CALIBRATION_CHUNK = 64
+# Folds of a cross-fitted calibration: each image is scored by a model fitted
+# on the other 80% of the training set; the final model, fitted on all of
+# them, sits a little closer to new normal images than the fold models did to
+# theirs, so the threshold errs towards fewer false alarms.
+_CROSS_FIT_FOLDS = 5
+# A streamed fit of several chunks cannot cross-fit (earlier chunks' features
+# are gone by the end): it holds out this share of the images, at most this
+# many, keeps their features, and scores them with the final model.
+_STREAMED_CALIBRATION_SHARE = 0.2
+_STREAMED_CALIBRATION_CAP = 200
 
 
 class _FewCalibrationSamplesWarning(UserWarning):
@@ -128,6 +138,7 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
     _parameter_constraints = {
         "contamination": [Interval(numbers.Real, 0, 0.5, closed="right")],
         "calibration_size": [
+            StrOptions({"cross-fit"}),
             Interval(numbers.Real, 0, 1, closed="neither"),
             Interval(numbers.Integral, 1, None, closed="left"),
         ],
@@ -189,6 +200,9 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         X = validate_data(self, X, reset=reset, dtype=np.float32)
         return X[:, None, None, :]
 
+    def _cross_fits(self):
+        return isinstance(self.calibration_size, str) and self.calibration_size == "cross-fit"
+
     def _calibration_split(self, n_samples, rng, allow_empty_fit=False, n_held_out=None):
         """Indices of the samples to learn from and of those held out.
 
@@ -226,7 +240,12 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         return min(self._share_held_out(n_samples), n_samples - 1)
 
     def _share_held_out(self, n_samples):
-        """Samples a fractional ``calibration_size`` holds out of ``n_samples``."""
+        """Samples a fractional (or, where it cannot cross-fit, a
+        ``"cross-fit"``) ``calibration_size`` holds out of ``n_samples``."""
+        if self._cross_fits():
+            n_cal = min(int(np.ceil(_STREAMED_CALIBRATION_SHARE * n_samples)),
+                        _STREAMED_CALIBRATION_CAP, self._calibration_cap or n_samples)
+            return max(n_cal, 1)
         n_cal = int(np.ceil(self.calibration_size * n_samples))
         if self._calibration_cap is not None:
             n_cal = min(n_cal, self._calibration_cap)
@@ -236,9 +255,16 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Learn normality from ``X`` and calibrate the threshold.
 
-        A random ``calibration_size`` share of the samples is held out: the
-        model never sees them, and ``offset_`` is set from their scores so that
-        about ``contamination`` of new normal samples are flagged.
+        With ``calibration_size="cross-fit"`` every training sample
+        calibrates: the samples are split into 5 folds, each scored by the
+        model fitted on the other four, and the final model is fitted on
+        all of them. Otherwise a ``calibration_size`` share is held out,
+        scored by the model fitted on the rest, and (for heads with
+        ``calibration_in_bank`` / ``calibration_in_model``) joins it
+        afterwards. Either way ``offset_`` is set from scores of normal
+        samples that the scoring model had not seen, so that about
+        ``contamination`` of new normal samples from the same distribution
+        are flagged.
 
         Parameters
         ----------
@@ -264,13 +290,13 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         """Add normal samples to a fitted model, without refitting it.
 
         The first call on an unfitted detector is ``fit(X)``. Later calls
-        hold out a ``calibration_size`` share of ``X`` (at most as many as
-        ``fit`` would hold out of ``X`` alone), add the others to the model
+        hold out a share of ``X`` (``calibration_size``; 20%, at most 200,
+        for ``"cross-fit"``), add the others to the model
         (memory bank entries selected with the same coreset rule, per chunk,
         as ``fit``; Gaussian sums continued), then score the held-out
         samples with the updated model, merge their scores into
         ``calibration_scores_`` and set ``offset_`` again; held-out samples
-        then join the model as in ``fit`` (``calibration_in_bank`` /
+        then join the model (``calibration_in_bank`` /
         ``calibration_in_model``). The scores kept from earlier calls came
         from the model as it was then: for a memory bank, which only grows,
         they are lower than the model would give them now, so the threshold
@@ -303,14 +329,16 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
 
     def _partial_fit(self, X, n_held_out=None):
         """``partial_fit`` of a fitted detector, holding out ``n_held_out``
-        samples of ``X`` (None: the ``calibration_size`` rule)."""
+        samples of ``X`` (None: the ``calibration_size`` rule); the held-out
+        samples are scored by ``_finish_fit``, once the model has every
+        other sample."""
         self._validate_params()
         X = self._check_features(X, reset=False)
         rng = check_random_state(self.random_state)
         fit_idx, cal_idx = self._calibration_split(X.shape[0], rng, allow_empty_fit=True,
                                                    n_held_out=n_held_out)
         self._update_normal(X, fit_idx, rng)
-        self._calibrate(X, cal_idx, rng, merge=True)
+        self._hold_for_calibration(X, cal_idx, rng, merge=True)
         return self
 
     def _fit(self, X, n_held_out=None):
@@ -324,34 +352,112 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         return self._fit_checked(X, n_held_out)
 
     def _finish_fit(self):
-        """Hook run once ``fit`` or ``partial_fit`` (or a streamed fit's last
-        chunk) is done: what the steps in between need not build."""
+        """Run once ``fit`` or ``partial_fit`` (or a streamed fit's last
+        chunk) is done: score the held-out samples with the finished model
+        and set the threshold, then ``_finish_model``."""
+        pending = self.__dict__.pop("_pending_calibration", None)
+        if pending is not None:
+            merge, blocks, rng = pending
+            self._calibrate_blocks(blocks, rng, merge=merge)
+        self._finish_model()
+
+    def _finish_model(self):
+        """Hook run once the fit is done: what the steps in between need not build."""
 
     def _fit_checked(self, X, n_held_out=None):
         rng = check_random_state(self.random_state)
+        self.__dict__.pop("_pending_calibration", None)
+        if n_held_out is None and self._cross_fits():
+            if X.shape[0] < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs at least 2 samples (each is scored "
+                    "by a model fitted on the others to calibrate the threshold); got "
+                    f"{X.shape[0]} sample.")
+            patches, images = self._cross_fit(X, rng)
+            self._set_calibration([patches], [images], merge=False)
+            return self
         fit_idx, cal_idx = self._calibration_split(X.shape[0], rng, n_held_out=n_held_out)
         self._fit_normal(X, fit_idx, rng)
-        self._calibrate(X, cal_idx, rng)
+        if n_held_out is None:
+            # The whole training set is here: the model is finished.
+            self._calibrate(X, cal_idx, rng)
+        else:
+            self._hold_for_calibration(X, cal_idx, rng, merge=False)
         return self
+
+    def _cross_fit(self, X, rng):
+        """Out-of-fold (patch, image) anomaly scores of every sample of ``X``,
+        leaving the model fitted on all of them.
+
+        The samples are cut into ``_CROSS_FIT_FOLDS`` random folds (one per
+        sample below that), each scored by the model fitted on the others.
+        Heads whose scoring cost grows with the training set score at most
+        ``_calibration_cap`` samples, drawn across the folds. Heads whose
+        model can be cut into folds more cheaply override this.
+        """
+        n = X.shape[0]
+        folds = [np.sort(f) for f in np.array_split(rng.permutation(n), min(_CROSS_FIT_FOLDS, n))]
+        scored = np.sort(rng.permutation(n)[:min(n, self._calibration_cap or n)])
+        patches, images = [], []
+        for fold in folds:
+            rows = fold[np.isin(fold, scored)]
+            if not len(rows):
+                continue
+            self._fit_normal(X, np.setdiff1d(np.arange(n), fold), rng)
+            for start in range(0, len(rows), _CALIBRATION_CHUNK):
+                p, s = self._patch_and_image_scores(X[rows[start:start + _CALIBRATION_CHUNK]])
+                patches.append(p)
+                images.append(s)
+        self._fit_normal(X, np.arange(n), rng)
+        return np.concatenate(patches), np.concatenate(images)
+
+    def _hold_for_calibration(self, X, cal_idx, rng, merge):
+        """Keep ``X[cal_idx]`` until ``_finish_fit`` scores it with the
+        finished model (a streamed fit's later chunks add theirs)."""
+        block = np.asarray(X[cal_idx])
+        pending = getattr(self, "_pending_calibration", None)
+        if pending is None:
+            self._pending_calibration = (merge, [(block, np.arange(len(block)))], rng)
+        else:
+            pending[1].append((block, np.arange(len(block))))
 
     def _calibrate(self, X, cal_idx, rng, merge=False):
         """Set ``offset_`` from the scores of the held-out ``X[cal_idx]``
-        (with ``merge``, added to the earlier calibration scores)."""
-        # Scored in chunks: held-out grids are never copied whole.
-        parts = [self._patch_and_image_scores(X[cal_idx[i:i + _CALIBRATION_CHUNK]])
-                 for i in range(0, len(cal_idx), _CALIBRATION_CHUNK)]
-        cal_images = [-i.astype(np.float64) for _, i in parts]
-        cal_patches = [p.ravel().astype(np.float32) for p, _ in parts]
+        (with ``merge``, added to the earlier calibration scores), now."""
+        self._calibrate_blocks([(X, cal_idx)], rng, merge=merge)
+
+    def _calibrate_blocks(self, blocks, rng, merge=False):
+        """Score the held-out samples ``X[idx]`` of each ``(X, idx)`` of
+        ``blocks`` with the model as it is, set the calibration from them,
+        then let them join the model (``_after_calibration``)."""
+        patches, images = [], []
+        for X, idx in blocks:
+            # Scored in chunks: held-out grids are never copied whole.
+            for start in range(0, len(idx), _CALIBRATION_CHUNK):
+                p, i = self._patch_and_image_scores(X[idx[start:start + _CALIBRATION_CHUNK]])
+                patches.append(p)
+                images.append(i)
+        self._set_calibration(patches, images, merge=merge)
+        for X, idx in blocks:
+            if len(idx):
+                self._after_calibration(X, idx, rng)
+
+    def _set_calibration(self, patches, images, merge):
+        """``calibration_scores_``, ``calibration_patch_scores_`` and
+        ``offset_`` from the anomaly scores of normal samples the scoring
+        model had not seen (with ``merge``, added to the kept ones)."""
+        cal_images = [-np.asarray(i, dtype=np.float64) for i in images]
+        cal_patches = [np.asarray(p, dtype=np.float32) for p in patches]
         if merge:
             cal_images.append(self.calibration_scores_)
-            cal_patches.append(self.calibration_patch_scores_)
+            kept = self.calibration_patch_scores_
+            if kept.ndim == 3:
+                cal_patches.append(kept)
         self.calibration_scores_ = np.sort(np.concatenate(cal_images))
-        # Patch scores of held-out normal images: the reference for pixel
-        # thresholds (skanomaly.calibration.pixel_threshold).
-        self.calibration_patch_scores_ = np.sort(np.concatenate(cal_patches))
+        # Patch scores of those normal images, one grid each: the reference
+        # for pixel thresholds (skanomaly.calibration.pixel_threshold).
+        self.calibration_patch_scores_ = np.concatenate(cal_patches)
         self.offset_ = conformal_offset(self.calibration_scores_, self.contamination)
-        if len(cal_idx):
-            self._after_calibration(X, cal_idx, rng)
 
     def _after_calibration(self, X, cal_idx, rng):
         """Hook run once ``offset_`` is set; ``X[cal_idx]`` are the held-out samples.

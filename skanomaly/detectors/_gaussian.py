@@ -25,10 +25,12 @@ def _regularised_precision(cov, regularization, scale):
     """Inverse of covariances + regularization * unit * I, and their log-determinants.
 
     cov : tensor of shape (p, d, d), float64 (modified in place)
-    scale : "absolute" (unit 1), "position" (each covariance's mean variance)
-        or a float (a unit given by the caller)
+    scale : "absolute" (unit 1), "position" (each covariance's mean variance),
+        a float or a (p,) tensor (units given by the caller)
     """
-    if scale == "absolute":
+    if isinstance(scale, torch.Tensor):
+        unit = scale.to(cov.dtype)
+    elif scale == "absolute":
         unit = torch.ones(len(cov), dtype=cov.dtype)
     elif scale == "position":
         unit = _mean_variance(cov)
@@ -149,8 +151,13 @@ class GaussianDetector(_BaseDetector):
         PaDiM's screw 0.839 -> 0.846, the other sets level or higher.
     contamination : float in (0, 0.5], default=0.05
         Largest fraction of new normal samples that ``predict`` may flag.
-    calibration_size : float in (0, 1) or int, default=0.1
-        Share (or number) of training samples held out to calibrate ``offset_``.
+    calibration_size : "cross-fit", float in (0, 1) or int, default="cross-fit"
+        How ``offset_`` is calibrated. ``"cross-fit"``: every training
+        sample is scored by a model that did not learn from it (exactly leave-one-out for per-position Gaussians, five folds with PCA), so the
+        threshold rests on the whole training set rather than a tenth of it;
+        a streamed fit of several chunks and ``partial_fit`` hold out 20%
+        (at most 200) instead. A share or a number: that many samples are
+        held out of the model, calibrate, and then join it.
     random_state : int, RandomState instance or None, default=None
         Seeds the calibration split.
 
@@ -203,7 +210,7 @@ class GaussianDetector(_BaseDetector):
         image_score_sigma=0.0,
         calibration_in_model=True,
         contamination=0.05,
-        calibration_size=0.1,
+        calibration_size="cross-fit",
         random_state=None,
     ):
         self.n_components = n_components
@@ -308,6 +315,13 @@ class GaussianDetector(_BaseDetector):
         (regularised as ``regularization_scale`` says), if they were dropped."""
         if self.pca_ is not None or self.precision_ is not None:
             return
+        precision, self._logdet = self._precisions(self._running[0] - 1)
+        self.precision_ = precision.reshape(self.mean_.shape + (self.mean_.shape[-1],))
+
+    def _precisions(self, divisor):
+        """Inverses of ``scatter / divisor + regularization * unit * I`` per
+        position, and their log-determinants; the unit is the model's own
+        (from ``scatter / (n - 1)``) whatever the divisor."""
         n, _, packed = self._running
         positions = len(packed)
         d = self.mean_.shape[-1]
@@ -322,14 +336,62 @@ class GaussianDetector(_BaseDetector):
         logdet = np.empty(positions, dtype=np.float64)
         with torch.inference_mode():
             for block in _position_blocks(positions):
-                cov = _unpacked(packed[block], d) / max(n - 1, 1)
-                prec, ld = _regularised_precision(cov, self.regularization, scale)
+                scatter = _unpacked(packed[block], d)
+                unit = scale
+                if scale == "position":
+                    unit = _mean_variance(scatter) / max(n - 1, 1)
+                prec, ld = _regularised_precision(scatter / max(divisor, 1), self.regularization, unit)
                 precision[block] = prec.numpy()
                 logdet[block] = ld.numpy()
-        self.precision_ = precision.reshape(self.mean_.shape + (d,))
-        self._logdet = logdet
+        return precision, logdet
 
-    def _finish_fit(self):
+    def _cross_fit(self, X, rng):
+        """Leave-one-out scores of every training grid, exactly, from the
+        model of all of them (per-position Gaussians without PCA).
+
+        Removing sample i from the moments changes the scatter by a rank-one
+        term, ``S_-i = S - n / (n - 1) u u^T`` with ``u = x_i - mean``, and
+        its distance to the mean of the others is ``n / (n - 1) u``; with
+        ``A = S / (n - 2) + regularization * unit * I`` and ``m = u^T A^-1
+        u``, Sherman-Morrison gives the squared Mahalanobis distance
+        ``(n / (n - 1))^2 m / (1 - c m)``, ``c = n / ((n - 1) (n - 2))``,
+        and the matrix determinant lemma the log-determinant ``log det A +
+        log(1 - c m)``. So the threshold is calibrated on models of n - 1
+        samples, not of the 80% that folds would leave: a Mahalanobis
+        distance grows as the sample shrinks (more so with 100 features
+        from 200 images), which made fold models set thresholds that new
+        normal images seldom reach. The regularisation unit stays the full
+        model's (it moves by about 1/n).
+        """
+        n = X.shape[0]
+        if self.n_components is not None or n < 3:
+            return super()._cross_fit(X, rng)
+        self._fit_normal(X, np.arange(n), rng)
+        precision, logdet = self._precisions(n - 2)
+        _, h, w, d = X.shape
+        positions = h * w
+        mean = self.mean_.reshape(positions, d)
+        precision = torch.from_numpy(precision)
+        c = n / ((n - 1) * (n - 2))
+        d2 = np.empty((n, positions), dtype=np.float64)
+        lemma = np.empty((n, positions), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, n, _IMAGE_CHUNK):
+                part = X[start:start + _IMAGE_CHUNK].reshape(-1, positions, d) - mean[None]
+                diff = torch.from_numpy(np.ascontiguousarray(part.transpose(1, 0, 2), dtype=np.float32))
+                m = ((diff @ precision) * diff).sum(-1).clamp_(min=0).numpy().T.astype(np.float64)
+                # cov_-i is positive definite, so 1 - c m > 0 up to rounding.
+                rest = np.maximum(1.0 - c * m, np.finfo(np.float32).eps)
+                d2[start:start + len(part)] = (n / (n - 1)) ** 2 * m / rest
+                lemma[start:start + len(part)] = np.log(rest)
+        if self.score_type == "nll":
+            patch = 0.5 * (d2 + logdet[None, :] + lemma + d * np.log(2 * np.pi))
+        else:
+            patch = np.sqrt(d2)
+        patch = patch.reshape(n, h, w)
+        return patch.astype(np.float32), _smoothed_max(patch, self.image_score_sigma)
+
+    def _finish_model(self):
         # Not after every chunk of a streamed fit: the next one merges again.
         self._build_precisions()
 

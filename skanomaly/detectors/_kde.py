@@ -42,11 +42,13 @@ class KDEDetector(_BaseDetector):
         them while the threshold comes from samples it had not seen.
     contamination : float in (0, 0.5], default=0.05
         Largest fraction of new normal samples that ``predict`` may flag.
-    calibration_size : float in (0, 1) or int, default=0.1
-        Share (or number) of training samples held out to calibrate ``offset_``.
-        A share holds out at most 100 samples: scoring one costs time in
-        proportion to the training set, so a share without a limit would make
-        ``fit`` grow with the square of the training set. Pass an int for more.
+    calibration_size : "cross-fit", float in (0, 1) or int, default="cross-fit"
+        How ``offset_`` is calibrated. ``"cross-fit"``: every training
+        sample is scored by a model that did not learn from it (five folds), so the
+        threshold rests on the whole training set rather than a tenth of it;
+        a streamed fit of several chunks and ``partial_fit`` hold out 20%
+        (at most 200) instead. A share or a number: that many samples are
+        held out of the model, calibrate, and then join it.
     random_state : int, RandomState instance or None, default=None
         Seeds the calibration split.
 
@@ -93,7 +95,7 @@ class KDEDetector(_BaseDetector):
         kernel="gaussian",
         calibration_in_model=True,
         contamination=0.05,
-        calibration_size=0.1,
+        calibration_size="cross-fit",
         random_state=None,
     ):
         self.n_components = n_components

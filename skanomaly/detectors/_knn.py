@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ..coreset import kcenter_greedy
 from ..neighbors import ApproximateNeighbors, kneighbors
 from ..streaming import _coreset_chunk_images, _even_chunks
-from ._base import _BaseDetector
+from ._base import _CALIBRATION_CHUNK, _CROSS_FIT_FOLDS, _BaseDetector
 
 
 class KNNDetector(_BaseDetector):
@@ -36,9 +36,13 @@ class KNNDetector(_BaseDetector):
     contamination : float in (0, 0.5], default=0.05
         Largest fraction of new normal samples that ``predict`` may flag;
         ``offset_`` is set on held-out normal samples to honour it.
-    calibration_size : float in (0, 1) or int, default=0.1
-        Share (or number) of training samples held out of the memory bank to
-        calibrate ``offset_``.
+    calibration_size : "cross-fit", float in (0, 1) or int, default="cross-fit"
+        How ``offset_`` is calibrated. ``"cross-fit"``: every training
+        sample is scored by a model that did not learn from it (five folds, each scored against the union of the other folds' coresets; at most 100 scored), so the
+        threshold rests on the whole training set rather than a tenth of it;
+        a streamed fit of several chunks and ``partial_fit`` hold out 20%
+        (at most 200) instead. A share or a number: that many samples are
+        held out of the model, calibrate, and then join it.
         A share holds out at most 100 samples: scoring one costs time in
         proportion to the training set, so a share without a limit would make
         ``fit`` grow with the square of the training set. Pass an int for more.
@@ -175,7 +179,7 @@ class KNNDetector(_BaseDetector):
         n_neighbors=9,
         *,
         contamination=0.05,
-        calibration_size=0.1,
+        calibration_size="cross-fit",
         projection_dim="auto",
         calibration_in_bank=True,
         mode="patchcore",
@@ -343,6 +347,48 @@ class KNNDetector(_BaseDetector):
         if not self.calibration_in_bank:
             return
         self._update_normal(X, cal_idx, rng)
+
+    def _cross_fit(self, X, rng):
+        """Out-of-fold scores from a bank built fold by fold.
+
+        The images are cut into ``_CROSS_FIT_FOLDS`` random folds; each
+        fold's patches get their own SoftPatch filter and coreset (as a
+        streamed fit's chunks do), and the bank is their union. An image is
+        scored against the union of the *other* folds' parts: a bank that
+        never saw it, built by the same rule, so no extra coreset is
+        selected (greedy selection costs patches x centres, so five folds
+        cost a fifth of one selection over all patches). At most
+        ``_calibration_cap`` images, drawn across the folds, are scored:
+        scoring costs time in proportion to the bank.
+        """
+        n = X.shape[0]
+        if self.mode == "spade" or self.train_patch_outlier_quantile:
+            # SPADE searches image by image; SoftPatch's filter compares each
+            # patch with the other images, which a fold of them would weaken.
+            return super()._cross_fit(X, rng)
+        folds = [np.sort(f) for f in np.array_split(rng.permutation(n), min(_CROSS_FIT_FOLDS, n))]
+        parts, filtered = [], 0
+        for fold in folds:
+            part, n_filtered = self._select_bank(X, fold, rng)
+            parts.append(part)
+            filtered += n_filtered
+        scored = np.sort(rng.permutation(n)[:min(n, self._calibration_cap)])
+        patches, images = [], []
+        for k, fold in enumerate(folds):
+            rows = fold[np.isin(fold, scored)]
+            if not len(rows):
+                continue
+            self.memory_bank_ = np.ascontiguousarray(
+                np.concatenate([p for j, p in enumerate(parts) if j != k]))
+            self.index_ = None  # calibration searches exactly
+            for start in range(0, len(rows), _CALIBRATION_CHUNK):
+                p, i = self._patch_and_image_scores(X[rows[start:start + _CALIBRATION_CHUNK]])
+                patches.append(p)
+                images.append(i)
+        self.memory_bank_ = np.ascontiguousarray(np.concatenate(parts))
+        self.n_filtered_patches_ = filtered
+        self._build_index(rng)
+        return np.concatenate(patches), np.concatenate(images)
 
     def _coreset_chunks(self, fit_idx, patches_per_image):
         """Groups of training images, each about ``coreset_chunk_size`` patches."""
