@@ -5,7 +5,7 @@ from skanomaly_runtime._calibration import conformal_pvalues_of
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["conformal_pvalues", "pixel_threshold"]
+__all__ = ["calibrate", "conformal_pvalues", "pixel_threshold"]
 
 
 def conformal_pvalues(estimator, X):
@@ -38,7 +38,7 @@ def conformal_pvalues(estimator, X):
     >>> X = np.random.default_rng(0).normal(size=(200, 2))
     >>> det = KNNDetector(random_state=0).fit(X)
     >>> p = conformal_pvalues(det, [[0.0, 0.0], [9.0, 9.0]])
-    >>> bool(p[0] > p[1]), float(p[1]) == 1 / 21
+    >>> bool(p[0] > p[1]), float(p[1]) == 1 / 101  # 100 of the 200 cross-fitted
     (True, True)
     """
     head = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
@@ -142,3 +142,119 @@ def _map_maxima(head, model_shape, sigma):
     maxima = np.sort(maxima.astype(np.float64))
     head._map_maxima_cache = (key, maxima, grids)
     return maxima
+
+
+def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confidence=0.9):
+    """Set a fitted model's thresholds from recent labelled images.
+
+    The training images promise a false-alarm rate on new images *like
+    them*; when production images drift (light, fixture, supplier), good
+    parts recently inspected say where the threshold belongs. The image
+    threshold is set on the ``good`` images' scores so that, with
+    probability ``confidence``, the share of new good images flagged stays
+    within ``false_alarm_rate``: with n good images, the loosest threshold
+    that flags j of them has a false-alarm rate distributed as Beta(j + 1,
+    n - j) (exchangeability), and the largest j whose upper tail at the
+    rate is at most ``1 - confidence`` is kept, which flags the most
+    defects any threshold with that guarantee can (recall only grows as the
+    threshold loosens, so defective images do not move it; they are scored
+    to report the recall). The good images become the model's calibration
+    (``calibration_scores_`` for p-values, ``calibration_patch_scores_`` for
+    :func:`pixel_threshold`) and ``contamination`` becomes
+    ``false_alarm_rate``. The model is changed in place.
+
+    Parameters
+    ----------
+    estimator : fitted Pipeline
+        Its last step is a skanomaly head.
+    good : list of images
+        Normal images the model has not learnt from (not training images).
+    defective : list of images or None, default=None
+        Anomalous images, scored to report the recall.
+    false_alarm_rate : float in (0, 0.5] or None, default=None
+        Largest share of good images to flag; None keeps the head's
+        ``contamination``.
+    confidence : float in (0, 1), default=0.9
+        Probability that the false-alarm rate holds (over the draw of the
+        good images). Below about ``log(1 - confidence) / log(1 -
+        false_alarm_rate)`` good images (22 at 0.9 and 0.1, 45 at 0.9 and
+        0.05) no threshold can promise it: the lowest good score is taken
+        and a warning says so.
+
+    Returns
+    -------
+    summary : dict
+        ``offset`` (the new ``offset_``), ``n_good``, ``good_flagged`` (how
+        many of the good images the new threshold flags), ``confidence``,
+        ``false_alarm_rate``, and with ``defective``, ``recall`` (share of
+        them flagged).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import make_padim
+    >>> from skanomaly.calibration import calibrate
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_padim(image_size=32, random_state=0).fit(rng.random((20, 32, 32, 3)))
+    >>> summary = calibrate(pipe, rng.random((60, 32, 32, 3)), false_alarm_rate=0.1)
+    >>> summary["n_good"], summary["good_flagged"] <= 6
+    (60, True)
+    """
+    import warnings
+
+    from scipy.stats import beta
+
+    from .maps import _draws_maps
+
+    if not isinstance(estimator, Pipeline):
+        raise ValueError(f"calibrate needs a fitted Pipeline, got {type(estimator).__name__}.")
+    head = estimator.steps[-1][1]
+    check_is_fitted(head, "calibration_scores_")
+    rate = head.contamination if false_alarm_rate is None else float(false_alarm_rate)
+    if not 0 < rate <= 0.5:
+        raise ValueError(f"false_alarm_rate must be in (0, 0.5], got {rate}.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
+    if len(good) < 1:
+        raise ValueError("calibrate needs at least one good image.")
+    if _draws_maps(head) and hasattr(head, "score_samples_and_patches"):
+        grids, scores = _patch_grids_and_scores(estimator, good)
+    else:
+        grids, scores = None, estimator.score_samples(good)
+    order = np.sort(np.asarray(scores, dtype=np.float64))
+    n = len(order)
+    # Loosest threshold first: flagging j of the n good images.
+    allowed = [j for j in range(n) if beta.sf(rate, j + 1, n - j) <= 1 - confidence]
+    if not allowed:
+        warnings.warn(
+            f"{n} good images cannot promise a false-alarm rate of {rate:g} with "
+            f"confidence {confidence:g} (that needs at least "
+            f"{int(np.ceil(np.log(1 - confidence) / np.log(1 - rate)))}); the threshold "
+            "is the lowest good score, whose expected rate is about "
+            f"{1 / (n + 1):.3g}.", UserWarning, stacklevel=2)
+    j = max(allowed, default=0)
+    head.offset_ = float(order[j])
+    head.calibration_scores_ = order
+    if grids is not None:
+        head.calibration_patch_scores_ = grids
+    head.contamination = rate
+    summary = {"offset": head.offset_, "n_good": n, "good_flagged": int(np.sum(order < head.offset_)),
+               "confidence": confidence, "false_alarm_rate": rate}
+    if defective is not None and len(defective):
+        summary["recall"] = float(np.mean(estimator.score_samples(defective) < head.offset_))
+    return summary
+
+
+def _patch_grids_and_scores(estimator, images, batch_size=32):
+    """The head's patch grids and image scores of ``images``, one pass."""
+    from .images import check_images
+
+    head, transformers = estimator.steps[-1][1], estimator[:-1]
+    images = check_images(images)
+    grids, scores = [], []
+    for start in range(0, len(images), batch_size):
+        features = transformers.transform(images[start:start + batch_size])
+        s, p = head.score_samples_and_patches(features)
+        grids.append(np.asarray(p, dtype=np.float32))
+        scores.append(s)
+    return np.concatenate(grids), np.concatenate(scores)

@@ -12,11 +12,25 @@ import numpy as np
 
 from .report import _METRIC_COLUMNS
 
+CALIBRATE_HELP = """\
+Set a saved model's image threshold from recent good images (and report the
+recall on defective ones): the threshold that, with the stated confidence,
+flags at most --false-alarm-rate of good images, and the most defects any
+such threshold flags. The good images also set the pixel threshold (masks
+and boxes). Use it when production images drift from the training images.
+
+examples:
+  skanomaly calibrate model.skops --good recent/good --defective recent/bad \\
+      --false-alarm-rate 0.02 -o model_line2.skops
+"""
+
 EVALUATE_HELP = """\
 Fit methods on a folder in MVTec AD layout and measure them on its test split.
 
-Prints one table (image AUROC, pixel AUROC, AUPRO, F1-max, fit seconds,
-ms per image, peak RSS) and writes it as CSV and JSON, with an HTML report
+Prints one table (image AUROC, pixel AUROC, AUPRO, F1-max; at the model's
+own thresholds, the share of good images flagged, of defects flagged, the
+most a threshold with that false-alarm rate catches, pixel F1 and the share
+of good images with a box; fit seconds, ms per image, peak RSS) and writes it as CSV and JSON, with an HTML report
 comparing the methods (ROC and PRO curves, score histograms with the
 threshold, AUROC per defect type, the hardest images with their maps). Methods that share an
 embedder share its features, so several methods cost little more than one.
@@ -283,6 +297,26 @@ def _fit(args):
     return 0
 
 
+def _calibrate(args):
+    from .calibration import calibrate
+    from .datasets import load_folder
+    from .persistence import save_model
+
+    pipe = _load_pipeline(args.model)
+    good = load_folder(args.good).images
+    defective = load_folder(args.defective).images if args.defective else None
+    summary = calibrate(pipe, good, defective, false_alarm_rate=args.false_alarm_rate,
+                        confidence=args.confidence)
+    out = save_model(pipe, args.output)
+    line = (f"threshold from {summary['n_good']} good images: flags {summary['good_flagged']} "
+            f"of them; false-alarm rate <= {summary['false_alarm_rate']:g} with confidence "
+            f"{summary['confidence']:g}")
+    if "recall" in summary:
+        line += f"; flags {summary['recall']:.0%} of {len(defective)} defective images"
+    print(f"{line} -> {out}")
+    return 0
+
+
 def _load_pipeline(path):
     """A fitted skanomaly pipeline from a .joblib or .skops file, or one clear error."""
     from .persistence import load_model
@@ -303,7 +337,7 @@ def _export(args):
 
 
 def _load_model(path):
-    """``(scores_and_maps, pvalues_of, offset, pixel_threshold)`` of a saved
+    """``(scores_and_maps, pvalues_of, offset, pixel_threshold, contamination)`` of a saved
     model: a joblib pipeline, or an ONNX export run by skanomaly_runtime."""
     model = Path(path)  # each loader below names a missing file
     if model.suffix.lower() == ".onnx":
@@ -317,7 +351,8 @@ def _load_model(path):
             return exported.anomaly_maps(paths, return_scores=True)
 
         return (scores_and_maps, lambda scores: exported.conformal_pvalues(scores=scores),
-                exported.offset_, exported.metadata_.get("pixel_threshold"))
+                exported.offset_, exported.metadata_.get("pixel_threshold"),
+                exported.metadata_.get("contamination"))
     from .calibration import _pvalues_of_scores, pixel_threshold
     from .maps import _draws_maps, _NoMapsError, anomaly_maps
 
@@ -331,7 +366,7 @@ def _load_model(path):
             return None, pipe.score_samples(paths)
 
     return (scores_and_maps, lambda scores: _pvalues_of_scores(head, scores), head.offset_,
-            pixel_threshold(pipe) if _draws_maps(head) else None)
+            pixel_threshold(pipe) if _draws_maps(head) else None, head.contamination)
 
 
 def _predict(args):
@@ -340,7 +375,7 @@ def _predict(args):
 
     from .plotting import overlay_heatmap
 
-    scores_and_maps, pvalues_of, offset, threshold = _load_model(args.model)
+    scores_and_maps, pvalues_of, offset, threshold, contamination = _load_model(args.model)
     paths = image_files(args.images)
 
     def overlay(image, amap, mask):
@@ -349,7 +384,7 @@ def _predict(args):
         return overlay_heatmap(image, amap, mask, vmin=0.0, vmax=2.0 * threshold)
 
     summary, n_failed = predict_to_folder(paths, args.out, scores_and_maps, pvalues_of, offset,
-                                          threshold, overlay=overlay)
+                                          threshold, overlay=overlay, contamination=contamination)
     print(summary)
     return 1 if n_failed else 0
 
@@ -363,9 +398,10 @@ def format_table(rows):
     """Rows of evaluate results as an aligned text table."""
     cells = [[title for _, title, _ in _COLUMNS]]
     for row in rows:
+        values = [row.get(key, float("nan")) for key, _, _ in _COLUMNS]
         cells.append([
-            "-" if isinstance(row[key], float) and np.isnan(row[key]) else format(row[key], spec)
-            for key, _, spec in _COLUMNS
+            "-" if isinstance(value, float) and np.isnan(value) else format(value, spec)
+            for value, (_, _, spec) in zip(values, _COLUMNS)
         ])
     widths = [max(len(line[i]) for line in cells) for i in range(len(_COLUMNS))]
     return "\n".join(
@@ -451,7 +487,7 @@ def _evaluate(args):
     with open(out.with_suffix(".csv"), "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=[key for key, _, _ in _COLUMNS])
         writer.writeheader()
-        writer.writerows({key: row[key] for key, _, _ in _COLUMNS} for row in rows)
+        writer.writerows({key: row.get(key, float("nan")) for key, _, _ in _COLUMNS} for row in rows)
     with open(out.with_suffix(".json"), "w") as fh:
         json.dump({"root": str(args.root), "results": rows}, fh, indent=2)
     write_report(out.with_suffix(".html"), summaries, title="skanomaly evaluate",
@@ -546,6 +582,21 @@ def build_parser():
     from_anomalib.add_argument("--contamination", type=float, default=0.05,
                                help="target false-alarm rate on normal images (default 0.05)")
     from_anomalib.set_defaults(handler=_from_anomalib)
+    calibrate = commands.add_parser(
+        "calibrate", help="set a saved model's threshold from recent labelled images",
+        description=CALIBRATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    calibrate.add_argument("model", metavar="MODEL", help=".skops or .joblib file from 'skanomaly fit'")
+    calibrate.add_argument("--good", required=True, metavar="DIR",
+                           help="good images the model did not learn from")
+    calibrate.add_argument("--defective", metavar="DIR", help="defective images (to report recall)")
+    calibrate.add_argument("--false-alarm-rate", type=float, default=None,
+                           help="largest share of good images to flag (default: the model's)")
+    calibrate.add_argument("--confidence", type=float, default=0.9,
+                           help="probability that the rate holds (default 0.9)")
+    calibrate.add_argument("-o", "--output", required=True, metavar="FILE",
+                           help="model file to write: NAME.skops or NAME.joblib")
+    calibrate.set_defaults(handler=_calibrate)
     export = commands.add_parser(
         "export", help="export a saved model to ONNX", description=EXPORT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -7,7 +7,14 @@ from sklearn.metrics import roc_auc_score
 
 from .images import check_images, load_image
 from .maps import _is_image_level, _model_input_shape, upsample_patch_scores
-from .metrics import f1_max, pixel_aupro, pixel_roc_auc
+from .calibration import pixel_threshold
+from .metrics import (
+    f1_max,
+    image_operating_point,
+    pixel_aupro,
+    pixel_operating_point,
+    pixel_roc_auc,
+)
 from .streaming import StreamingPipeline
 
 __all__ = ["FeatureCache", "evaluate_pipeline"]
@@ -107,7 +114,13 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         (embedding, as measured when first computed if cached, plus head
         fit), ``ms_per_image``
         (embedding plus scoring of the test images) and the fitted
-        ``pipeline``; with ``return_maps``, ``scores`` and ``maps``.
+        ``pipeline``; the operating point at the model's own thresholds,
+        :func:`~skanomaly.metrics.image_operating_point`'s keys
+        (``false_alarm_rate``, ``recall``, ``oracle_recall``) and, with
+        masks, :func:`~skanomaly.metrics.pixel_operating_point`'s
+        (``pixel_f1``, ``best_pixel_f1``, ``good_with_box``,
+        ``boxes_per_good``, ``region_hit_rate``); with ``return_maps``,
+        ``scores`` and ``maps``.
 
     Examples
     --------
@@ -169,6 +182,8 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
     }
     if want_maps and _is_image_level(patch_scores):
         want_maps = False  # an image-level head (GANomaly): no map to measure
+    # The operating point: what the model's own thresholds do.
+    result.update(image_operating_point(test_target, decision, head.contamination))
     if want_maps:
         maps = upsample_patch_scores(
             patch_scores, _image_shapes(test_images),
@@ -177,6 +192,7 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         if test_masks is not None:
             result["pixel_auroc"] = pixel_roc_auc(test_masks, maps)
             result["aupro"] = pixel_aupro(test_masks, maps)
+            result.update(pixel_operating_point(test_masks, maps, pixel_threshold(pipeline)))
     if return_maps:
         result["scores"] = np.asarray(decision, dtype=np.float64)
         result["maps"] = maps if want_maps else None

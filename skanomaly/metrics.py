@@ -16,9 +16,11 @@ from sklearn.utils.validation import column_or_1d
 
 __all__ = [
     "f1_max",
+    "image_operating_point",
     "image_roc_auc",
     "per_defect_type",
     "pixel_aupro",
+    "pixel_operating_point",
     "pixel_roc_auc",
     "pro_curve",
 ]
@@ -304,3 +306,127 @@ def pro_curve(masks, maps):
     return _descending_curve(
         scores, np.where(weights < 0, -weights, 0.0), np.where(weights > 0, weights, 0.0)
     )
+
+
+def image_operating_point(y_true, y_score, false_alarm_rate):
+    """What a threshold at 0 does to labelled images, beside the best it could do.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        +1 normal, -1 anomalous.
+    y_score : array-like of shape (n,)
+        ``decision_function`` values: negative = flagged, as ``predict``.
+    false_alarm_rate : float in (0, 1)
+        The rate the threshold was set for (the head's ``contamination``).
+
+    Returns
+    -------
+    point : dict
+        ``false_alarm_rate``: share of normal images flagged; ``recall``:
+        share of anomalous images flagged; ``oracle_recall``: the recall of
+        the threshold that flags exactly ``floor(false_alarm_rate * n_normal)``
+        of these normal images (chosen with the labels: the most any
+        threshold with that false-alarm rate can catch here).
+
+    Examples
+    --------
+    >>> from skanomaly.metrics import image_operating_point
+    >>> point = image_operating_point([1, 1, 1, -1, -1], [0.5, 0.2, -0.1, -3.0, 0.1], 0.05)
+    >>> round(point["false_alarm_rate"], 2), point["recall"], point["oracle_recall"]
+    (0.33, 0.5, 0.5)
+    """
+    y_true, y_score = _check_labels(y_true, y_score)
+    normal, anomalous = y_score[y_true == 1], y_score[y_true == -1]
+    allowed = int(np.floor(false_alarm_rate * len(normal)))
+    # Flag what scores below the (allowed + 1)-th lowest normal score.
+    cut = np.sort(normal)[allowed]
+    return {
+        "false_alarm_rate": float(np.mean(normal < 0)),
+        "recall": float(np.mean(anomalous < 0)),
+        "oracle_recall": float(np.mean(anomalous < cut)),
+    }
+
+
+def pixel_operating_point(masks, maps, threshold, *, min_area=16):
+    """What a pixel threshold does to labelled images: masks and boxes.
+
+    Parameters
+    ----------
+    masks : list of (path, array or None)
+        Ground truth, as for :func:`pixel_roc_auc` (None = a good image).
+    maps : list of ndarray
+        Anomaly maps (higher = more anomalous), one per image.
+    threshold : float
+        Pixels with ``map > threshold`` are anomalous (e.g.
+        :func:`skanomaly.calibration.pixel_threshold`).
+    min_area : int, default=16
+        As :func:`skanomaly.anomaly_boxes`: smaller regions are no box.
+
+    Returns
+    -------
+    point : dict
+        ``pixel_f1`` at ``threshold`` over all pixels of all images;
+        ``best_pixel_f1`` over every threshold; ``good_with_box``: share of
+        good images with at least one box; ``boxes_per_good``; and
+        ``region_hit_rate``: share of ground-truth defect regions (8-connected)
+        that some box overlaps.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.metrics import pixel_operating_point
+    >>> truth = np.zeros((32, 32), bool); truth[8:16, 8:16] = True
+    >>> amap = truth.astype(float)
+    >>> point = pixel_operating_point([truth, None], [amap, np.zeros((32, 32))], 0.5)
+    >>> point["pixel_f1"], point["good_with_box"], point["region_hit_rate"]
+    (1.0, 0.0, 1.0)
+    """
+    from skanomaly_runtime._regions import region_boxes
+
+    masks, maps = _masks_and_maps(masks, maps)
+    tp = fp = fn = 0
+    boxes_on_good, good, hits, regions = [], 0, 0, 0
+    defect_scores, normal_scores = [], []
+    for mask, amap in zip(masks, maps):
+        flagged = amap > threshold
+        tp += int(np.count_nonzero(flagged & mask))
+        fp += int(np.count_nonzero(flagged & ~mask))
+        fn += int(np.count_nonzero(~flagged & mask))
+        defect_scores.append(amap[mask])
+        normal_scores.append(amap[~mask])
+        boxes = region_boxes(amap, flagged, min_area)
+        if not mask.any():
+            boxes_on_good.append(len(boxes))
+            continue
+        labels, n_regions = ndimage.label(mask, structure=np.ones((3, 3)))
+        covered = np.zeros_like(mask)
+        for box in boxes:
+            covered[box["y0"]:box["y1"], box["x0"]:box["x1"]] = True
+        regions += n_regions
+        hits += len(np.unique(labels[covered & mask]))
+    positives = np.concatenate(defect_scores)
+    negatives = np.sort(np.concatenate(normal_scores))
+    return {
+        "pixel_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
+        "best_pixel_f1": _best_f1(np.sort(positives), negatives),
+        "good_with_box": float(np.mean([n > 0 for n in boxes_on_good])) if boxes_on_good else float("nan"),
+        "boxes_per_good": float(np.mean(boxes_on_good)) if boxes_on_good else float("nan"),
+        "region_hit_rate": float(hits / regions) if regions else float("nan"),
+    }
+
+
+def _best_f1(positives, negatives, n_thresholds=256):
+    """Best F1 of ``> t`` over thresholds at quantiles of the defect pixels'
+    scores (sorted inputs); exact up to that grid."""
+    if not len(positives):
+        return float("nan")
+    best = 0.0
+    for t in np.quantile(positives, np.linspace(0, 1, n_thresholds)):
+        tp = len(positives) - np.searchsorted(positives, t, side="right")
+        fp = len(negatives) - np.searchsorted(negatives, t, side="right")
+        best = max(best, 2 * tp / max(2 * tp + fp + (len(positives) - tp), 1))
+    # Just below the lowest defect pixel: every defect pixel flagged.
+    t = np.nextafter(positives[0], -np.inf)
+    fp = len(negatives) - np.searchsorted(negatives, t, side="right")
+    return float(max(best, 2 * len(positives) / (2 * len(positives) + fp)))

@@ -38,6 +38,12 @@ _METRIC_COLUMNS = (
     ("pixel_auroc", "pixel AUROC", ".4f"),
     ("aupro", "AUPRO", ".4f"),
     ("f1_max", "F1-max", ".4f"),
+    # At the model's own thresholds: what the line acts on.
+    ("false_alarm_rate", "good flagged", ".2f"),
+    ("recall", "defects flagged", ".2f"),
+    ("oracle_recall", "best at that rate", ".2f"),
+    ("pixel_f1", "pixel F1", ".3f"),
+    ("good_with_box", "good w/ box", ".2f"),
     ("fit_s", "fit s", ".1f"),
     ("ms_per_image", "ms/image", ".1f"),
 )

@@ -41,7 +41,7 @@ def main(argv=None):
     threshold = model.metadata_["pixel_threshold"] if model.metadata_["maps"] else None
     summary, n_failed = predict_to_folder(
         paths, args.out, scores_and_maps, lambda s: model.conformal_pvalues(scores=s),
-        model.offset_, threshold)
+        model.offset_, threshold, contamination=model.metadata_.get("contamination"))
     print(summary)
     return 1 if n_failed else 0
 

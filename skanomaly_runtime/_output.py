@@ -11,6 +11,7 @@ only valid files behind.
 
 import csv
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -39,8 +40,35 @@ def _save_png(array, path):
     os.replace(partial, path)
 
 
+def drift_warning(n_flagged, n_images, contamination, alpha=1e-3):
+    """A warning line when a run flagged far more than ``contamination`` of
+    its images (one-sided binomial test at level ``alpha``), else None.
+
+    Examples
+    --------
+    >>> drift_warning(3, 100, 0.05) is None
+    True
+    >>> drift_warning(30, 100, 0.05).startswith("warning: 30 of 100")
+    True
+    """
+    if not n_images or not contamination:
+        return None
+    # P(X >= n_flagged) for X ~ Binomial(n_images, contamination).
+    tail = sum(math.exp(math.lgamma(n_images + 1) - math.lgamma(k + 1)
+                        - math.lgamma(n_images - k + 1) + k * math.log(contamination)
+                        + (n_images - k) * math.log1p(-contamination))
+               for k in range(n_flagged, n_images + 1))
+    if tail >= alpha:
+        return None
+    return (f"warning: {n_flagged} of {n_images} images flagged, far above the "
+            f"{contamination:g} the threshold was set for on good images: these images likely "
+            "differ from the training images (light, position, supplier). If most flagged "
+            "parts are good, recalibrate on recent good parts: skanomaly calibrate MODEL "
+            "--good DIR -o NEW_MODEL.")
+
+
 def predict_to_folder(paths, out, scores_and_maps, pvalues_of, offset, threshold,
-                      overlay=None, batch_size=None, stderr=None):
+                      overlay=None, batch_size=None, stderr=None, contamination=None):
     """Score ``paths`` batch by batch and write the results under ``out``.
 
     Parameters
@@ -63,7 +91,11 @@ def predict_to_folder(paths, out, scores_and_maps, pvalues_of, offset, threshold
     batch_size : int or None
         Images in memory at a time (None: 16).
     stderr : file or None
-        Where unreadable images are reported (default ``sys.stderr``).
+        Where unreadable images are reported (default ``sys.stderr``), and
+        the drift warning (:func:`drift_warning`).
+    contamination : float or None
+        The false-alarm rate the threshold was set for: a run that flags
+        far more is warned about (None: no check).
 
     Returns
     -------
@@ -108,6 +140,9 @@ def predict_to_folder(paths, out, scores_and_maps, pvalues_of, offset, threshold
         partial.write_text(json.dumps({"pixel_threshold": threshold, "images": boxes}, indent=2))
         os.replace(partial, out / "boxes.json")
     n_scored = len(paths) - n_failed
+    warning = drift_warning(int(n_flagged), n_scored, contamination)
+    if warning:
+        print(warning, file=stderr, flush=True)
     failed = f", {n_failed} could not be read" if n_failed else ""
     return (f"{n_scored} images, {n_flagged} flagged as anomalous{failed} -> {out}",
             n_failed)

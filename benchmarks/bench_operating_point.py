@@ -1,0 +1,89 @@
+"""The operating point: what each method's own thresholds do on the panel.
+
+AUROC and AUPRO rank; a production line acts on ``predict``, masks and
+boxes at the model's thresholds. For each set of ``--data`` and each method,
+the factory with its defaults (``random_state=--seed``) is fitted on
+``train/good`` image paths and measured on ``test`` by
+:func:`skanomaly.evaluation.evaluate_pipeline`: the share of good images
+flagged (nominal: ``contamination``, 0.05), the share of defects flagged,
+the oracle recall (the threshold that flags exactly 5% of these good images,
+chosen with the labels), image AUROC; with masks, pixel F1 at the calibrated
+pixel threshold beside the best pixel F1 over thresholds, the share of good
+images with a box, boxes per good image and the share of ground-truth defect
+regions a box overlaps.
+
+    python benchmarks/bench_operating_point.py --methods patchcore,padim
+
+Writes ``benchmarks/results/operating_point.json`` (rows accumulate; a row
+is replaced when the same set, method and seed is measured again) and
+prints a Markdown table.
+"""
+
+import argparse
+import json
+import sys
+import warnings
+
+from _results import PANEL_DATA, SETS, factories, panel_sets, save_json
+
+from skanomaly.datasets import load_mvtec
+from skanomaly.evaluation import FeatureCache, evaluate_pipeline
+
+KEYS = ("false_alarm_rate", "recall", "oracle_recall", "image_auroc", "pixel_f1",
+        "best_pixel_f1", "good_with_box", "boxes_per_good", "region_hit_rate")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(PANEL_DATA))
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--methods", default="patchcore,padim")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    makers = factories()
+    out = _out_path() if args.out is None else args.out
+    try:
+        with open(out) as fh:
+            rows = json.load(fh)["rows"]
+    except FileNotFoundError:
+        rows = []
+    command = "python benchmarks/bench_operating_point.py " + " ".join(argv or sys.argv[1:])
+    for set_name, root in panel_sets(args.data, args.sets):
+        train, test = load_mvtec(root, "train"), load_mvtec(root, "test")
+        cache = FeatureCache()
+        for method in args.methods.split(","):
+            pipe = makers[method](random_state=args.seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                result = evaluate_pipeline(pipe, train.images, test.images, test.target,
+                                           test.masks, cache=cache)
+            row = {"set": set_name, "method": method, "seed": args.seed, "command": command,
+                   **{k: result.get(k, float("nan")) for k in KEYS}}
+            rows = [r for r in rows if (r["set"], r["method"], r["seed"]) != (set_name, method, args.seed)]
+            rows.append(row)
+            save_json({"rows": rows}, out)
+            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in row.items() if k != "command"), flush=True)
+    print(table(rows))
+
+
+def _out_path():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent / "results" / "operating_point.json"
+
+
+def table(rows):
+    """Markdown table of the rows: one line per set and method."""
+    head = ["set", "method", "seed", *KEYS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(rows, key=lambda r: (r["method"], r["set"], r["seed"])):
+        cells = [r["set"], r["method"], str(r["seed"])]
+        cells += ["-" if r[k] != r[k] else f"{r[k]:.2f}" for k in KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
