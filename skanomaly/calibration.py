@@ -5,7 +5,7 @@ from skanomaly_runtime._calibration import conformal_pvalues_of
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["calibrate", "conformal_pvalues", "pixel_threshold"]
+__all__ = ["calibrate", "confident_offset", "conformal_pvalues", "pixel_threshold"]
 
 
 def conformal_pvalues(estimator, X):
@@ -200,10 +200,6 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
     >>> summary["n_good"], summary["good_flagged"] <= 6
     (60, True)
     """
-    import warnings
-
-    from scipy.stats import beta
-
     from .maps import _draws_maps
 
     if not isinstance(estimator, Pipeline):
@@ -223,17 +219,7 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
         grids, scores = None, estimator.score_samples(good)
     order = np.sort(np.asarray(scores, dtype=np.float64))
     n = len(order)
-    # Loosest threshold first: flagging j of the n good images.
-    allowed = [j for j in range(n) if beta.sf(rate, j + 1, n - j) <= 1 - confidence]
-    if not allowed:
-        warnings.warn(
-            f"{n} good images cannot promise a false-alarm rate of {rate:g} with "
-            f"confidence {confidence:g} (that needs at least "
-            f"{int(np.ceil(np.log(1 - confidence) / np.log(1 - rate)))}); the threshold "
-            "is the lowest good score, whose expected rate is about "
-            f"{1 / (n + 1):.3g}.", UserWarning, stacklevel=2)
-    j = max(allowed, default=0)
-    head.offset_ = float(order[j])
+    head.offset_ = confident_offset(order, rate, confidence)
     head.calibration_scores_ = order
     if grids is not None:
         head.calibration_patch_scores_ = grids
@@ -243,6 +229,58 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
     if defective is not None and len(defective):
         summary["recall"] = float(np.mean(estimator.score_samples(defective) < head.offset_))
     return summary
+
+
+def confident_offset(good_scores, false_alarm_rate, confidence=0.9):
+    """Threshold on ``score_samples`` that flags at most ``false_alarm_rate``
+    of new good images, with probability ``confidence``.
+
+    With n good scores, the loosest threshold that flags j of them (their
+    (j + 1)-th lowest score) has a false-alarm rate distributed as Beta(j + 1,
+    n - j) over the draw of the good images; the largest j whose upper tail
+    at the rate is at most ``1 - confidence`` is kept (the threshold that
+    flags the most defects with that guarantee). With too few scores for
+    any j, the lowest score is taken and a warning says so.
+
+    Parameters
+    ----------
+    good_scores : array-like of shape (n,)
+        ``score_samples`` of good images the model did not learn from.
+    false_alarm_rate : float in (0, 1)
+    confidence : float in (0, 1), default=0.9
+
+    Returns
+    -------
+    offset : float
+        Images with ``score_samples < offset`` are flagged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.calibration import confident_offset
+    >>> scores = np.random.default_rng(0).normal(size=1000)
+    >>> offset = confident_offset(scores, 0.05)
+    >>> 0.03 < float(np.mean(scores < offset)) < 0.05
+    True
+    """
+    import warnings
+
+    from scipy.stats import beta
+
+    order = np.sort(np.asarray(good_scores, dtype=np.float64))
+    n = len(order)
+    if n < 1:
+        raise ValueError("A threshold needs at least one good score.")
+    j = np.arange(n)
+    allowed = np.flatnonzero(beta.sf(false_alarm_rate, j + 1, n - j) <= 1 - confidence)
+    if not len(allowed):
+        warnings.warn(
+            f"{n} good images cannot promise a false-alarm rate of {false_alarm_rate:g} with "
+            f"confidence {confidence:g} (that needs at least "
+            f"{int(np.ceil(np.log(1 - confidence) / np.log(1 - false_alarm_rate)))}); the "
+            f"threshold is the lowest good score, whose expected rate is about "
+            f"{1 / (n + 1):.3g}.", UserWarning, stacklevel=3)
+    return float(order[allowed.max() if len(allowed) else 0])
 
 
 def _patch_grids_and_scores(estimator, images, batch_size=32):

@@ -386,30 +386,49 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         return self
 
     def _cross_fit(self, X, rng):
-        """Out-of-fold (patch, image) anomaly scores of every sample of ``X``,
+        """Out-of-fold (patch, image) anomaly scores of the samples of ``X``,
         leaving the model fitted on all of them.
 
         The samples are cut into ``_CROSS_FIT_FOLDS`` random folds (one per
         sample below that), each scored by the model fitted on the others.
-        Heads whose scoring cost grows with the training set score at most
-        ``_calibration_cap`` samples, drawn across the folds. Heads whose
-        model can be cut into folds more cheaply override this.
+        Heads whose model can be cut into folds more cheaply override this.
         """
         n = X.shape[0]
+        folds, scored = self._cross_fit_folds(n, rng)
+
+        def fit_without(k):
+            self._fit_normal(X, np.setdiff1d(np.arange(n), folds[k]), rng)
+
+        scores = self._out_of_fold_scores(X, folds, scored, fit_without)
+        self._fit_normal(X, np.arange(n), rng)
+        return scores
+
+    def _cross_fit_folds(self, n, rng):
+        """The random folds of ``range(n)`` and the samples to score: all of
+        them, or ``_calibration_cap`` drawn across the folds for heads whose
+        scoring cost grows with the training set."""
         folds = [np.sort(f) for f in np.array_split(rng.permutation(n), min(_CROSS_FIT_FOLDS, n))]
         scored = np.sort(rng.permutation(n)[:min(n, self._calibration_cap or n)])
+        return folds, scored
+
+    def _out_of_fold_scores(self, X, folds, scored, fit_without):
+        """Scores of the ``scored`` samples of each fold, the model set by
+        ``fit_without(k)`` to the one that did not learn from fold k."""
         patches, images = [], []
-        for fold in folds:
+        for k, fold in enumerate(folds):
             rows = fold[np.isin(fold, scored)]
-            if not len(rows):
-                continue
-            self._fit_normal(X, np.setdiff1d(np.arange(n), fold), rng)
-            for start in range(0, len(rows), _CALIBRATION_CHUNK):
-                p, s = self._patch_and_image_scores(X[rows[start:start + _CALIBRATION_CHUNK]])
-                patches.append(p)
-                images.append(s)
-        self._fit_normal(X, np.arange(n), rng)
+            if len(rows):
+                fit_without(k)
+                self._scores_in_chunks(X, rows, patches, images)
         return np.concatenate(patches), np.concatenate(images)
+
+    def _scores_in_chunks(self, X, rows, patches, images):
+        """Append the (patch, image) scores of ``X[rows]`` to the two lists,
+        ``_CALIBRATION_CHUNK`` samples at a time: grids are never copied whole."""
+        for start in range(0, len(rows), _CALIBRATION_CHUNK):
+            p, i = self._patch_and_image_scores(X[rows[start:start + _CALIBRATION_CHUNK]])
+            patches.append(p)
+            images.append(i)
 
     def _hold_for_calibration(self, X, cal_idx, rng, merge):
         """Keep ``X[cal_idx]`` until ``_finish_fit`` scores it with the
@@ -432,11 +451,7 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         then let them join the model (``_after_calibration``)."""
         patches, images = [], []
         for X, idx in blocks:
-            # Scored in chunks: held-out grids are never copied whole.
-            for start in range(0, len(idx), _CALIBRATION_CHUNK):
-                p, i = self._patch_and_image_scores(X[idx[start:start + _CALIBRATION_CHUNK]])
-                patches.append(p)
-                images.append(i)
+            self._scores_in_chunks(X, idx, patches, images)
         self._set_calibration(patches, images, merge=merge)
         for X, idx in blocks:
             if len(idx):

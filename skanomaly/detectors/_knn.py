@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ..coreset import kcenter_greedy
 from ..neighbors import ApproximateNeighbors, kneighbors
 from ..streaming import _coreset_chunk_images, _even_chunks
-from ._base import _CALIBRATION_CHUNK, _CROSS_FIT_FOLDS, _BaseDetector
+from ._base import _BaseDetector
 
 
 class KNNDetector(_BaseDetector):
@@ -366,29 +366,23 @@ class KNNDetector(_BaseDetector):
             # SPADE searches image by image; SoftPatch's filter compares each
             # patch with the other images, which a fold of them would weaken.
             return super()._cross_fit(X, rng)
-        folds = [np.sort(f) for f in np.array_split(rng.permutation(n), min(_CROSS_FIT_FOLDS, n))]
+        folds, scored = self._cross_fit_folds(n, rng)
         parts, filtered = [], 0
         for fold in folds:
             part, n_filtered = self._select_bank(X, fold, rng)
             parts.append(part)
             filtered += n_filtered
-        scored = np.sort(rng.permutation(n)[:min(n, self._calibration_cap)])
-        patches, images = [], []
-        for k, fold in enumerate(folds):
-            rows = fold[np.isin(fold, scored)]
-            if not len(rows):
-                continue
+
+        def bank_without(k):
             self.memory_bank_ = np.ascontiguousarray(
                 np.concatenate([p for j, p in enumerate(parts) if j != k]))
             self.index_ = None  # calibration searches exactly
-            for start in range(0, len(rows), _CALIBRATION_CHUNK):
-                p, i = self._patch_and_image_scores(X[rows[start:start + _CALIBRATION_CHUNK]])
-                patches.append(p)
-                images.append(i)
+
+        scores = self._out_of_fold_scores(X, folds, scored, bank_without)
         self.memory_bank_ = np.ascontiguousarray(np.concatenate(parts))
         self.n_filtered_patches_ = filtered
         self._build_index(rng)
-        return np.concatenate(patches), np.concatenate(images)
+        return scores
 
     def _coreset_chunks(self, fit_idx, patches_per_image):
         """Groups of training images, each about ``coreset_chunk_size`` patches."""
