@@ -19,6 +19,9 @@ from .streaming import StreamingPipeline
 
 __all__ = ["FeatureCache", "evaluate_pipeline"]
 
+# Test images embedded and scored at a time by evaluate_pipeline.
+_TEST_BATCH = 32
+
 
 class FeatureCache:
     """Per-image memo of a transformer's output, keyed by its parameters.
@@ -29,6 +32,11 @@ class FeatureCache:
     the time it took to embed, and ``last_seconds`` is that cost summed over
     the rows of the latest call, cached or not, so timings stay fair to every
     method that shares the cache.
+
+    Rows are kept on disk, one ``.npy`` file each in a temporary folder
+    removed with the cache: PaDiM's stride-4 features are 1.6 MB an image, so
+    several embedders over a few thousand images would not fit in memory,
+    while reading a row back costs far less than embedding it.
 
     Examples
     --------
@@ -43,7 +51,16 @@ class FeatureCache:
 
     def __init__(self):
         self._store = {}
+        self._folder = None
         self.last_seconds = 0.0
+
+    def _file(self):
+        import tempfile
+        from pathlib import Path
+
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="skanomaly-features-")
+        return Path(self._folder.name) / f"{sum(len(s) for s in self._store.values())}.npy"
 
     def transform(self, transformer, images):
         """``transformer.transform(images)`` of a fitted transformer, reusing cached rows."""
@@ -59,10 +76,17 @@ class FeatureCache:
             for i, row in zip(missing, features):
                 rows[i] = (row, per_row)
                 if isinstance(images[i], str):
-                    store[images[i]] = rows[i]
-        picked = [rows[i] if i in rows else store[images[i]] for i in range(len(images))]
+                    path = self._file()
+                    np.save(path, row)
+                    store[images[i]] = (path, per_row)
+        picked = [rows[i] if i in rows else _loaded(store[images[i]]) for i in range(len(images))]
         self.last_seconds = float(sum(seconds for _, seconds in picked))
         return np.stack([row for row, _ in picked])
+
+
+def _loaded(entry):
+    path, seconds = entry
+    return np.load(path), seconds
 
 
 def _image_shapes(images):
@@ -162,15 +186,26 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         else:
             head.fit(train_features, **(pipeline._head_fit_params() if streaming else {}))
         head_fit_s = time.perf_counter() - start
-    test_features, embed_test_s = embed(test_images)
-    want_maps = (test_masks is not None or return_maps) and np.ndim(test_features) == 4
-    start = time.perf_counter()
-    if want_maps:
-        scores, patch_scores = head.score_samples_and_patches(test_features)
-        decision = scores - head.offset_
-    else:
-        decision = head.decision_function(test_features)
-    score_s = time.perf_counter() - start
+    # The test images a batch at a time: memory holds their scores and patch
+    # grids, never every image's features.
+    embed_test_s = score_s = 0.0
+    decision, patch_parts, want_maps = [], [], None
+    for batch_start in range(0, len(test_images), _TEST_BATCH):
+        features, seconds = embed(test_images[batch_start:batch_start + _TEST_BATCH])
+        embed_test_s += seconds
+        if want_maps is None:
+            want_maps = (test_masks is not None or return_maps) and np.ndim(features) == 4
+        start = time.perf_counter()
+        if want_maps:
+            scores, patch_scores = head.score_samples_and_patches(features)
+            decision.append(scores - head.offset_)
+            patch_parts.append(patch_scores)
+        else:
+            decision.append(head.decision_function(features))
+        score_s += time.perf_counter() - start
+        del features
+    decision = np.concatenate(decision)
+    patch_scores = np.concatenate(patch_parts) if want_maps else None
     result = {
         "image_auroc": float(roc_auc_score(test_target, decision)),
         "f1_max": f1_max(test_target, decision)[0],

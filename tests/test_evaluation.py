@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,6 +26,24 @@ def test_feature_cache_embeds_each_path_once(tmp_path, monkeypatch):
     assert calls == [2, 1]
     np.testing.assert_array_equal(both[1:], first[::-1])
     np.testing.assert_allclose(both, original(embedder, paths[::-1]), rtol=1e-3, atol=1e-4)
+    # Rows live on disk, not in memory, and go with the cache.
+    folder = Path(cache._folder.name)
+    assert len(list(folder.glob("*.npy"))) == 3
+    del cache
+    assert not folder.exists()
+
+
+def test_evaluate_pipeline_reports_the_operating_point():
+    data = make_synthetic(60, 12, image_size=48, random_state=0)
+    test = slice(40, None)
+    result = evaluate_pipeline(make_patchcore(image_size=48, random_state=0), data.images[:40],
+                               data.images[test], data.target[test], list(data.masks[test]))
+    decision = result["pipeline"].decision_function(data.images[test])
+    good, bad = data.target[test] == 1, data.target[test] == -1
+    assert result["false_alarm_rate"] == pytest.approx((decision[good] < 0).mean())
+    assert result["recall"] == pytest.approx((decision[bad] < 0).mean())
+    assert 0 <= result["pixel_f1"] <= result["best_pixel_f1"] <= 1
+    assert 0 <= result["good_with_box"] <= 1 and 0 <= result["region_hit_rate"] <= 1
 
 
 def test_evaluate_pipeline_reports_scores_and_maps():
