@@ -1,9 +1,14 @@
-"""Conformal p-values: how unusual a new sample is among held-out normal ones."""
+"""Thresholds and what they promise: conformal p-values, the pixel threshold
+of masks and boxes, and recalibration from recent labelled images."""
+
+import weakref
 
 import numpy as np
 from skanomaly_runtime._calibration import conformal_pvalues_of
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
+
+from .detectors._base import conformal_offset
 
 __all__ = ["calibrate", "confident_offset", "conformal_pvalues", "pixel_threshold"]
 
@@ -123,14 +128,19 @@ def _pixel_threshold_of(head, false_alarm_rate, model_shape, sigma):
     return float(maxima[min(rank, len(maxima)) - 1])
 
 
+# Per head, the map maxima of its current calibration: masks and the app ask
+# for the threshold again and again. Kept beside the head, not in it, so a
+# saved model carries no cache.
+_MAP_MAXIMA = weakref.WeakKeyDictionary()
+
+
 def _map_maxima(head, model_shape, sigma):
-    """Sorted largest map value of each calibration grid, cached on the head
-    for its current calibration (masks and the app ask again and again)."""
+    """Sorted largest map value of each calibration grid of ``head``."""
     from .maps import upsample_patch_scores
 
     grids = head.calibration_patch_scores_
-    key = (id(grids), None if model_shape is None else tuple(model_shape), float(sigma))
-    cached = getattr(head, "_map_maxima_cache", None)
+    key = (None if model_shape is None else tuple(model_shape), float(sigma))
+    cached = _MAP_MAXIMA.get(head)
     if cached is not None and cached[0] == key and cached[2] is grids:
         return cached[1]
     if model_shape is None:
@@ -140,25 +150,24 @@ def _map_maxima(head, model_shape, sigma):
                                      model_shape=tuple(model_shape), sigma=sigma)
         maxima = np.array([m.max() for m in maps])
     maxima = np.sort(maxima.astype(np.float64))
-    head._map_maxima_cache = (key, maxima, grids)
+    _MAP_MAXIMA[head] = (key, maxima, grids)
     return maxima
 
 
-def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confidence=0.9):
+def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confidence=None):
     """Set a fitted model's thresholds from recent labelled images.
 
     The training images promise a false-alarm rate on new images *like
     them*; when production images drift (light, fixture, supplier), good
     parts recently inspected say where the threshold belongs. The image
-    threshold is set on the ``good`` images' scores so that, with
-    probability ``confidence``, the share of new good images flagged stays
-    within ``false_alarm_rate``: with n good images, the loosest threshold
-    that flags j of them has a false-alarm rate distributed as Beta(j + 1,
-    n - j) (exchangeability), and the largest j whose upper tail at the
-    rate is at most ``1 - confidence`` is kept, which flags the most
-    defects any threshold with that guarantee can (recall only grows as the
-    threshold loosens, so defective images do not move it; they are scored
-    to report the recall). The good images become the model's calibration
+    threshold is set on the ``good`` images' scores by
+    :func:`confident_offset`: the share of new good images flagged stays
+    within ``false_alarm_rate`` on average (``confidence=None``, the promise
+    ``fit`` makes) or with probability ``confidence``; of the thresholds
+    that keep that promise it is the loosest, which flags the most defects
+    any of them can (recall only grows as the threshold loosens, so
+    defective images do not move it; they are scored to report the
+    recall). The good images become the model's calibration
     (``calibration_scores_`` for p-values, ``calibration_patch_scores_`` for
     :func:`pixel_threshold`) and ``contamination`` becomes
     ``false_alarm_rate``. The model is changed in place.
@@ -174,12 +183,12 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
     false_alarm_rate : float in (0, 0.5] or None, default=None
         Largest share of good images to flag; None keeps the head's
         ``contamination``.
-    confidence : float in (0, 1), default=0.9
-        Probability that the false-alarm rate holds (over the draw of the
-        good images). Below about ``log(1 - confidence) / log(1 -
-        false_alarm_rate)`` good images (22 at 0.9 and 0.1, 45 at 0.9 and
-        0.05) no threshold can promise it: the lowest good score is taken
-        and a warning says so.
+    confidence : float in (0, 1) or None, default=None
+        None: the false-alarm rate holds on average over draws of the good
+        images. A probability that it holds: below about ``log(1 -
+        confidence) / log(1 - false_alarm_rate)`` good images (45 at 0.9
+        and 0.05) no threshold can promise it, and the lowest good score is
+        taken with a warning.
 
     Returns
     -------
@@ -209,8 +218,8 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
     rate = head.contamination if false_alarm_rate is None else float(false_alarm_rate)
     if not 0 < rate <= 0.5:
         raise ValueError(f"false_alarm_rate must be in (0, 0.5], got {rate}.")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1) or None, got {confidence}.")
     if len(good) < 1:
         raise ValueError("calibrate needs at least one good image.")
     if _draws_maps(head) and hasattr(head, "score_samples_and_patches"):
@@ -231,23 +240,30 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
     return summary
 
 
-def confident_offset(good_scores, false_alarm_rate, confidence=0.9):
+def confident_offset(good_scores, false_alarm_rate, confidence=None):
     """Threshold on ``score_samples`` that flags at most ``false_alarm_rate``
-    of new good images, with probability ``confidence``.
+    of new good images: on average, or with probability ``confidence``.
 
     With n good scores, the loosest threshold that flags j of them (their
     (j + 1)-th lowest score) has a false-alarm rate distributed as Beta(j + 1,
-    n - j) over the draw of the good images; the largest j whose upper tail
-    at the rate is at most ``1 - confidence`` is kept (the threshold that
-    flags the most defects with that guarantee). With too few scores for
-    any j, the lowest score is taken and a warning says so.
+    n - j) over the draw of the good images, whose mean is (j + 1) / (n + 1).
+    ``confidence=None`` keeps the largest j whose mean is at most the rate
+    (``fit``'s own rule: ``j + 1 = floor(rate * (n + 1))``); a confidence
+    keeps the largest j whose upper tail at the rate is at most ``1 -
+    confidence``. Either is the threshold that flags the most defects with
+    that guarantee. With too few scores for any j, the lowest score is taken
+    and a warning says so.
 
     Parameters
     ----------
     good_scores : array-like of shape (n,)
         ``score_samples`` of good images the model did not learn from.
     false_alarm_rate : float in (0, 1)
-    confidence : float in (0, 1), default=0.9
+    confidence : float in (0, 1) or None, default=None
+        None: the false-alarm rate is at most ``false_alarm_rate`` on
+        average over draws of the good images. A probability: it is at most
+        that with this probability, a stricter threshold (fewer defects
+        caught) the fewer good images there are.
 
     Returns
     -------
@@ -271,6 +287,8 @@ def confident_offset(good_scores, false_alarm_rate, confidence=0.9):
     n = len(order)
     if n < 1:
         raise ValueError("A threshold needs at least one good score.")
+    if confidence is None:
+        return conformal_offset(order, false_alarm_rate)
     j = np.arange(n)
     allowed = np.flatnonzero(beta.sf(false_alarm_rate, j + 1, n - j) <= 1 - confidence)
     if not len(allowed):

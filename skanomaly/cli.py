@@ -14,9 +14,9 @@ from .report import _METRIC_COLUMNS
 
 CALIBRATE_HELP = """\
 Set a saved model's image threshold from recent good images (and report the
-recall on defective ones): the threshold that, with the stated confidence,
-flags at most --false-alarm-rate of good images, and the most defects any
-such threshold flags. The good images also set the pixel threshold (masks
+recall on defective ones): the threshold that flags at most
+--false-alarm-rate of good images (on average, or with --confidence), and
+the most defects any such threshold flags. The good images also set the pixel threshold (masks
 and boxes). Use it when production images drift from the training images.
 
 examples:
@@ -308,9 +308,10 @@ def _calibrate(args):
     summary = calibrate(pipe, good, defective, false_alarm_rate=args.false_alarm_rate,
                         confidence=args.confidence)
     out = save_model(pipe, args.output)
+    promise = ("on average" if summary["confidence"] is None
+               else f"with confidence {summary['confidence']:g}")
     line = (f"threshold from {summary['n_good']} good images: flags {summary['good_flagged']} "
-            f"of them; false-alarm rate <= {summary['false_alarm_rate']:g} with confidence "
-            f"{summary['confidence']:g}")
+            f"of them; false-alarm rate <= {summary['false_alarm_rate']:g} {promise}")
     if "recall" in summary:
         line += f"; flags {summary['recall']:.0%} of {len(defective)} defective images"
     print(f"{line} -> {out}")
@@ -592,8 +593,9 @@ def build_parser():
     calibrate.add_argument("--defective", metavar="DIR", help="defective images (to report recall)")
     calibrate.add_argument("--false-alarm-rate", type=float, default=None,
                            help="largest share of good images to flag (default: the model's)")
-    calibrate.add_argument("--confidence", type=float, default=0.9,
-                           help="probability that the rate holds (default 0.9)")
+    calibrate.add_argument("--confidence", type=float, default=None,
+                           help="probability that the rate holds (default: it holds on "
+                                "average, as the threshold fit sets)")
     calibrate.add_argument("-o", "--output", required=True, metavar="FILE",
                            help="model file to write: NAME.skops or NAME.joblib")
     calibrate.set_defaults(handler=_calibrate)
