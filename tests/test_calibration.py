@@ -159,3 +159,19 @@ def test_a_streamed_fit_scores_held_out_images_with_the_finished_model():
     # Scored by the model of all 24 other images, not by the model as it
     # was when their chunk arrived.
     np.testing.assert_allclose(det.calibration_scores_, np.sort(det.score_samples(held)))
+
+
+def test_large_sets_build_the_bank_fold_by_fold():
+    from skanomaly.detectors._knn import _soft_patch_mask
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(160, 3, 3, 4)).astype(np.float32)
+    det = KNNDetector(coreset_ratio=0.5, train_patch_outlier_quantile=0.1, random_state=0).fit(X)
+    # SoftPatch's filter ran once over all 160 images, not per fold.
+    dropped = int((~_soft_patch_mask(X, 0.1)).sum())
+    assert det.n_filtered_patches_ == dropped
+    # Five folds of 32 images, each its own coreset of half its kept patches.
+    kept = 160 * 9 - dropped
+    assert abs(len(det.memory_bank_) - kept // 2) <= 5
+    assert len(det.calibration_scores_) == 100  # the memory bank's cap
+    assert np.all(det.calibration_scores_ < 0)  # scored against banks without them

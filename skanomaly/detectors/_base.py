@@ -395,9 +395,13 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         """
         n = X.shape[0]
         folds, scored = self._cross_fit_folds(n, rng)
+        # The fold models draw from their own stream: the final model gets
+        # the same draws whatever the fold models used (an approximate
+        # index's k-means, for one).
+        fold_rng = check_random_state(rng.randint(np.iinfo(np.int32).max))
 
         def fit_without(k):
-            self._fit_normal(X, np.setdiff1d(np.arange(n), folds[k]), rng)
+            self._fit_normal(X, np.setdiff1d(np.arange(n), folds[k]), fold_rng)
 
         scores = self._out_of_fold_scores(X, folds, scored, fit_without)
         self._fit_normal(X, np.arange(n), rng)

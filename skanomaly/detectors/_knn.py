@@ -12,7 +12,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ..coreset import kcenter_greedy
 from ..neighbors import ApproximateNeighbors, kneighbors
 from ..streaming import _coreset_chunk_images, _even_chunks
-from ._base import _BaseDetector
+from ._base import _CROSS_FIT_FOLDS, _BaseDetector
+
+# Fewest images per fold for a bank built fold by fold (five folds: 160
+# images); on fewer, one coreset over all of them covers them better (seen
+# on 10 synthetic images), and refitting five folds costs little.
+_FOLD_BANK_MIN_IMAGES = 32
 
 
 class KNNDetector(_BaseDetector):
@@ -289,18 +294,21 @@ class KNNDetector(_BaseDetector):
         self.memory_bank_ = np.ascontiguousarray(np.concatenate(
             [self.memory_bank_, held.reshape(-1, held.shape[-1])]))
 
-    def _select_bank(self, X, idx, rng):
-        """SoftPatch-filtered coreset of the patches of ``X[idx]``, chunk by chunk."""
+    def _select_bank(self, X, idx, rng, keep=None):
+        """SoftPatch-filtered coreset of the patches of ``X[idx]``, chunk by
+        chunk; ``keep``: the filter's verdict on every patch of ``X``, made
+        beforehand (None: the filter runs on each chunk)."""
         if len(idx) == 0:
             return np.empty((0, X.shape[-1]), dtype=np.float32), 0
         bank, n_filtered = [], 0
         for chunk in self._coreset_chunks(idx, X.shape[1] * X.shape[2]):
             grids = self._features(X[chunk])
             features = grids.reshape(-1, grids.shape[-1])
-            keep = _soft_patch_mask(grids, self.train_patch_outlier_quantile)
-            n_dropped = int((~keep).sum())
+            keep_chunk = (_soft_patch_mask(grids, self.train_patch_outlier_quantile)
+                          if keep is None else keep[chunk].ravel())
+            n_dropped = int((~keep_chunk).sum())
             if n_dropped:
-                features = features[keep]
+                features = features[keep_chunk]
             n_centers = max(1, int(self.coreset_ratio * len(features)))
             if n_centers < len(features):
                 selected = kcenter_greedy(
@@ -359,17 +367,24 @@ class KNNDetector(_BaseDetector):
         selected (greedy selection costs patches x centres, so five folds
         cost a fifth of one selection over all patches). At most
         ``_calibration_cap`` images, drawn across the folds, are scored:
-        scoring costs time in proportion to the bank.
+        scoring costs time in proportion to the bank. Below
+        ``_FOLD_BANK_MIN_IMAGES`` images a fold, the bank is one coreset of
+        all the images and the folds are refitted (the base class's way).
         """
         n = X.shape[0]
-        if self.mode == "spade" or self.train_patch_outlier_quantile:
-            # SPADE searches image by image; SoftPatch's filter compares each
-            # patch with the other images, which a fold of them would weaken.
+        if self.mode == "spade" or n < _CROSS_FIT_FOLDS * _FOLD_BANK_MIN_IMAGES:
+            # SPADE searches image by image; a few images' coreset covers
+            # them better chosen all together, and five refits of a small
+            # set cost little.
             return super()._cross_fit(X, rng)
+        # SoftPatch's filter compares each patch with the other images: it
+        # runs once on all of them, as fit's would (a fold of the images
+        # would weaken it), and each fold's coreset takes its kept patches.
+        keep = self._soft_patch_keep(X)
         folds, scored = self._cross_fit_folds(n, rng)
         parts, filtered = [], 0
         for fold in folds:
-            part, n_filtered = self._select_bank(X, fold, rng)
+            part, n_filtered = self._select_bank(X, fold, rng, keep)
             parts.append(part)
             filtered += n_filtered
 
@@ -383,6 +398,18 @@ class KNNDetector(_BaseDetector):
         self.n_filtered_patches_ = filtered
         self._build_index(rng)
         return scores
+
+    def _soft_patch_keep(self, X):
+        """SoftPatch's verdict on every patch of ``X``, (n, h, w) booleans,
+        over the coreset chunks that ``fit`` filters one by one."""
+        n, h, w, _ = X.shape
+        keep = np.ones((n, h, w), dtype=bool)
+        if self.train_patch_outlier_quantile:
+            for chunk in self._coreset_chunks(np.arange(n), h * w):
+                keep[chunk] = _soft_patch_mask(
+                    self._features(X[chunk]), self.train_patch_outlier_quantile,
+                ).reshape(len(chunk), h, w)
+        return keep
 
     def _coreset_chunks(self, fit_idx, patches_per_image):
         """Groups of training images, each about ``coreset_chunk_size`` patches."""
