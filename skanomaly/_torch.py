@@ -1,6 +1,7 @@
 """Torch plumbing shared by embedders and trainable heads: device, threads, progress."""
 
 import contextlib
+import contextvars
 
 import numpy as np
 import torch
@@ -49,16 +50,26 @@ def _torch_threads(n_jobs):
         torch.set_num_threads(before)
 
 
+# The bar open in this context, if any: work inside it (an embedder called
+# batch by batch by a loop with its own bar) adds no bar of its own.
+_OPEN_BAR = contextvars.ContextVar("skanomaly_open_bar", default=None)
+
+
 @contextlib.contextmanager
 def _progress(total, enabled, desc):
-    """A tqdm bar over images (or a no-op) with an ``update(n)`` method."""
-    if not enabled:
+    """A tqdm bar over images (or a no-op) with an ``update(n)`` method; a
+    no-op inside another one, which counts the same images."""
+    if not enabled or _OPEN_BAR.get() is not None:
         yield lambda n: None
         return
     from tqdm.auto import tqdm
 
     with tqdm(total=total, desc=desc, unit="img") as bar:
-        yield bar.update
+        token = _OPEN_BAR.set(bar)
+        try:
+            yield bar.update
+        finally:
+            _OPEN_BAR.reset(token)
 
 
 def _load_resized(images, start, shape):

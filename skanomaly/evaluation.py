@@ -5,6 +5,7 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from ._torch import _progress
 from .images import check_images, load_image
 from .maps import _is_image_level, _model_input_shape, upsample_patch_scores
 from .calibration import pixel_threshold
@@ -190,20 +191,24 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
     # grids, never every image's features.
     embed_test_s = score_s = 0.0
     decision, patch_parts, want_maps = [], [], None
-    for batch_start in range(0, len(test_images), _TEST_BATCH):
-        features, seconds = embed(test_images[batch_start:batch_start + _TEST_BATCH])
-        embed_test_s += seconds
-        if want_maps is None:
-            want_maps = (test_masks is not None or return_maps) and np.ndim(features) == 4
-        start = time.perf_counter()
-        if want_maps:
-            scores, patch_scores = head.score_samples_and_patches(features)
-            decision.append(scores - head.offset_)
-            patch_parts.append(patch_scores)
-        else:
-            decision.append(head.decision_function(features))
-        score_s += time.perf_counter() - start
-        del features
+    verbose = any(getattr(step, "verbose", 0) for _, step in transformers.steps)
+    with _progress(len(test_images), verbose, "scoring test images") as update:
+        for batch_start in range(0, len(test_images), _TEST_BATCH):
+            batch = test_images[batch_start:batch_start + _TEST_BATCH]
+            features, seconds = embed(batch)
+            update(len(batch))
+            embed_test_s += seconds
+            if want_maps is None:
+                want_maps = (test_masks is not None or return_maps) and np.ndim(features) == 4
+            start = time.perf_counter()
+            if want_maps:
+                scores, patch_scores = head.score_samples_and_patches(features)
+                decision.append(scores - head.offset_)
+                patch_parts.append(patch_scores)
+            else:
+                decision.append(head.decision_function(features))
+            score_s += time.perf_counter() - start
+            del features
     decision = np.concatenate(decision)
     patch_scores = np.concatenate(patch_parts) if want_maps else None
     result = {

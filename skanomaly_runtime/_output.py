@@ -61,10 +61,10 @@ def drift_warning(n_flagged, n_images, contamination, alpha=1e-3):
     if tail >= alpha:
         return None
     return (f"warning: {n_flagged} of {n_images} images flagged, far above the "
-            f"{contamination:g} the threshold was set for on good images: these images likely "
-            "differ from the training images (light, position, supplier). If most flagged "
-            "parts are good, recalibrate on recent good parts: skanomaly calibrate MODEL "
-            "--good DIR -o NEW_MODEL.")
+            f"{contamination:g} the threshold was set for on good images: either many of these "
+            "parts are defective, or the images differ from the training images (light, "
+            "position, supplier). If most flagged parts are good, recalibrate on recent good "
+            "parts: skanomaly calibrate MODEL --good DIR -o NEW_MODEL.")
 
 
 def predict_to_folder(paths, out, scores_and_maps, pvalues_of, offset, threshold,

@@ -84,3 +84,15 @@ def test_evaluate_pipeline_fits_the_model_that_fit_gives():
     streamed = evaluate_pipeline(clone(one_fit), data.images, test.images, test.target)
     head_bank, streamed_bank = one_fit[-1].fit(features).memory_bank_, streamed["pipeline"][-1].memory_bank_
     assert head_bank.shape != streamed_bank.shape or not np.allclose(head_bank, streamed_bank)
+
+
+def test_evaluate_shows_one_bar_for_the_test_images(monkeypatch, capsys):
+    monkeypatch.setattr("skanomaly.evaluation._TEST_BATCH", 2)
+    data = make_synthetic(10, 4, image_size=32, random_state=0)
+    pipe = make_patchcore(image_size=32, random_state=0, verbose=1)
+    evaluate_pipeline(pipe, data.images[:8], data.images[8:], data.target[8:])
+    err = capsys.readouterr().err
+    # Three batches of test images, one bar for them; the embedder's own bar
+    # shows once, for the training images.
+    assert err.count("scoring test images:   0%") == 1
+    assert err.count("PatchEmbedder:   0%") == 1
