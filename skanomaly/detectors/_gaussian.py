@@ -152,12 +152,13 @@ class GaussianDetector(_BaseDetector):
     contamination : float in (0, 0.5], default=0.05
         Largest fraction of new normal samples that ``predict`` may flag.
     calibration_size : "cross-fit", float in (0, 1) or int, default="cross-fit"
-        How ``offset_`` is calibrated. ``"cross-fit"``: every training
-        sample is scored by a model that did not learn from it (exactly leave-one-out for per-position Gaussians, five folds with PCA), so the
-        threshold rests on the whole training set rather than a tenth of it;
-        a streamed fit of several chunks and ``partial_fit`` hold out 20%
-        (at most 200) instead. A share or a number: that many samples are
-        held out of the model, calibrate, and then join it.
+        How ``offset_`` is calibrated. ``"cross-fit"``: every training sample
+        is scored by a model that did not learn from it (exactly leave-one-out
+        for per-position Gaussians, five folds with PCA), so the threshold
+        rests on the whole training set rather than a tenth of it; a streamed
+        fit of several chunks and ``partial_fit`` hold out 20% (at most 200)
+        instead. A share or a number: that many samples are held out of the
+        model, calibrate, and then join it.
     random_state : int, RandomState instance or None, default=None
         Seeds the calibration split.
 

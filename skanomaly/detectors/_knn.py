@@ -42,15 +42,16 @@ class KNNDetector(_BaseDetector):
         Largest fraction of new normal samples that ``predict`` may flag;
         ``offset_`` is set on held-out normal samples to honour it.
     calibration_size : "cross-fit", float in (0, 1) or int, default="cross-fit"
-        How ``offset_`` is calibrated. ``"cross-fit"``: every training
-        sample is scored by a model that did not learn from it (five folds, each scored against the union of the other folds' coresets; at most 100 scored), so the
-        threshold rests on the whole training set rather than a tenth of it;
-        a streamed fit of several chunks and ``partial_fit`` hold out 20%
-        (at most 200) instead. A share or a number: that many samples are
-        held out of the model, calibrate, and then join it.
-        A share holds out at most 100 samples: scoring one costs time in
-        proportion to the training set, so a share without a limit would make
-        ``fit`` grow with the square of the training set. Pass an int for more.
+        How ``offset_`` is calibrated. ``"cross-fit"``: every training sample
+        is scored by a model that did not learn from it (five folds, each
+        scored against the union of the other folds' coresets; at most 100
+        scored), so the threshold rests on the whole training set rather than a
+        tenth of it; a streamed fit of several chunks and ``partial_fit`` hold
+        out 20% (at most 200) instead. A share or a number: that many samples
+        are held out of the model, calibrate, and then join it. A share holds
+        out at most 100 samples: scoring one costs time in proportion to the
+        training set, so a share without a limit would make ``fit`` grow with
+        the square of the training set. Pass an int for more.
     projection_dim : "auto", int or None, default="auto"
         Dimension of the random projection the coreset is selected on (see
         :func:`~skanomaly.coreset.kcenter_greedy`); ``"auto"`` projects only
