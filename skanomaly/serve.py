@@ -533,7 +533,7 @@ function renderControls(rows) {
   if (S.pixelMode === "rate") {
     Object.assign(px, {min: 0, max: MODEL.pixel_rates.length - 1, step: 1}); px.value = S.pixelIndex;
     const [rate, t] = MODEL.pixel_rates[S.pixelIndex];
-    $("pixel-value").textContent = `${fmt(100 * rate, 2)}% of normal pixels (map > ${fmt(t, 4)})`;
+    $("pixel-value").textContent = `${fmt(100 * rate, 2)}% of normal images with a mask (map > ${fmt(t, 4)})`;
   } else {
     const hi = 4 * MODEL.pixel_threshold;
     Object.assign(px, {min: 0, max: hi, step: hi / 1000}); px.value = S.pixelRaw;
@@ -615,7 +615,7 @@ $("export-csv").onclick = () => {
   const a = document.createElement("a");
   a.href = URL.createObjectURL(new Blob([csv()], {type: "text/csv"}));
   a.download = "skanomaly_results.csv"; a.click(); };
-$("model-line").textContent = `${MODEL.model}; threshold set on ${MODEL.n_calibration} held-out normal images` +
+$("model-line").textContent = `${MODEL.model}; threshold set on ${MODEL.n_calibration} normal images the model had not learnt from` +
   (MODEL.has_maps ? "" : " (image-level method: no maps)");
 render(); poll();
 </script></body></html>
