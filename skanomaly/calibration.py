@@ -209,7 +209,7 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
     >>> summary["n_good"], summary["good_flagged"] <= 6
     (60, True)
     """
-    from .maps import _draws_maps
+    from .maps import _draws_maps, _patch_scores_by_batch
 
     if not isinstance(estimator, Pipeline):
         raise ValueError(f"calibrate needs a fitted Pipeline, got {type(estimator).__name__}.")
@@ -222,8 +222,10 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
         raise ValueError(f"confidence must be in (0, 1) or None, got {confidence}.")
     if len(good) < 1:
         raise ValueError("calibrate needs at least one good image.")
-    if _draws_maps(head) and hasattr(head, "score_samples_and_patches"):
-        grids, scores = _patch_grids_and_scores(estimator, good)
+    if _draws_maps(head):
+        batches = list(_patch_scores_by_batch(estimator, good))
+        scores = np.concatenate([batch[1] for batch in batches])
+        grids = np.concatenate([batch[2] for batch in batches]).astype(np.float32)
     else:
         grids, scores = None, estimator.score_samples(good)
     order = np.sort(np.asarray(scores, dtype=np.float64))
@@ -299,18 +301,3 @@ def confident_offset(good_scores, false_alarm_rate, confidence=None):
             f"threshold is the lowest good score, whose expected rate is about "
             f"{1 / (n + 1):.3g}.", UserWarning, stacklevel=3)
     return float(order[allowed.max() if len(allowed) else 0])
-
-
-def _patch_grids_and_scores(estimator, images, batch_size=32):
-    """The head's patch grids and image scores of ``images``, one pass."""
-    from .images import check_images
-
-    head, transformers = estimator.steps[-1][1], estimator[:-1]
-    images = check_images(images)
-    grids, scores = [], []
-    for start in range(0, len(images), batch_size):
-        features = transformers.transform(images[start:start + batch_size])
-        s, p = head.score_samples_and_patches(features)
-        grids.append(np.asarray(p, dtype=np.float32))
-        scores.append(s)
-    return np.concatenate(grids), np.concatenate(scores)

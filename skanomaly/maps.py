@@ -164,6 +164,21 @@ def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32, return_scores=False)
 
 def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
     """Maps (a list) and ``score_samples`` of images, embedding each image once."""
+    if sigma < 0:
+        raise ValueError(f"Need sigma >= 0, got {sigma}.")
+    maps, scores = [], []
+    for shapes, batch_scores, patch_scores, model_shape in _patch_scores_by_batch(
+            estimator, X, batch_size=batch_size):
+        scores.append(batch_scores)
+        maps.extend(upsample_patch_scores(patch_scores, shapes, model_shape=model_shape,
+                                          sigma=sigma))
+    return maps, np.concatenate(scores)
+
+
+def _patch_scores_by_batch(estimator, X, *, batch_size=32):
+    """Per batch of images, decoded one batch ahead and embedded once: their
+    ``(height, width)``, ``score_samples``, patch-score grids and the
+    resolution their maps are drawn at."""
     if not isinstance(estimator, Pipeline) or len(estimator.steps) < 2:
         raise ValueError(
             "anomaly_maps needs a Pipeline of a patch embedder and a detector, "
@@ -176,8 +191,8 @@ def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
             "anomaly maps need a patch-level detector such as KNNDetector."
         )
     check_is_fitted(head)
-    if sigma < 0 or batch_size < 1:
-        raise ValueError(f"Need sigma >= 0 and batch_size >= 1, got {sigma}, {batch_size}.")
+    if batch_size < 1:
+        raise ValueError(f"Need batch_size >= 1, got {batch_size}.")
     transformers = estimator[:-1]
     images = check_images(X)
     resize_to = _resizing_first_step_shape(transformers)
@@ -189,7 +204,6 @@ def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
         # its size and only transposes it back.
         return array.shape[:2], resize_image(array, resize_to).transpose(1, 2, 0)
 
-    maps, scores = [], []
     for _, items in _decoded_batches(images, batch_size, prepare):
         shapes = [shape for shape, _ in items]
         features = transformers.transform([array for _, array in items])
@@ -208,13 +222,8 @@ def _maps_and_scores(estimator, X, *, sigma=4.0, batch_size=32):
                 "so it draws no anomaly map; use score_samples, or a method with maps "
                 "(skanomaly.available_methods(): maps=True)."
             )
-        scores.append(batch_scores)
-        maps.extend(upsample_patch_scores(
-            patch_scores, shapes,
-            model_shape=_model_input_shape(transformers, tuple(patch_scores.shape[1:])),
-            sigma=sigma,
-        ))
-    return maps, np.concatenate(scores)
+        yield (shapes, batch_scores, patch_scores,
+               _model_input_shape(transformers, tuple(patch_scores.shape[1:])))
 
 
 def _as_list(maps):

@@ -29,9 +29,9 @@ _STREAMED_CALIBRATION_CAP = 200
 
 
 class _FewCalibrationSamplesWarning(UserWarning):
-    """Too few calibration scores for the requested false-alarm rate (a
-    streamed fit silences it for every chunk but the last, whose threshold
-    is the one kept)."""
+    """Too few calibration scores for the requested false-alarm rate. A
+    streamed fit scores its held-out images once, at the end, so it is
+    raised once per fit."""
 
 
 def conformal_offset(calibration_scores, contamination):
@@ -201,7 +201,7 @@ class _BaseDetector(OutlierMixin, BaseEstimator):
         return X[:, None, None, :]
 
     def _cross_fits(self):
-        return isinstance(self.calibration_size, str) and self.calibration_size == "cross-fit"
+        return self.calibration_size == "cross-fit"
 
     def _calibration_split(self, n_samples, rng, allow_empty_fit=False, n_held_out=None):
         """Indices of the samples to learn from and of those held out.

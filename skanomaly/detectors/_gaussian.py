@@ -370,27 +370,11 @@ class GaussianDetector(_BaseDetector):
         self._fit_normal(X, np.arange(n), rng)
         precision, logdet = self._precisions(n - 2)
         _, h, w, d = X.shape
-        positions = h * w
-        mean = self.mean_.reshape(positions, d)
-        precision = torch.from_numpy(precision)
-        c = n / ((n - 1) * (n - 2))
-        d2 = np.empty((n, positions), dtype=np.float64)
-        lemma = np.empty((n, positions), dtype=np.float64)
-        with torch.inference_mode():
-            for start in range(0, n, _IMAGE_CHUNK):
-                part = X[start:start + _IMAGE_CHUNK].reshape(-1, positions, d) - mean[None]
-                diff = torch.from_numpy(np.ascontiguousarray(part.transpose(1, 0, 2), dtype=np.float32))
-                m = ((diff @ precision) * diff).sum(-1).clamp_(min=0).numpy().T.astype(np.float64)
-                # cov_-i is positive definite, so 1 - c m > 0 up to rounding.
-                rest = np.maximum(1.0 - c * m, np.finfo(np.float32).eps)
-                d2[start:start + len(part)] = (n / (n - 1)) ** 2 * m / rest
-                lemma[start:start + len(part)] = np.log(rest)
-        if self.score_type == "nll":
-            patch = 0.5 * (d2 + logdet[None, :] + lemma + d * np.log(2 * np.pi))
-        else:
-            patch = np.sqrt(d2)
-        patch = patch.reshape(n, h, w)
-        return patch.astype(np.float32), _smoothed_max(patch, self.image_score_sigma)
+        m = _squared_mahalanobis(X.reshape(n, h * w, d), self.mean_.reshape(h * w, d), precision)
+        # cov_-i is positive definite, so 1 - c m > 0 up to rounding.
+        rest = np.maximum(1.0 - n / ((n - 1) * (n - 2)) * m, np.finfo(np.float32).eps)
+        return self._scores_of(
+            (n / (n - 1)) ** 2 * m / rest, logdet[None, :] + np.log(rest), (n, h, w))
 
     def _finish_model(self):
         # Not after every chunk of a streamed fit: the next one merges again.
@@ -456,24 +440,35 @@ class GaussianDetector(_BaseDetector):
         positions = feats.shape[1]
         mean = self.mean_.reshape(positions, -1)
         dim = mean.shape[1]
-        precision = torch.from_numpy(self.precision_.reshape(positions, dim, dim))
-        d2 = np.empty((n, positions), dtype=np.float64)
-        # Images in chunks: the (positions, images, dim) difference block of a
-        # stride-4 PaDiM grid is ~5 MB per image.
-        with torch.inference_mode():
-            for start in range(0, n, _IMAGE_CHUNK):
-                part = feats[start:start + _IMAGE_CHUNK] - mean[None]
-                diff = torch.from_numpy(
-                    np.ascontiguousarray(part.transpose(1, 0, 2), dtype=np.float32)
-                )
-                block = ((diff @ precision) * diff).sum(-1).clamp_(min=0)
-                d2[start:start + len(part)] = block.numpy().T
+        d2 = _squared_mahalanobis(feats, mean, self.precision_.reshape(positions, dim, dim))
+        return self._scores_of(d2, self._logdet[None, :], (n, h, w))
+
+    def _scores_of(self, d2, logdet, shape):
+        """(patch, image) anomaly scores from squared Mahalanobis distances
+        (n, positions) and the covariances' log-determinants (broadcast to
+        them); ``shape`` is the (n, h, w) of the patch grids."""
         if self.score_type == "nll":
-            patch = 0.5 * (d2 + self._logdet[None, :] + dim * np.log(2 * np.pi))
+            patch = 0.5 * (d2 + logdet + self.mean_.shape[-1] * np.log(2 * np.pi))
         else:
             patch = np.sqrt(d2)
-        patch = patch.reshape(n, h, w)
+        patch = patch.reshape(shape)
         return patch.astype(np.float32), _smoothed_max(patch, self.image_score_sigma)
+
+
+def _squared_mahalanobis(feats, mean, precision):
+    """(n, positions) float64 squared distances of ``feats`` (n, positions, d)
+    to per-position ``mean`` (positions, d) under ``precision`` (positions,
+    d, d). Images in chunks: the (positions, images, d) difference block of
+    a stride-4 PaDiM grid is ~5 MB per image."""
+    n, positions, _ = feats.shape
+    precision = torch.from_numpy(np.ascontiguousarray(precision, dtype=np.float32))
+    d2 = np.empty((n, positions), dtype=np.float64)
+    with torch.inference_mode():
+        for start in range(0, n, _IMAGE_CHUNK):
+            part = feats[start:start + _IMAGE_CHUNK] - mean[None]
+            diff = torch.from_numpy(np.ascontiguousarray(part.transpose(1, 0, 2), dtype=np.float32))
+            d2[start:start + len(part)] = ((diff @ precision) * diff).sum(-1).clamp_(min=0).numpy().T
+    return d2
 
 
 class _GaussianGraph(torch.nn.Module):
