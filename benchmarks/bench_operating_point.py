@@ -34,14 +34,13 @@ import warnings
 import numpy as np
 from _results import PANEL_DATA, SETS, factories, panel_sets, save_json
 
-from skanomaly.calibration import pixel_threshold
 from skanomaly.datasets import load_mvtec
 from skanomaly.evaluation import FeatureCache, evaluate_pipeline
-from skanomaly.metrics import pixel_operating_point
 
-KEYS = ("false_alarm_rate", "recall", "oracle_recall", "image_auroc", "pixel_f1",
+KEYS = ("false_alarm_rate", "recall", "oracle_recall", "image_auroc", "pixel_auroc", "aupro", "pixel_f1",
         "best_pixel_f1", "good_with_box", "boxes_per_good", "region_hit_rate",
-        "cal_false_alarm_rate", "cal_recall", "cal_oracle_recall", "fit_s")
+        "cal_false_alarm_rate", "cal_recall", "cal_oracle_recall",
+        "pool_false_alarm_rate", "pool_recall", "pool_share", "fit_s")
 
 
 def main(argv=None):
@@ -67,13 +66,8 @@ def main(argv=None):
             pipe = makers[method](random_state=args.seed)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                # Without masks: the threshold-free pixel metrics (AUPRO
-                # above all) are bench_accuracy's, and slow.
                 result = evaluate_pipeline(pipe, train.images, test.images, test.target,
-                                           cache=cache, return_maps=True)
-                if result["maps"] is not None and any(m is not None for m in test.masks):
-                    result.update(pixel_operating_point(test.masks, result["maps"],
-                                                        pixel_threshold(result["pipeline"])))
+                                           test.masks, cache=cache, return_maps=True)
                 result.update(_half_calibration(result, test.target, args.seed))
             row = {"set": set_name, "method": method, "seed": args.seed, "command": command,
                    **{k: result.get(k, float("nan")) for k in KEYS}}
@@ -96,18 +90,32 @@ def _half_calibration(result, target, seed, n_splits=50):
     scores = np.asarray(result["scores"]) + head.offset_  # score_samples
     target = np.asarray(target)
     rng = np.random.default_rng(seed)
-    points = []
+    points, pool_points, pooled = [], [], []
     for _ in range(n_splits):
         first = np.zeros(len(target), bool)
         for label in (1, -1):
             idx = rng.permutation(np.flatnonzero(target == label))
             first[idx[:len(idx) // 2]] = True
+        good = scores[first & (target == 1)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # few good images: said below
-            offset = confident_offset(scores[first & (target == 1)], head.contamination)
+            offset = confident_offset(good, head.contamination)
         points.append(image_operating_point(target[~first], scores[~first] - offset,
                                             head.contamination))
-    return {"cal_" + key: float(np.mean([p[key] for p in points])) for key in points[0]}
+        # Experiment: pool with the training calibration unless a one-sided
+        # rank test says the new good images score lower (a shift).
+        from scipy.stats import mannwhitneyu
+        shifted = mannwhitneyu(good, head.calibration_scores_, alternative="less").pvalue < 0.05
+        pooled.append(not shifted)
+        reference = good if shifted else np.r_[good, head.calibration_scores_]
+        offset = confident_offset(reference, head.contamination)
+        pool_points.append(image_operating_point(target[~first], scores[~first] - offset,
+                                                 head.contamination))
+    out = {"cal_" + key: float(np.mean([p[key] for p in points])) for key in points[0]}
+    out["pool_false_alarm_rate"] = float(np.mean([p["false_alarm_rate"] for p in pool_points]))
+    out["pool_recall"] = float(np.mean([p["recall"] for p in pool_points]))
+    out["pool_share"] = float(np.mean(pooled))
+    return out
 
 
 def _out_path():

@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .detectors._base import conformal_offset
 
-__all__ = ["calibrate", "confident_offset", "conformal_pvalues", "pixel_threshold"]
+__all__ = ["calibrate", "confident_offset", "conformal_pvalues", "pixel_threshold", "set_thresholds"]
 
 
 def conformal_pvalues(estimator, X):
@@ -85,7 +85,9 @@ def pixel_threshold(estimator, false_alarm_rate=None, *, sigma=4.0):
     Returns
     -------
     threshold : float
-        Pixels with ``map > threshold`` are anomalous.
+        Pixels with ``map > threshold`` are anomalous. Without
+        ``false_alarm_rate``, a threshold chosen with
+        :func:`set_thresholds` (``pixel_threshold_``) when there is one.
 
     Examples
     --------
@@ -113,6 +115,8 @@ def _pixel_threshold_of(head, false_alarm_rate, model_shape, sigma):
     """:func:`pixel_threshold` of a head whose maps are drawn at
     ``model_shape`` (None: its raw patch grids) with ``sigma``."""
     check_is_fitted(head, "calibration_patch_scores_")
+    if false_alarm_rate is None and getattr(head, "pixel_threshold_", None) is not None:
+        return float(head.pixel_threshold_)  # chosen by set_thresholds
     rate = head.contamination if false_alarm_rate is None else false_alarm_rate
     if not 0 < rate < 1:
         raise ValueError(f"false_alarm_rate must be in (0, 1), got {rate}.")
@@ -234,12 +238,94 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
     head.calibration_scores_ = order
     if grids is not None:
         head.calibration_patch_scores_ = grids
+    head.pixel_threshold_ = None  # from the new calibration, at the new rate
     head.contamination = rate
     summary = {"offset": head.offset_, "n_good": n, "good_flagged": int(np.sum(order < head.offset_)),
                "confidence": confidence, "false_alarm_rate": rate}
     if defective is not None and len(defective):
         summary["recall"] = float(np.mean(estimator.score_samples(defective) < head.offset_))
     return summary
+
+
+def set_thresholds(estimator, *, false_alarm_rate=None, offset=None,
+                   pixel_false_alarm_rate=None, pixel_value=None):
+    """Set a fitted model's image and pixel thresholds to chosen values.
+
+    What the app's Save button does with its sliders: no image is scored.
+    The image threshold is given as a false-alarm rate (``predict`` then
+    flags the images whose conformal p-value is at most it: ``contamination``
+    becomes the rate) or as a raw ``offset_`` on ``score_samples``
+    (``contamination`` becomes the share of calibration images it flags, as
+    a conformal estimate, so the drift warning expects that rate). The
+    pixel threshold is given as the share of normal images with any mask
+    (:func:`pixel_threshold` at that rate) or as a raw map value; it is kept
+    as ``pixel_threshold_``, which masks, boxes and the export then use,
+    until :func:`calibrate` recomputes it. The model is changed in place.
+
+    Parameters
+    ----------
+    estimator : fitted Pipeline
+        Its last step is a skanomaly head.
+    false_alarm_rate : float in (0, 0.5] or None, default=None
+    offset : float or None, default=None
+        At most one of these two; neither keeps the image threshold.
+    pixel_false_alarm_rate : float in (0, 1) or None, default=None
+    pixel_value : float or None, default=None
+        At most one of these two; neither keeps the pixel threshold. Only
+        for a model that draws maps.
+
+    Returns
+    -------
+    summary : dict
+        ``offset``, ``contamination`` and ``pixel_threshold`` (None without
+        maps) as they now are.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import make_padim
+    >>> from skanomaly.calibration import pixel_threshold, set_thresholds
+    >>> rng = np.random.default_rng(0)
+    >>> pipe = make_padim(image_size=32, random_state=0).fit(rng.random((20, 32, 32, 3)))
+    >>> summary = set_thresholds(pipe, false_alarm_rate=0.2, pixel_value=1.5)
+    >>> summary["contamination"], pixel_threshold(pipe)
+    (0.2, 1.5)
+    """
+    from .maps import _draws_maps
+
+    if not isinstance(estimator, Pipeline):
+        raise ValueError(f"set_thresholds needs a fitted Pipeline, got {type(estimator).__name__}.")
+    head = estimator.steps[-1][1]
+    check_is_fitted(head, "calibration_scores_")
+    if false_alarm_rate is not None and offset is not None:
+        raise ValueError("Give the image threshold as false_alarm_rate or as offset, not both.")
+    if pixel_false_alarm_rate is not None and pixel_value is not None:
+        raise ValueError("Give the pixel threshold as pixel_false_alarm_rate or as pixel_value, "
+                         "not both.")
+    draws_maps = _draws_maps(head)
+    if (pixel_false_alarm_rate is not None or pixel_value is not None) and not draws_maps:
+        raise ValueError(f"{type(head).__name__} scores whole images: it has no pixel threshold.")
+    if false_alarm_rate is not None and not 0 < false_alarm_rate <= 0.5:
+        raise ValueError(f"false_alarm_rate must be in (0, 0.5], got {false_alarm_rate}.")
+    if pixel_false_alarm_rate is not None and not 0 < pixel_false_alarm_rate < 1:
+        raise ValueError(f"pixel_false_alarm_rate must be in (0, 1), got {pixel_false_alarm_rate}.")
+    for name, value in (("offset", offset), ("pixel_value", pixel_value)):
+        if value is not None and not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}.")
+    scores = np.sort(np.asarray(head.calibration_scores_, dtype=np.float64))
+    if pixel_false_alarm_rate is not None:  # before contamination moves
+        pixel_value = pixel_threshold(estimator, pixel_false_alarm_rate)
+    if false_alarm_rate is not None:
+        head.contamination = float(false_alarm_rate)
+        head.offset_ = conformal_offset(scores, head.contamination)
+    elif offset is not None:
+        head.offset_ = float(offset)
+        implied = (np.count_nonzero(scores < head.offset_) + 1) / (len(scores) + 1)
+        head.contamination = float(min(implied, 0.5))
+    if pixel_value is not None:
+        head.pixel_threshold_ = float(pixel_value)
+    return {"offset": float(head.offset_), "contamination": float(head.contamination),
+            "pixel_threshold": pixel_threshold(estimator) if draws_maps else None}
 
 
 def confident_offset(good_scores, false_alarm_rate, confidence=None):

@@ -203,7 +203,10 @@ Open a fitted model in a local web app: drop images (or give files and
 folders here) and see each one's score, p-value, label, heatmap, mask and
 boxes in a sortable table. The image and pixel thresholds, as a
 false-alarm rate or a raw value, relabel images and redraw masks live in
-the page, without scoring again; the table exports as CSV.
+the page, without scoring again; the table exports as CSV. "Save
+thresholds to model" writes the model with the thresholds the sliders show
+to --save-to (default: MODEL's name with "-thresholds", beside it); the
+MODEL file itself is never overwritten.
 
 It binds to 127.0.0.1 (this machine only) unless --host says otherwise, and
 serves no file from disk: only the page and the results of the images given
@@ -222,14 +225,19 @@ def _serve(args):
         raise ValueError("serve needs the fitted pipeline (.joblib or .skops from 'skanomaly fit'), "
                          "not an ONNX export.")
     pipe = _load_pipeline(args.model)
+    model = Path(args.model)
+    save_to = Path(args.save_to) if args.save_to else model.with_name(f"{model.stem}-thresholds{model.suffix}")
+    if save_to.resolve() == model.resolve():
+        raise ValueError(f"--save-to {args.save_to} is the model being served; choose another file.")
     try:
-        server = make_server(pipe, args.images, host=args.host, port=args.port)
+        server = make_server(pipe, args.images, host=args.host, port=args.port, save_to=save_to)
     except OSError as exc:  # port taken, address not local
         raise ValueError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}).") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"skanomaly serve: warning: listening on {args.host}: other machines that can "
               "reach it see the results and can score images.", file=sys.stderr)
-    print(f"serving {args.model} at {server.url} (Ctrl-C stops)", flush=True)
+    print(f"serving {args.model} at {server.url} (Ctrl-C stops); "
+          f"'Save thresholds to model' writes {save_to}", flush=True)
     try:
         server.serve_forever()
     finally:
@@ -476,8 +484,8 @@ def _evaluate(args):
         # The report keeps a small summary; the maps go before the next method.
         summaries.append(summarize_result(name, result, test.images, test.target, test.masks,
                                           getattr(test, "defect_type", None)))
-        for key in ("pipeline", "maps", "scores"):
-            result.pop(key)
+        for key in ("pipeline", "maps", "scores", "pro_curve"):
+            result.pop(key, None)
         result = {"method": name, **result,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         rows.append(result)
@@ -570,6 +578,9 @@ def build_parser():
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free one)")
+    serve.add_argument("--save-to", metavar="FILE",
+                       help="where the page's Save button writes the model with its thresholds "
+                            "(default: MODEL-thresholds beside MODEL)")
     serve.set_defaults(handler=_serve)
     from_anomalib = commands.add_parser(
         "from-anomalib", help="an anomalib PatchCore or PaDiM checkpoint as a skanomaly model",

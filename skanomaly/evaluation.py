@@ -7,15 +7,9 @@ from sklearn.metrics import roc_auc_score
 
 from ._torch import _progress
 from .images import check_images, load_image
-from .maps import _is_image_level, _model_input_shape, upsample_patch_scores
+from .maps import _is_image_level, _LazyMaps, _model_input_shape
 from .calibration import pixel_threshold
-from .metrics import (
-    f1_max,
-    image_operating_point,
-    pixel_aupro,
-    pixel_operating_point,
-    pixel_roc_auc,
-)
+from .metrics import _load_mask, _PixelTally, f1_max, image_operating_point
 from .streaming import StreamingPipeline
 
 __all__ = ["FeatureCache", "evaluate_pipeline"]
@@ -103,6 +97,18 @@ def _image_shapes(images):
     return shapes
 
 
+def _pixel_metrics(masks, maps, patch_scores, threshold):
+    """Pixel AUROC, AUPRO, the PRO curve and the operating point at
+    ``threshold``, one map at a time into fixed bins: the smoothing and
+    resizing that draw a map from its patch scores average them, so every
+    map value lies within the patch scores' range."""
+    tally = _PixelTally.uniform(patch_scores.min(), patch_scores.max(), threshold=threshold)
+    for mask, amap in zip(masks, maps):
+        tally.add(_load_mask(mask, amap.shape), amap)
+    return {"pixel_auroc": tally.roc_auc(), "aupro": tally.aupro(),
+            **tally.operating_point()}, tally.pro_curve()
+
+
 def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_masks=None,
                       *, cache=None, fit=True, return_maps=False):
     """Fit ``pipeline`` on normal images and measure it on labelled test images.
@@ -128,8 +134,11 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         False measures an already fitted pipeline (e.g. loaded with joblib).
     return_maps : bool, default=False
         Also return the test images' ``decision_function`` values
-        (``scores``) and anomaly maps (``maps``; None for image-level
-        methods), e.g. for :func:`skanomaly.report.summarize_result`.
+        (``scores``), their anomaly maps (``maps``: a sequence whose
+        ``maps[i]`` is drawn from the kept patch scores when indexed, so
+        memory holds one map at a time; None for image-level methods) and,
+        with masks, the PRO curve (``pro_curve``: false-positive rates and
+        overlaps), e.g. for :func:`skanomaly.report.summarize_result`.
 
     Returns
     -------
@@ -145,7 +154,16 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
         masks, :func:`~skanomaly.metrics.pixel_operating_point`'s
         (``pixel_f1``, ``best_pixel_f1``, ``good_with_box``,
         ``boxes_per_good``, ``region_hit_rate``); with ``return_maps``,
-        ``scores`` and ``maps``.
+        ``scores``, ``maps`` and ``pro_curve``.
+
+    Notes
+    -----
+    Memory does not grow with the test set beyond its scores and patch
+    grids: the test images are embedded 32 at a time, and the pixel metrics
+    take one map at a time into 65,536 equal bins over the range of the
+    patch scores (every map value lies in it). Pixel scores closer than
+    1/65,536 of that range share a threshold; the exact functions of
+    :mod:`skanomaly.metrics` hold every pixel at once.
 
     Examples
     --------
@@ -225,14 +243,14 @@ def evaluate_pipeline(pipeline, train_images, test_images, test_target, test_mas
     # The operating point: what the model's own thresholds do.
     result.update(image_operating_point(test_target, decision, head.contamination))
     if want_maps:
-        maps = upsample_patch_scores(
-            patch_scores, _image_shapes(test_images),
-            model_shape=_model_input_shape(transformers),
-        )
+        # Drawn one at a time: a test set's maps at full size would not fit.
+        maps = _LazyMaps(patch_scores, _image_shapes(test_images),
+                         model_shape=_model_input_shape(transformers))
         if test_masks is not None:
-            result["pixel_auroc"] = pixel_roc_auc(test_masks, maps)
-            result["aupro"] = pixel_aupro(test_masks, maps)
-            result.update(pixel_operating_point(test_masks, maps, pixel_threshold(pipeline)))
+            metrics, curve = _pixel_metrics(test_masks, maps, patch_scores, pixel_threshold(pipeline))
+            result.update(metrics)
+            if return_maps:
+                result["pro_curve"] = curve
     if return_maps:
         result["scores"] = np.asarray(decision, dtype=np.float64)
         result["maps"] = maps if want_maps else None

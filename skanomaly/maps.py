@@ -109,6 +109,29 @@ def upsample_patch_scores(patch_scores, image_shapes, *, model_shape=None, sigma
     return maps
 
 
+class _LazyMaps:
+    """A test set's anomaly maps, each drawn from its patch scores when indexed.
+
+    Full-size maps of a few hundred large images take gigabytes; their
+    patch grids a few megabytes. ``maps[i]`` is
+    ``upsample_patch_scores(patch_scores[i:i + 1], [shape_i], ...)[0]``.
+    """
+
+    def __init__(self, patch_scores, image_shapes, *, model_shape=None, sigma=4.0):
+        if len(patch_scores) != len(image_shapes):
+            raise ValueError(f"Got {len(patch_scores)} score grids for {len(image_shapes)} shapes.")
+        self._patch_scores, self._shapes = patch_scores, list(image_shapes)
+        self._model_shape, self._sigma = model_shape, sigma
+
+    def __len__(self):
+        return len(self._shapes)
+
+    def __getitem__(self, index):
+        index = range(len(self))[index]  # an int; negative and out-of-range as a list's
+        return upsample_patch_scores(self._patch_scores[index:index + 1], [self._shapes[index]],
+                                     model_shape=self._model_shape, sigma=self._sigma)[0]
+
+
 def anomaly_maps(estimator, X, *, sigma=4.0, batch_size=32, return_scores=False):
     """Per-pixel anomaly maps, each at its input image's size.
 

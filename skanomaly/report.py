@@ -78,7 +78,8 @@ def summarize_result(method, result, images, target, masks=None, defect_types=No
     result : dict
         From :func:`skanomaly.evaluation.evaluate_pipeline` with
         ``return_maps=True`` (``scores``: decision values, higher = more
-        normal, the threshold at 0; ``maps``: anomaly maps or None), plus any
+        normal, the threshold at 0; ``maps``: anomaly maps or None;
+        ``pro_curve``, else it is computed from ``maps``), plus any
         metrics (``image_auroc``, ``pixel_auroc``, ``aupro``, ``f1_max``,
         ``fit_s``, ``ms_per_image``).
     images : list of images
@@ -128,7 +129,7 @@ def summarize_result(method, result, images, target, masks=None, defect_types=No
     has_masks = maps is not None and masks is not None and any(m is not None for m in masks)
     summary["pro"] = None
     if has_masks:
-        fpr, pro = pro_curve(masks, maps)
+        fpr, pro = result["pro_curve"] if "pro_curve" in result else pro_curve(masks, maps)
         inside = fpr <= _PRO_MAX_FPR
         summary["pro"] = _thin(fpr[inside], pro[inside])
     normal_first = [i for i in np.argsort(scores) if target[i] == 1][:N_HARD]

@@ -9,6 +9,9 @@ and a pixel-level threshold, each as a false-alarm rate (from the
 calibration images the model held out) or as a raw value, relabel the
 images and redraw masks, boxes and counts in the page itself: the model is
 never called again for a threshold change. The table downloads as CSV.
+With a file to save to (``skanomaly serve --save-to``), the page's Save
+button writes the model with the thresholds the sliders show
+(:func:`skanomaly.calibration.set_thresholds`).
 
 The server is Python's standard ``http.server`` (threaded): no dependency
 beyond skanomaly's own, it starts as soon as the model has loaded, and tests
@@ -80,6 +83,15 @@ class InspectionServer(ThreadingHTTPServer):
     - ``POST /api/images`` with an image file as the body (its name in the
       ``X-Filename`` header, URL-encoded): scores it and returns its result,
       or status 400 with ``{"error": ...}`` when it is not an image.
+    - ``POST /api/thresholds`` with a JSON object of
+      :func:`~skanomaly.calibration.set_thresholds`'s keyword arguments:
+      sets them and writes the model to ``save_to``; returns the model's
+      new thresholds and ``saved`` (the path). Status 403 when no
+      ``save_to`` was given, 400 for a bad value.
+
+    Both POSTs are refused (403) when a browser sends them from a page of
+    another origin: a site visited in the same browser cannot score images
+    or overwrite the model.
 
     Parameters
     ----------
@@ -89,6 +101,8 @@ class InspectionServer(ThreadingHTTPServer):
         Host and port; port 0 picks a free one.
     paths : sequence of str, default=()
         Image files scored in a background thread once serving starts.
+    save_to : str or path-like or None, default=None
+        Where the Save button writes the model; None disables it.
 
     Attributes
     ----------
@@ -102,8 +116,9 @@ class InspectionServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, pipeline, address, paths=()):
-        self._model_info = _model_info(pipeline)  # refuses an unfitted pipeline first
+    def __init__(self, pipeline, address, paths=(), save_to=None):
+        self.save_to = None if save_to is None else Path(save_to)
+        self._model_info = _model_info(pipeline, self.save_to)  # refuses an unfitted pipeline first
         super().__init__(address, _Handler)
         self.pipeline = pipeline
         self.results = []
@@ -189,6 +204,38 @@ class InspectionServer(ThreadingHTTPServer):
         result["overlay"] = _png_data_url(np.asarray(Image.fromarray(shown).resize((w, h), Image.BILINEAR)))
         return result
 
+    def save_thresholds(self, choice):
+        """Set the thresholds of ``choice`` (:func:`~skanomaly.calibration.set_thresholds`'s
+        keyword arguments) and write the model to ``save_to``.
+
+        Returns
+        -------
+        info : dict
+            What ``/api/model`` now answers, and ``saved``: the path.
+        """
+        from .calibration import set_thresholds
+        from .persistence import save_model
+
+        if self.save_to is None:
+            raise PermissionError("this app was started without a file to save the model to "
+                                  "(skanomaly serve --save-to FILE).")
+        allowed = {"false_alarm_rate", "offset", "pixel_false_alarm_rate", "pixel_value"}
+        if not isinstance(choice, dict) or not set(choice) <= allowed:
+            raise ValueError(f"thresholds must be a JSON object with keys among {sorted(allowed)}.")
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                   for v in choice.values()):
+            raise ValueError("each threshold must be a number or null.")
+        with self._model_lock:
+            # On a copy: a bad value or a failed write leaves the served model as it was.
+            import copy
+
+            pipeline = copy.deepcopy(self.pipeline)
+            set_thresholds(pipeline, **choice)
+            save_model(pipeline, self.save_to)
+            self.pipeline = pipeline
+            self._model_info = _model_info(pipeline, self.save_to)
+        return {**self._model_info, "saved": str(self.save_to)}
+
     def _score_paths(self):
         """The folder scan: score the given files one by one, recording each."""
         for path in self._paths:
@@ -226,7 +273,7 @@ class InspectionServer(ThreadingHTTPServer):
             self._thread.join()
 
 
-def _model_info(pipeline):
+def _model_info(pipeline, save_to=None):
     """What the page needs to apply thresholds itself."""
     from .calibration import pixel_threshold
     from .maps import _draws_maps
@@ -246,11 +293,24 @@ def _model_info(pipeline):
         "has_maps": bool(has_maps),
         "pixel_threshold": pixel_threshold(pipeline) if has_maps else None,
         "pixel_rates": [[r, pixel_threshold(pipeline, r)] for r in rates] if has_maps else [],
+        "save_to": None if save_to is None else str(save_to),
     }
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "skanomaly"
+
+    def _thresholds(self):
+        try:
+            info = self.server.save_thresholds(_read_json(self))
+        except PermissionError as exc:
+            self._json(HTTPStatus.FORBIDDEN, {"error": str(exc)})
+        except ValueError as exc:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": f"thresholds not saved: {exc}"})
+        except OSError as exc:  # the file could not be written: nothing changed
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"thresholds not saved: {exc}"})
+        else:
+            self._json(HTTPStatus.OK, info)
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         pass  # the page reports errors; no line per request on the console
@@ -283,10 +343,25 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"nothing is served at {route}"})
 
+    def _same_origin(self):
+        """False for a browser's request from a page this server did not serve."""
+        origin = self.headers.get("Origin")
+        if origin is None:  # not sent by a browser page (curl, scripts): no cross-site risk
+            return True
+        host = self.headers.get("Host", "")
+        return origin in (f"http://{host}", f"https://{host}")
+
     def do_POST(self):  # noqa: N802
         route = urllib.parse.urlsplit(self.path).path
-        if route != "/api/images":
+        if route not in ("/api/images", "/api/thresholds"):
             self._json(HTTPStatus.NOT_FOUND, {"error": f"nothing is served at {route}"})
+            return
+        if not self._same_origin():
+            self.close_connection = True
+            self._json(HTTPStatus.FORBIDDEN, {"error": "requests from another site's page are refused."})
+            return
+        if route == "/api/thresholds":
+            self._thresholds()
             return
         name = urllib.parse.unquote(self.headers.get("X-Filename", "upload")) or "upload"
         name = Path(name).name  # a name to show, never a path to open
@@ -305,7 +380,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, result)
 
 
-def make_server(pipeline, images=(), *, host="127.0.0.1", port=8765):
+def _read_json(handler, limit=2**16):
+    length = int(handler.headers.get("Content-Length") or 0)
+    if not 0 < length <= limit:
+        raise ValueError(f"the body must be a JSON object of 1 byte to {limit} bytes.")
+    try:
+        return json.loads(handler.rfile.read(length))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the body is not JSON ({exc}).") from None
+
+
+def make_server(pipeline, images=(), *, host="127.0.0.1", port=8765, save_to=None):
     """Build the inspection app's server around a fitted pipeline.
 
     The images of ``images`` (files, or folders searched recursively) are
@@ -323,6 +408,10 @@ def make_server(pipeline, images=(), *, host="127.0.0.1", port=8765):
         Address to bind: the loopback address serves this machine only.
     port : int, default=8765
         Port; 0 picks a free one (see ``server.url``).
+    save_to : str or path-like or None, default=None
+        File the page's Save button writes the model to, with the
+        thresholds its sliders show (``.skops`` or joblib, as
+        :func:`~skanomaly.persistence.save_model`); None disables the button.
 
     Returns
     -------
@@ -354,7 +443,7 @@ def make_server(pipeline, images=(), *, host="127.0.0.1", port=8765):
     from skanomaly_runtime.images import image_files
 
     paths = image_files(images) if len(images) else []
-    return InspectionServer(pipeline, (host, port), paths)
+    return InspectionServer(pipeline, (host, port), paths, save_to)
 
 
 def _page(info):
@@ -374,6 +463,7 @@ fieldset input[type=range]{width:16em}
 #drop{border:2px dashed #999;border-radius:6px;padding:.8em 1.2em}
 #drop.over{background:#eef}
 #messages div{background:#fde2e1;border:1px solid #e88;padding:.3em .6em;margin:.3em 0}
+#messages div.ok{background:#e3f6e3;border-color:#7b7}
 #counts{font-size:1.1em;font-weight:600}
 table{border-collapse:collapse;margin-top:.6em}
 th,td{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
@@ -408,7 +498,8 @@ img.thumb{height:40px;vertical-align:middle}
   <input type="range" id="pixel-slider"> <output id="pixel-value"></output>
  </fieldset>
  <div><div id="counts"></div><div id="status"></div>
-  <button id="export-csv">Export CSV</button></div>
+  <button id="export-csv">Export CSV</button>
+  <button id="save-thresholds">Save thresholds to model</button></div>
 </div>
 <div id="messages"></div>
 <div id="main">
@@ -430,8 +521,10 @@ S.pixelIndex = Math.max(0, MODEL.pixel_rates.findIndex(r => r[0] === MODEL.conta
 const $ = id => document.getElementById(id);
 
 function fmt(x, d) { return x === undefined || x === null ? "" : Number(x).toFixed(d); }
-function message(text) {
-  const div = document.createElement("div"); div.textContent = text; $("messages").prepend(div);
+function message(text, ok) {
+  const div = document.createElement("div"); div.textContent = text;
+  if (ok) div.className = "ok";
+  $("messages").prepend(div);
 }
 function mapOf(r) {
   if (!r.map) return null;
@@ -615,6 +708,30 @@ $("export-csv").onclick = () => {
   const a = document.createElement("a");
   a.href = URL.createObjectURL(new Blob([csv()], {type: "text/csv"}));
   a.download = "skanomaly_results.csv"; a.click(); };
+// The thresholds the sliders show, as set_thresholds takes them.
+function chosenThresholds() {
+  const c = S.imageMode === "rate" ? {false_alarm_rate: S.imageRate} : {offset: S.imageRaw};
+  if (MODEL.has_maps) {
+    if (S.pixelMode === "rate") c.pixel_false_alarm_rate = MODEL.pixel_rates[S.pixelIndex][0];
+    else c.pixel_value = S.pixelRaw;
+  }
+  return c;
+}
+window.skanomalyChosenThresholds = chosenThresholds;
+const save = $("save-thresholds");
+if (!MODEL.save_to) { save.disabled = true; save.title = "start the app with --save-to FILE to save"; }
+save.onclick = async () => {
+  try {
+    const res = await fetch("/api/thresholds", {method: "POST", body: JSON.stringify(chosenThresholds()),
+                                                headers: {"Content-Type": "application/json"}});
+    const body = await res.json();
+    if (body.error) { message(body.error); return; }
+    Object.assign(MODEL, body);
+    message(`saved to ${body.saved}: predict flags score < ${fmt(body.offset, 4)} ` +
+            `(false-alarm rate ${fmt(body.contamination, 3)})` +
+            (MODEL.has_maps ? `, masks where map > ${fmt(body.pixel_threshold, 4)}` : ""), true);
+  } catch (e) { message(`thresholds not saved (${e})`); }
+};
 $("model-line").textContent = `${MODEL.model}; threshold set on ${MODEL.n_calibration} normal images the model had not learnt from` +
   (MODEL.has_maps ? "" : " (image-level method: no maps)");
 render(); poll();

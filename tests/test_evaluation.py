@@ -5,9 +5,11 @@ import pytest
 from PIL import Image
 from sklearn.base import clone
 
-from skanomaly import ImageEmbedder, make_patchcore
+from skanomaly import ImageEmbedder, anomaly_maps, make_padim, make_patchcore
+from skanomaly.calibration import pixel_threshold
 from skanomaly.datasets import make_synthetic
 from skanomaly.evaluation import FeatureCache, evaluate_pipeline
+from skanomaly.metrics import pixel_aupro, pixel_operating_point, pixel_roc_auc
 
 
 def test_feature_cache_embeds_each_path_once(tmp_path, monkeypatch):
@@ -96,3 +98,25 @@ def test_evaluate_shows_one_bar_for_the_test_images(monkeypatch, capsys):
     # shows once, for the training images.
     assert err.count("scoring test images:   0%") == 1
     assert err.count("PatchEmbedder:   0%") == 1
+
+
+def test_evaluate_pipeline_pixel_metrics_are_the_exact_ones_streamed():
+    # evaluate draws one map at a time into fixed bins; the figures must be
+    # those of the exact functions over every map held at once, and the
+    # returned maps those anomaly_maps draws.
+    data = make_synthetic(24, 10, image_size=48, random_state=0)
+    test_images, masks = data.images[18:], list(data.masks[18:])
+    result = evaluate_pipeline(make_padim(image_size=48, random_state=0), data.images[:18],
+                               test_images, data.target[18:], masks, return_maps=True)
+    pipe = result["pipeline"]
+    drawn = anomaly_maps(pipe, test_images)
+    assert len(result["maps"]) == len(test_images)
+    for i in (0, 5, -1):
+        np.testing.assert_allclose(result["maps"][i], drawn[i], rtol=1e-5, atol=1e-6)
+    assert result["pixel_auroc"] == pytest.approx(pixel_roc_auc(masks, drawn), abs=1e-4)
+    assert result["aupro"] == pytest.approx(pixel_aupro(masks, drawn), abs=1e-4)
+    exact = pixel_operating_point(masks, drawn, pixel_threshold(pipe))
+    for key, value in exact.items():
+        assert result[key] == pytest.approx(value, abs=1e-3, nan_ok=True), key
+    fpr, pro = result["pro_curve"]
+    assert fpr[0] == pro[0] == 0 and fpr[-1] == pytest.approx(1) and np.all(np.diff(fpr) >= 0)

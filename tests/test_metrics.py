@@ -8,7 +8,9 @@ from skanomaly.metrics import (
     f1_max,
     image_roc_auc,
     per_defect_type,
+    _PixelTally,
     pixel_aupro,
+    pixel_operating_point,
     pixel_roc_auc,
 )
 
@@ -98,3 +100,35 @@ def test_metric_errors():
         pixel_aupro([None], [np.zeros((3, 3))])
     with pytest.raises(ValueError, match="finite"):
         pixel_aupro([np.ones((2, 2))], [np.full((2, 2), np.nan)])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), levels=st.sampled_from([4, 50, None]))
+def test_pixel_auroc_and_best_f1_match_brute_force(seed, levels):
+    # Ties (few distinct levels) are where binned curves go wrong.
+    masks = _masks(seed)
+    maps = np.random.default_rng(seed).random(masks.shape) + masks * 0.2
+    if levels:
+        maps = np.round(maps * levels) / levels
+    truth, scores = masks.ravel(), maps.ravel()
+    assert pixel_roc_auc(masks, maps) == pytest.approx(roc_auc_score(truth, scores))
+    best = max(f1_score(truth, scores >= t) for t in np.unique(scores))
+    point = pixel_operating_point(masks, maps, 0.7)
+    assert point["best_pixel_f1"] == pytest.approx(best)
+    assert point["pixel_f1"] == pytest.approx(f1_score(truth, scores > 0.7))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_streamed_bins_give_the_exact_pixel_metrics(seed):
+    # evaluate_pipeline's tally: one map at a time into 2**16 equal bins.
+    masks = _masks(seed, n=6, size=40)
+    maps = np.random.default_rng(seed).random(masks.shape).astype(np.float32) + masks * 0.3
+    tally = _PixelTally.uniform(maps.min(), maps.max(), threshold=0.8)
+    for mask, amap in zip(masks, maps):
+        tally.add(mask, amap)
+    assert tally.roc_auc() == pytest.approx(pixel_roc_auc(masks, maps), abs=1e-4)
+    assert tally.aupro() == pytest.approx(pixel_aupro(masks, maps), abs=1e-4)
+    exact = pixel_operating_point(masks, maps, 0.8)
+    for key, value in tally.operating_point().items():
+        assert value == pytest.approx(exact[key], abs=1e-3, nan_ok=True), key

@@ -42,7 +42,7 @@ def folder(data, tmp_path_factory):
     defective = [i for i in range(30, 50) if data.target[i] == -1][:3]
     for i in normal + defective:
         kind = "good" if data.target[i] == 1 else "bad"
-        Image.fromarray((data.images[i] * 255).round().astype(np.uint8)).save(root / f"{i:03d}_{kind}.png")
+        Image.fromarray(data.images[i]).save(root / f"{i:03d}_{kind}.png")
     whole = (root / f"{normal[0]:03d}_good.png").read_bytes()
     (root / "zz_truncated.png").write_bytes(whole[: len(whole) // 2])
     return root
@@ -74,7 +74,7 @@ def _png_bytes(image):
     import io
 
     buffer = io.BytesIO()
-    Image.fromarray((image * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -173,6 +173,62 @@ def test_the_command_line_refuses_exports_and_a_taken_port(pipe, tmp_path, capsy
         assert main(["serve", str(model), "--port", str(port)]) == 1
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+    assert main(["serve", str(model), "--save-to", str(model)]) == 1
+    assert "is the model being served" in capsys.readouterr().err
+
+
+def _post_json(url, payload, origin=None):
+    headers = {"Content-Type": "application/json"}
+    if origin:
+        headers["Origin"] = origin
+    request = urllib.request.Request(url + "api/thresholds", data=json.dumps(payload).encode(),
+                                     method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def test_saving_thresholds_writes_a_model_that_predicts_with_them(pipe, data, tmp_path):
+    from skanomaly.persistence import load_model
+
+    out = tmp_path / "tuned.joblib"
+    server = make_server(pipe, port=0, save_to=out).start()
+    try:
+        # A raw image threshold between two test scores and a pixel rate.
+        scores = np.sort(pipe.score_samples(data.images[30:]))
+        offset = float((scores[3] + scores[4]) / 2)
+        status, info = _post_json(server.url, {"offset": offset, "pixel_false_alarm_rate": 0.2})
+        assert status == 200 and info["saved"] == str(out)
+        tuned = load_model(out)
+        assert np.sum(tuned.predict(data.images[30:]) == -1) == 4
+        assert pixel_threshold(tuned) == pytest.approx(pixel_threshold(pipe, 0.2))
+        assert _get(server.url + "api/model")["offset"] == offset  # the page's next load
+        # As a rate: predict's conformal rule at that rate.
+        status, info = _post_json(server.url, {"false_alarm_rate": 0.3})
+        tuned = load_model(out)
+        assert status == 200 and tuned[-1].contamination == 0.3
+        p_values = conformal_pvalues(tuned, data.images[30:])
+        np.testing.assert_array_equal(tuned.predict(data.images[30:]), np.where(p_values <= 0.3, -1, 1))
+        # A bad value changes nothing, in the file or in the served model.
+        before = out.read_bytes()
+        for bad in ({"false_alarm_rate": 0.9}, {"offset": "x"}, {"color": 1},
+                    {"false_alarm_rate": 0.1, "offset": 1.0}):
+            status, body = _post_json(server.url, bad)
+            assert status == 400 and "not saved" in body["error"], bad
+        assert out.read_bytes() == before and server.pipeline[-1].contamination == 0.3
+        # Another site's page cannot overwrite the model.
+        status, body = _post_json(server.url, {"false_alarm_rate": 0.1}, origin="http://evil.example")
+        assert status == 403 and out.read_bytes() == before
+    finally:
+        server.close()
+    assert pipe[-1].contamination == 0.1, "the caller's pipeline was changed"
+
+
+def test_saving_needs_a_file_to_save_to(server):
+    status, body = _post_json(server.url, {"false_alarm_rate": 0.1})
+    assert status == 403 and "--save-to" in body["error"]
 
 
 def test_an_image_level_method_is_served_without_maps(data):
@@ -297,8 +353,42 @@ def test_the_page_shows_scores_and_thresholds_move_without_the_model(pipe, folde
         assert csv[0].startswith("image,score,p_value,label") and len(csv) == 1 + 10  # 8 scored, 2 unreadable
         browser.find_element(By.CSS_SELECTOR, "#results tbody tr").click()
         _wait(lambda: browser.find_elements(By.ID, "detail-mask"))
+        assert browser.find_element(By.ID, "save-thresholds").get_attribute("disabled")
         shot = tmp_path / "app.png"
         browser.save_screenshot(str(shot))
         assert Image.open(shot).size[0] > 0
+    finally:
+        server.close()
+
+
+def test_the_save_button_writes_what_the_sliders_show(pipe, folder, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from skanomaly.persistence import load_model
+
+    out = tmp_path / "tuned.joblib"
+    server = make_server(pipe, [folder], port=0, save_to=out).start()
+    try:
+        browser.get(server.url)
+        _wait(lambda: "6 scored" in browser.find_element(By.ID, "status").text)
+        browser.find_element(By.CSS_SELECTOR, "input[name=image-mode][value=raw]").click()
+        slider = browser.find_element(By.ID, "image-slider")
+        slider.send_keys(Keys.HOME)
+        for _ in range(400):  # up from the lowest score until some, not all, are flagged
+            if 0 < _flagged(browser) < 6:
+                break
+            slider.send_keys(Keys.ARROW_RIGHT)
+        flagged = _flagged(browser)
+        assert 0 < flagged < 6
+        browser.find_element(By.ID, "pixel-slider").send_keys(Keys.END)
+        chosen = browser.execute_script("return window.skanomalyChosenThresholds()")
+        browser.find_element(By.ID, "save-thresholds").click()
+        _wait(lambda: "saved to" in browser.find_element(By.ID, "messages").text)
+        tuned = load_model(out)
+        assert tuned[-1].offset_ == pytest.approx(chosen["offset"])
+        paths = sorted(str(p) for p in folder.glob("*_*.png") if "truncated" not in p.name)
+        assert np.sum(tuned.predict(paths) == -1) == flagged  # the model flags what the page did
+        assert pixel_threshold(tuned) == pytest.approx(pixel_threshold(pipe, PIXEL_RATES[-1]))
     finally:
         server.close()
