@@ -463,7 +463,7 @@ class PatchEmbedder(_BaseEmbedder):
         return feats
 
     def get_feature_names_out(self, input_features=None):
-        """Names ``patchembedder0 ... patchembedder{d-1}`` of the feature axis."""
+        """Names of the feature axis: ``patchembedder0`` to ``patchembedder{d-1}``."""
         check_is_fitted(self, "n_features_out_")
         return np.asarray(
             [f"patchembedder{i}" for i in range(self.n_features_out_)], dtype=object
@@ -581,7 +581,7 @@ class ImageEmbedder(_BaseEmbedder):
         return grid if self.keep_grid else grid.flatten(1)
 
     def get_feature_names_out(self, input_features=None):
-        """Names ``imageembedder0 ... imageembedder{d-1}`` (of the cell axis with ``keep_grid``)."""
+        """Names of the feature axis: ``imageembedder0`` to ``imageembedder{d-1}`` (the cell axis with ``keep_grid``)."""
         check_is_fitted(self, "n_features_out_")
         return np.asarray(
             [f"imageembedder{i}" for i in range(self.n_features_out_)], dtype=object

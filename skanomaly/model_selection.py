@@ -142,7 +142,7 @@ class SyntheticDefectScorer:
         saturates at 1.0 and ties decide); the fainter copies tell them
         apart: on the shared panel the pick agreed with the real defects'
         best method on 3 of 4 sets, against 2 of 4 at full strength only
-        (README). ``(1.0,)`` scores at full strength only, with half the
+        (doc/benchmarks.md). ``(1.0,)`` scores at full strength only, with half the
         work (each image scored clean and once painted, not three times).
     metric : {"image_auroc", "pixel_auroc"}, default="image_auroc"
         ``"pixel_auroc"`` scores the painted masks against

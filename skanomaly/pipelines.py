@@ -252,7 +252,7 @@ def make_padim(
         ``"absolute"`` is v = 1, the paper's ``0.01 I`` for ResNet-18 being
         ``regularization=0.01``. The default was chosen on the four-set
         panel by its mean and worst set (``benchmarks/bench_accuracy.py``;
-        numbers in the README): absolute 0.01 leaves EfficientNet's
+        numbers in doc/benchmarks.md): absolute 0.01 leaves EfficientNet's
         covariances near-singular (tire pixel AUROC 0.53), 1.0 relative
         over-smooths unaligned parts (screw image AUROC 0.74).
 
@@ -628,7 +628,7 @@ def make_fastflow(
         0, 1), the same fits: joint NLL alone 0.964 / 0.951 / 0.865; both
         NLLs averaged 0.987 / 0.979 / 0.866, 0.859; joint latent with stage
         NLL (the default) 0.987 / 0.967 / 0.879, 0.876
-        (``benchmarks/bench_flow_maps.py --methods fastflow``; README).
+        (``benchmarks/bench_flow_maps.py --methods fastflow``; doc/benchmarks.md).
     image_size : int or (int, int), default=256
     max_epochs, batch_size, learning_rate : int, int, float or None
         Training settings of :class:`~skanomaly.detectors.FlowDetector`;
@@ -705,7 +705,7 @@ def make_cflow(
     likelihoods per dimension, those of the flow and of a second such flow
     on the finest stage's features alone. The patches are PatchCore's
     3x3-averaged ones; CFlow's unpooled features scored no higher on tire and
-    lower on the panel's mean and worst set (README).
+    lower on the panel's mean and worst set (doc/benchmarks.md).
 
     Parameters
     ----------
@@ -719,7 +719,7 @@ def make_cflow(
         dimension. CFlow's coupling nets are twice as wide as their input
         (half the features plus the condition: 2 x (76 + 128) = 408 for
         Lite0's 152 features, 2.7x); a flow as wide as the features
-        underfits (panel figures in the README).
+        underfits (panel figures in doc/benchmarks.md).
     image_score_sigma : float, default=1.0
         The image score is the largest patch NLL after a Gaussian blur of
         this many grid cells (stride 8). Chosen on the panel by the rule

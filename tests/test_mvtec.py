@@ -68,10 +68,10 @@ def test_patchcore_defaults_on_bottle(bottle, cache):
     # (the same as pipe.fit(...)); scoring and maps then go through the
     # fitted Pipeline from image paths, as a user's script does. Every other
     # training image: the coreset costs patches x centres, so half the images
-    # take a quarter of the time, and the bars hold (full set: README).
+    # take a quarter of the time, and the bars hold (full set: doc/benchmarks.md).
     pipe[:-1].fit(None)
     pipe[-1].fit(cache.transform(pipe[:-1], train.images[::2]))
-    # Scores and maps from one pass over the paths (the README's first example).
+    # Scores and maps from one pass over the paths (the quick start's first calls).
     maps, scores = anomaly_maps(pipe, test.images, return_scores=True)
     image_auroc = roc_auc_score(test.target, scores)
     pixel_auroc = pixel_roc_auc(test.masks, maps)
@@ -112,7 +112,7 @@ def test_method_defaults_on_bottle(bottle, cache, factory, image_size, min_image
 # convergence with early stopping), on every other training image and, where
 # the bar holds there, at 128 px (a quarter of the pixels to train on), to
 # keep the suite short; each still has to clear the bar. SimpleNet
-# needs 256 px (at 128 px: 0.73 image AUROC). Full-default figures: README
+# needs 256 px (at 128 px: 0.73 image AUROC). Full-default figures: doc/benchmarks.md
 # and benchmarks.
 @pytest.mark.parametrize(
     "factory, max_epochs, image_size, min_image",

@@ -160,7 +160,7 @@ class FlowDetector(_TrainableDetector):
         The image score is the largest patch NLL after a Gaussian blur of
         this many grid cells (0: the largest raw patch NLL).
         ``score_patches`` is not blurred. :func:`~skanomaly.make_cflow`
-        sets it (panel figures in the README); FastFlow keeps 0.
+        sets it (panel figures in doc/benchmarks.md); FastFlow keeps 0.
     map_stage : int or None, default=None
         None: the flow's patch NLL is the map (``score_patches``). An index
         into ``fit``'s ``feature_groups`` (the channels of each backbone
@@ -170,7 +170,7 @@ class FlowDetector(_TrainableDetector):
         (``exp(-NLL / d)``), while the image score stays the first flow's.
         A coarse stage upsampled to the fine grid smears a joint flow's map
         over its 16-pixel cells; :func:`~skanomaly.make_fastflow` and
-        :func:`~skanomaly.make_cflow` set 0 (panel figures in the README).
+        :func:`~skanomaly.make_cflow` set 0 (panel figures in doc/benchmarks.md).
     joint_stages : tuple of int or None, default=None
         The stages (indices into ``fit``'s ``feature_groups``) the joint
         flow, which gives the image score, models; None: every channel.
@@ -186,7 +186,7 @@ class FlowDetector(_TrainableDetector):
         anomalib's: the image flow sees strides 8 and 16 on the stride-8
         grid, and the map adds a flow of the stride-4 stage at its own
         resolution. :func:`~skanomaly.make_fastflow` does not: over two
-        seeds it drew KolektorSDD's map no better (README).
+        seeds it drew KolektorSDD's map no better (doc/benchmarks.md).
     map_score : {"nll", "latent"}, default="nll"
         What this flow's share of the map is made of: each patch's negative
         log-likelihood, or (``"latent"``) half the squared norm of its
@@ -197,7 +197,7 @@ class FlowDetector(_TrainableDetector):
         :func:`~skanomaly.make_fastflow` sets ``"latent"``: pixel AUROC
         bottle / tire / KolektorSDD (seeds 0, 1) 0.987 / 0.967 / 0.879,
         0.876 against 0.987 / 0.979 / 0.866, 0.859 with ``"nll"``, and
-        0.983 / 0.767 / 0.878, 0.881 with both flows' latents (README).
+        0.983 / 0.767 / 0.878, 0.881 with both flows' latents (doc/benchmarks.md).
     loss : {"nll", "logsigmoid"}, default="nll"
         Training loss of each patch, from its NLL per dimension ``u`` (of
         the standardised channels, so the loss does not depend on the
@@ -211,7 +211,7 @@ class FlowDetector(_TrainableDetector):
         not depend on how many images a data set has); early stopping
         validates the average, and the best average is the model. On
         :func:`~skanomaly.make_cflow`'s tire fits a half-life of one epoch
-        scored lower than the last weights (README), so it is off.
+        scored lower than the last weights (doc/benchmarks.md), so it is off.
     max_epochs : int, default=30
         Passes over the training images.
     batch_size : int, default=16

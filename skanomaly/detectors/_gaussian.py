@@ -147,7 +147,7 @@ class GaussianDetector(_BaseDetector):
         samples the model had not seen). Without PCA the held-out samples'
         sums are added to the statistics, so the others are not read again;
         with PCA the PCA and the Gaussian are fitted again. Chosen on the
-        four-set panel (README): DFM's tire image AUROC 0.711 -> 0.731 and
+        four-set panel (doc/benchmarks.md): DFM's tire image AUROC 0.711 -> 0.731 and
         PaDiM's screw 0.839 -> 0.846, the other sets level or higher.
     contamination : float in (0, 0.5], default=0.05
         Largest fraction of new normal samples that ``predict`` may flag.

@@ -498,7 +498,7 @@ class _KNNGraph(torch.nn.Module):
         # is found as the group with the smallest minimum, then the row
         # within it. onnxruntime and OpenVINO run a flat ArgMin over the
         # (patches, rows) block several times slower than a ReduceMin over
-        # it (README: bench_export.py); the two-level search reads the block
+        # it (doc/benchmarks.md: bench_export.py); the two-level search reads the block
         # once, picks the same (first) row, and the padding rows, at +inf,
         # are never picked.
         self.group_size = int(np.ceil(np.sqrt(len(bank))))
