@@ -73,7 +73,8 @@ def operating_point_table(rows):
     order = {name: i for i, name in enumerate(SETS)}
     head = ("| method | set | good flagged | defects flagged (best at 5%) | image AUROC | "
             "pixel AUROC | AUPRO | pixel F1 (best) | good images with a box | defect regions boxed | "
-            "recalibrated on half: good flagged | defects flagged (best) |\n" + "|---" * 12 + "|\n")
+            "recalibrated on half: good flagged | defects flagged (best) | "
+            "alone: good flagged | defects flagged |\n" + "|---" * 14 + "|\n")
     methods = list(dict.fromkeys(r["method"] for r in rows))
     lines = []
     for r in sorted(rows, key=lambda r: (methods.index(r["method"]), order.get(r["set"], 99))):
@@ -83,7 +84,8 @@ def operating_point_table(rows):
             f"{_cell(r.get('pixel_auroc'), '.3f')} | {_cell(r.get('aupro'), '.3f')} | "
             f"{_cell(r['pixel_f1'])} ({_cell(r['best_pixel_f1'])}) | {_cell(r['good_with_box'])} | "
             f"{_cell(r['region_hit_rate'])} | {_cell(r['cal_false_alarm_rate'])} | "
-            f"{_cell(r['cal_recall'])} ({_cell(r['cal_oracle_recall'])}) |")
+            f"{_cell(r['cal_recall'])} ({_cell(r['cal_oracle_recall'])}) | "
+            f"{_cell(r.get('alone_false_alarm_rate'))} | {_cell(r.get('alone_recall'))} |")
     return head + "\n".join(lines) + "\n"
 
 

@@ -13,11 +13,13 @@ images with a box, boxes per good image and the share of ground-truth defect
 regions a box overlaps.
 
 ``cal_*`` columns: the test images are split in two halves (each label
-split evenly), the threshold is set on one half's good images by
-:func:`skanomaly.calibration.confident_offset` (false-alarm rate 0.05 on
-average, what ``skanomaly calibrate`` does by default) and the other half is
-judged: its good images flagged, defects flagged, and the oracle recall on
-that half; means over 50 seeded halvings.
+split evenly), the threshold is set from one half's good images as
+``skanomaly calibrate`` sets it by default (false-alarm rate 0.05 on
+average; the good images join the model's own calibration scores unless a
+rank test finds them lower, ``cal_pooled_share`` of the halvings) and the
+other half is judged: its good images flagged, defects flagged, and the
+oracle recall on that half; ``alone_*`` with the half's good images alone
+(``pool=False``); means over 50 seeded halvings.
 
     python benchmarks/bench_operating_point.py --methods patchcore,padim
 
@@ -39,8 +41,8 @@ from skanomaly.evaluation import FeatureCache, evaluate_pipeline
 
 KEYS = ("false_alarm_rate", "recall", "oracle_recall", "image_auroc", "pixel_auroc", "aupro", "pixel_f1",
         "best_pixel_f1", "good_with_box", "boxes_per_good", "region_hit_rate",
-        "cal_false_alarm_rate", "cal_recall", "cal_oracle_recall",
-        "pool_false_alarm_rate", "pool_recall", "pool_share", "fit_s")
+        "cal_false_alarm_rate", "cal_recall", "cal_oracle_recall", "cal_pooled_share",
+        "alone_false_alarm_rate", "alone_recall", "fit_s")
 
 
 def main(argv=None):
@@ -82,39 +84,37 @@ def main(argv=None):
 def _half_calibration(result, target, seed, n_splits=50):
     """Threshold from one half of the test set's good images, judged on the
     other half; the mean over ``n_splits`` random halvings (one halving of a
-    set with 20 good images judges 10, too few to read a rate from)."""
-    from skanomaly.calibration import confident_offset
+    set with 20 good images judges 10, too few to read a rate from).
+    ``cal_*``: what ``calibrate`` does by default (the good images join the
+    model's own calibration scores unless the rank test finds a drift);
+    ``alone_*``: the good images alone (``pool=False``)."""
+    from skanomaly.calibration import _alike, confident_offset
     from skanomaly.metrics import image_operating_point
 
     head = result["pipeline"][-1]
     scores = np.asarray(result["scores"]) + head.offset_  # score_samples
+    training = np.asarray(head.calibration_scores_)
     target = np.asarray(target)
     rng = np.random.default_rng(seed)
-    points, pool_points, pooled = [], [], []
+    points = {"cal": [], "alone": []}
+    pooled = []
     for _ in range(n_splits):
         first = np.zeros(len(target), bool)
         for label in (1, -1):
             idx = rng.permutation(np.flatnonzero(target == label))
             first[idx[:len(idx) // 2]] = True
         good = scores[first & (target == 1)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # few good images: said below
-            offset = confident_offset(good, head.contamination)
-        points.append(image_operating_point(target[~first], scores[~first] - offset,
-                                            head.contamination))
-        # Experiment: pool with the training calibration unless a one-sided
-        # rank test says the new good images score lower (a shift).
-        from scipy.stats import mannwhitneyu
-        shifted = mannwhitneyu(good, head.calibration_scores_, alternative="less").pvalue < 0.05
-        pooled.append(not shifted)
-        reference = good if shifted else np.r_[good, head.calibration_scores_]
-        offset = confident_offset(reference, head.contamination)
-        pool_points.append(image_operating_point(target[~first], scores[~first] - offset,
-                                                 head.contamination))
-    out = {"cal_" + key: float(np.mean([p[key] for p in points])) for key in points[0]}
-    out["pool_false_alarm_rate"] = float(np.mean([p["false_alarm_rate"] for p in pool_points]))
-    out["pool_recall"] = float(np.mean([p["recall"] for p in pool_points]))
-    out["pool_share"] = float(np.mean(pooled))
+        alike = _alike(good, training)[0]
+        pooled.append(alike)
+        for name, reference in (("cal", np.r_[good, training] if alike else good), ("alone", good)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # few good images: said below
+                offset = confident_offset(reference, head.contamination)
+            points[name].append(image_operating_point(target[~first], scores[~first] - offset,
+                                                      head.contamination))
+    out = {f"{name}_{key}": float(np.mean([p[key] for p in got]))
+           for name, got in points.items() for key in got[0]}
+    out["cal_pooled_share"] = float(np.mean(pooled))
     return out
 
 

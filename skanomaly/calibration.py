@@ -158,7 +158,26 @@ def _map_maxima(head, model_shape, sigma):
     return maxima
 
 
-def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confidence=None):
+# calibrate(pool="auto"): the level of the rank test that keeps the
+# training calibration out when the new good images score differently.
+_SHIFT_TEST_LEVEL = 0.05
+
+
+def _alike(good_scores, training_scores):
+    """Whether a two-sided Mann-Whitney test finds no sign that the new good
+    images score differently from the training calibration: lower (a drift
+    that would raise false alarms) or higher (calibration scores that would
+    make the threshold needlessly strict)."""
+    from scipy.stats import mannwhitneyu
+
+    if len(good_scores) < 2 or len(training_scores) < 2:
+        return False, float("nan")
+    p_value = float(mannwhitneyu(good_scores, training_scores, alternative="two-sided").pvalue)
+    return p_value >= _SHIFT_TEST_LEVEL, p_value
+
+
+def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confidence=None,
+              pool="auto"):
     """Set a fitted model's thresholds from recent labelled images.
 
     The training images promise a false-alarm rate on new images *like
@@ -175,6 +194,15 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
     (``calibration_scores_`` for p-values, ``calibration_patch_scores_`` for
     :func:`pixel_threshold`) and ``contamination`` becomes
     ``false_alarm_rate``. The model is changed in place.
+
+    A few dozen good images pin a 5% quantile down poorly: with 20, the
+    threshold must be their lowest score, wherever it fell. So by default
+    (``pool="auto"``) the new good images join the model's own calibration
+    (its cross-fitted training scores) unless a two-sided rank test
+    (Mann-Whitney, level 0.05) says the two differ, e.g. the line has
+    drifted: then they replace it. The user guide's operating-point table
+    shows what it does on the shared panel, calibrating on half of each
+    test set and judging the other half.
 
     Parameters
     ----------
@@ -193,14 +221,19 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
         confidence) / log(1 - false_alarm_rate)`` good images (45 at 0.9
         and 0.05) no threshold can promise it, and the lowest good score is
         taken with a warning.
+    pool : {"auto", True, False}, default="auto"
+        Whether the model's calibration scores join the good images': "auto"
+        unless the rank test finds them different, True always, False never
+        (the good images alone, the distribution-free promise above).
 
     Returns
     -------
     summary : dict
         ``offset`` (the new ``offset_``), ``n_good``, ``good_flagged`` (how
         many of the good images the new threshold flags), ``confidence``,
-        ``false_alarm_rate``, and with ``defective``, ``recall`` (share of
-        them flagged).
+        ``false_alarm_rate``, ``pooled`` (whether the model's calibration
+        joined), ``drift_p_value`` (the rank test's; NaN when not run), and
+        with ``defective``, ``recall`` (share of them flagged).
 
     Examples
     --------
@@ -226,22 +259,33 @@ def calibrate(estimator, good, defective=None, *, false_alarm_rate=None, confide
         raise ValueError(f"confidence must be in (0, 1) or None, got {confidence}.")
     if len(good) < 1:
         raise ValueError("calibrate needs at least one good image.")
+    if pool not in ("auto", True, False):
+        raise ValueError(f"pool must be 'auto', True or False, got {pool!r}.")
     if _draws_maps(head):
         batches = list(_patch_scores_by_batch(estimator, good))
         scores = np.concatenate([batch[1] for batch in batches])
         grids = np.concatenate([batch[2] for batch in batches]).astype(np.float32)
     else:
         grids, scores = None, estimator.score_samples(good)
-    order = np.sort(np.asarray(scores, dtype=np.float64))
-    n = len(order)
-    head.offset_ = confident_offset(order, rate, confidence)
-    head.calibration_scores_ = order
+    scores = np.asarray(scores, dtype=np.float64)
+    training = np.asarray(head.calibration_scores_, dtype=np.float64)
+    pooled, p_value = (bool(pool), float("nan")) if pool != "auto" else _alike(scores, training)
+    own_grids = getattr(head, "calibration_patch_scores_", None)
+    if pooled:
+        if grids is not None and own_grids is not None and own_grids.shape[1:] == grids.shape[1:]:
+            grids = np.concatenate([grids, own_grids.astype(np.float32)])
+        elif grids is not None:
+            pooled = False  # an earlier release's pooled patch scores: keep the images' own
+    reference = np.sort(np.r_[scores, training] if pooled else scores)
+    head.offset_ = confident_offset(reference, rate, confidence)
+    head.calibration_scores_ = reference
     if grids is not None:
         head.calibration_patch_scores_ = grids
     head.pixel_threshold_ = None  # from the new calibration, at the new rate
     head.contamination = rate
-    summary = {"offset": head.offset_, "n_good": n, "good_flagged": int(np.sum(order < head.offset_)),
-               "confidence": confidence, "false_alarm_rate": rate}
+    summary = {"offset": head.offset_, "n_good": len(scores),
+               "good_flagged": int(np.sum(scores < head.offset_)), "confidence": confidence,
+               "false_alarm_rate": rate, "pooled": pooled, "drift_p_value": p_value}
     if defective is not None and len(defective):
         summary["recall"] = float(np.mean(estimator.score_samples(defective) < head.offset_))
     return summary

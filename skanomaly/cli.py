@@ -18,6 +18,9 @@ recall on defective ones): the threshold that flags at most
 --false-alarm-rate of good images (on average, or with --confidence), and
 the most defects any such threshold flags. The good images also set the pixel threshold (masks
 and boxes). Use it when production images drift from the training images.
+The good images join the model's own calibration scores unless a rank test
+says the two differ (e.g. a drift: then they replace them); --no-pool
+always uses the good images alone.
 
 examples:
   skanomaly calibrate model.skops --good recent/good --defective recent/bad \\
@@ -314,12 +317,16 @@ def _calibrate(args):
     good = load_folder(args.good).images
     defective = load_folder(args.defective).images if args.defective else None
     summary = calibrate(pipe, good, defective, false_alarm_rate=args.false_alarm_rate,
-                        confidence=args.confidence)
+                        confidence=args.confidence, pool=False if args.no_pool else "auto")
     out = save_model(pipe, args.output)
     promise = ("on average" if summary["confidence"] is None
                else f"with confidence {summary['confidence']:g}")
-    line = (f"threshold from {summary['n_good']} good images: flags {summary['good_flagged']} "
-            f"of them; false-alarm rate <= {summary['false_alarm_rate']:g} {promise}")
+    joined = ("with the model's calibration (no drift found)" if summary["pooled"]
+              else "alone" + (" (they score unlike the training images: a drift?)"
+                              if summary["drift_p_value"] == summary["drift_p_value"] else ""))
+    line = (f"threshold from {summary['n_good']} good images {joined}: flags "
+            f"{summary['good_flagged']} of them; false-alarm rate <= "
+            f"{summary['false_alarm_rate']:g} {promise}")
     if "recall" in summary:
         line += f"; flags {summary['recall']:.0%} of {len(defective)} defective images"
     print(f"{line} -> {out}")
@@ -607,6 +614,9 @@ def build_parser():
     calibrate.add_argument("--confidence", type=float, default=None,
                            help="probability that the rate holds (default: it holds on "
                                 "average, as the threshold fit sets)")
+    calibrate.add_argument("--no-pool", action="store_true",
+                           help="set the threshold on the good images alone, never with the "
+                                "model's own calibration scores")
     calibrate.add_argument("-o", "--output", required=True, metavar="FILE",
                            help="model file to write: NAME.skops or NAME.joblib")
     calibrate.set_defaults(handler=_calibrate)

@@ -35,6 +35,8 @@ def test_calibrate_restores_the_false_alarm_rate_after_a_drift(shifted):
     assert summary["n_good"] == 55 and pipe[-1].contamination == 0.1
     judged = (pipe.predict(good[55:]) == -1).mean()
     assert judged <= 0.2, judged
+    # The drift is recognised: the training calibration is left out.
+    assert not summary["pooled"] and summary["drift_p_value"] < 0.05
     # With 90% confidence the threshold flags fewer than the rate on the
     # calibration images themselves; on average, about the rate.
     assert summary["good_flagged"] / 55 < 0.1
@@ -46,6 +48,29 @@ def test_calibrate_restores_the_false_alarm_rate_after_a_drift(shifted):
     # p-values and the pixel threshold follow the new good images.
     assert len(pipe[-1].calibration_scores_) == 55
     assert pipe[-1].calibration_patch_scores_.shape[0] == 55
+
+
+def test_calibrate_pools_good_images_like_the_training_ones():
+    import copy
+
+    data = make_synthetic(120, 0, image_size=32, random_state=4)
+    pipe = make_padim(image_size=32, random_state=0).fit(data.images[:60])
+    own = len(pipe[-1].calibration_scores_)
+    grids = pipe[-1].calibration_patch_scores_.shape[0]
+    alike = copy.deepcopy(pipe)
+    summary = calibrate(alike, data.images[60:80], false_alarm_rate=0.05)
+    # Undrifted: 20 good images join the model's 60 cross-fitted scores.
+    assert summary["pooled"] and summary["drift_p_value"] >= 0.05
+    assert len(alike[-1].calibration_scores_) == own + 20
+    assert alike[-1].calibration_patch_scores_.shape[0] == grids + 20
+    # 80 scores set a threshold that flags new good images at about the
+    # rate; 20 alone could only take their lowest score.
+    alone = copy.deepcopy(pipe)
+    summary = calibrate(alone, data.images[60:80], false_alarm_rate=0.05, pool=False)
+    assert not summary["pooled"] and len(alone[-1].calibration_scores_) == 20
+    assert alone[-1].offset_ == alone[-1].calibration_scores_.min()
+    with pytest.raises(ValueError, match="pool"):
+        calibrate(copy.deepcopy(pipe), data.images[60:70], pool="sometimes")
 
 
 def test_calibrate_warns_when_too_few_good_images_for_the_confidence(shifted):
@@ -75,7 +100,8 @@ def test_calibrate_command_writes_a_recalibrated_model(shifted, tmp_path, capsys
                  "-o", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "threshold from 50 good images" in printed and "of 10 defective" in printed
+    assert "threshold from 50 good images alone" in printed and "a drift" in printed
+    assert "of 10 defective" in printed
     recalibrated = load_model(out)
     assert recalibrated[-1].offset_ != pipe[-1].offset_
     assert (recalibrated.predict(good[50:]) == -1).mean() <= 0.2
