@@ -197,5 +197,6 @@ def test_api_reference_documents_every_public_class():
 
     api = (Path(__file__).resolve().parents[1] / "doc" / "api.rst").read_text()
     classes = [name for name in skanomaly.__all__ if name[0].isupper()]
-    missing = [name for name in classes if f"skanomaly.{name}\n" not in api]
+    # Listed in an autosummary (a page each) under ``currentmodule:: skanomaly``.
+    missing = [name for name in classes if f"\n   {name}\n" not in api]
     assert not missing, f"doc/api.rst lacks {missing}"
