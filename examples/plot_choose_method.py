@@ -19,13 +19,13 @@ from skanomaly.datasets import make_synthetic
 from skanomaly.metrics import image_roc_auc
 from skanomaly.model_selection import SyntheticDefectScorer
 
-data = make_synthetic(60, 20, image_size=64, random_state=1)
+data = make_synthetic(60, 20, image_size=48, random_state=1)
 normal = data.images[data.target == 1]
 fit_images, held = normal[:30], normal[30:40]
 candidates = {
-    "PatchCore": make_patchcore(image_size=64, random_state=0),
-    "PaDiM": make_padim(image_size=64, random_state=0),
-    "DFM": make_dfm(image_size=64, random_state=0),
+    "PatchCore": make_patchcore(image_size=48, random_state=0),
+    "PaDiM": make_padim(image_size=48, random_state=0),
+    "DFM": make_dfm(image_size=48, random_state=0),
 }
 
 # %%

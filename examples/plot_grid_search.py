@@ -18,13 +18,13 @@ from skanomaly import make_patchcore
 from skanomaly.datasets import make_synthetic
 from skanomaly.model_selection import NormalOnlyKFold, SyntheticDefectScorer
 
-data = make_synthetic(36, 0, image_size=48, random_state=3)
+data = make_synthetic(30, 0, image_size=48, random_state=3)
 ratios = [0.01, 0.1, 0.5]
 search = GridSearchCV(
     make_patchcore(image_size=48, random_state=0),
     {"knndetector__coreset_ratio": ratios},
     scoring=SyntheticDefectScorer(random_state=0),
-    cv=NormalOnlyKFold(n_splits=3, shuffle=True, random_state=0),
+    cv=NormalOnlyKFold(n_splits=2, shuffle=True, random_state=0),
 ).fit(data.images, data.target)
 print("best:", search.best_params_, f"painted-defect AUROC {search.best_score_:.3f}")
 

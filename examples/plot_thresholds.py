@@ -34,7 +34,7 @@ except NameError:  # run cell by cell
 bottle = _here.parent.parent / "shared" / "data" / "mvtec_bottle"
 if bottle.is_dir():
     train, test = load_mvtec(bottle, "train"), load_mvtec(bottle, "test")
-    train_images, size = train.images, 256
+    train_images, size = train.images[::2], 256  # every other image: a quicker build
     good = [p for p, t in zip(test.images, test.target) if t == 1]
     bad = [p for p, t in zip(test.images, test.target) if t == -1]
 else:

@@ -23,6 +23,7 @@ and the folder scan share it safely.
 """
 
 import base64
+import copy
 import io
 import json
 import threading
@@ -227,8 +228,6 @@ class InspectionServer(ThreadingHTTPServer):
             raise ValueError("each threshold must be a number or null.")
         with self._model_lock:
             # On a copy: a bad value or a failed write leaves the served model as it was.
-            import copy
-
             pipeline = copy.deepcopy(self.pipeline)
             set_thresholds(pipeline, **choice)
             save_model(pipeline, self.save_to)
