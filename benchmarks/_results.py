@@ -134,8 +134,14 @@ def headline_table(rows):
     return "\n".join(lines) + "\n"
 
 
+def _methods_table():
+    from skanomaly.registry import _markdown_table
+
+    return _markdown_table()
+
+
 README_BLOCKS = {
-    "methods": lambda: __import__("skanomaly.registry", fromlist=["_markdown_table"])._markdown_table(),
+    "methods": _methods_table,
     "headline": lambda: headline_table(json.loads((RESULTS / "operating_point.json").read_text())["rows"]),
 }
 

@@ -24,6 +24,7 @@ and the folder scan share it safely.
 
 import base64
 import copy
+import inspect
 import io
 import json
 import threading
@@ -220,7 +221,8 @@ class InspectionServer(ThreadingHTTPServer):
         if self.save_to is None:
             raise PermissionError("this app was started without a file to save the model to "
                                   "(skanomaly serve --save-to FILE).")
-        allowed = {"false_alarm_rate", "offset", "pixel_false_alarm_rate", "pixel_value"}
+        # set_thresholds's keyword arguments, as its signature names them.
+        allowed = set(inspect.signature(set_thresholds).parameters) - {"estimator"}
         if not isinstance(choice, dict) or not set(choice) <= allowed:
             raise ValueError(f"thresholds must be a JSON object with keys among {sorted(allowed)}.")
         if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
@@ -299,9 +301,26 @@ def _model_info(pipeline, save_to=None):
 class _Handler(BaseHTTPRequestHandler):
     server_version = "skanomaly"
 
+    def _content_length(self):
+        """The request's declared body size; -1 when it is not a number."""
+        try:
+            return int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            return -1
+
+    def _read_json(self, limit=2**16):
+        length = self._content_length()
+        if not 0 < length <= limit:
+            self.close_connection = True  # the body, if any, is left unread
+            raise ValueError(f"the body must be a JSON object of 1 byte to {limit} bytes.")
+        try:
+            return json.loads(self.rfile.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"the body is not JSON ({exc}).") from None
+
     def _thresholds(self):
         try:
-            info = self.server.save_thresholds(_read_json(self))
+            info = self.server.save_thresholds(self._read_json())
         except PermissionError as exc:
             self._json(HTTPStatus.FORBIDDEN, {"error": str(exc)})
         except ValueError as exc:
@@ -364,10 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         name = urllib.parse.unquote(self.headers.get("X-Filename", "upload")) or "upload"
         name = Path(name).name  # a name to show, never a path to open
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
+        length = self._content_length()
         if not 0 <= length <= MAX_UPLOAD:
             self.close_connection = True
             self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length > MAX_UPLOAD
@@ -377,16 +393,6 @@ class _Handler(BaseHTTPRequestHandler):
         result = self.server.score_image(self.rfile.read(length), name, "upload")
         status = HTTPStatus.BAD_REQUEST if "error" in result else HTTPStatus.OK
         self._json(status, result)
-
-
-def _read_json(handler, limit=2**16):
-    length = int(handler.headers.get("Content-Length") or 0)
-    if not 0 < length <= limit:
-        raise ValueError(f"the body must be a JSON object of 1 byte to {limit} bytes.")
-    try:
-        return json.loads(handler.rfile.read(length))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"the body is not JSON ({exc}).") from None
 
 
 def make_server(pipeline, images=(), *, host="127.0.0.1", port=8765, save_to=None):
